@@ -1,0 +1,123 @@
+"""``rayfleet serve``, ``services`` and ``translate``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from rayfleet import client
+from rayfleet.cli._common import console, local_target
+from rayfleet.cluster.state import load_local_cluster
+from rayfleet.config.loader import load_model, validate_data
+from rayfleet.config.service import ServiceSpec
+from rayfleet.errors import ClusterNotRunning
+from rayfleet.serve.app import hash_key
+from rayfleet.serve.deploy import delete_service, deploy, list_services
+from rayfleet.serve.keys import load_api_keys
+from rayfleet.serve.models import resolve_model
+
+__all__ = ["register"]
+
+API_KEY_ENV = "RAYFLEET_API_KEY"
+
+
+def _load_spec(path: Optional[Path], overrides: dict) -> tuple[ServiceSpec, Path | None]:
+    if path is None:
+        return validate_data(ServiceSpec, overrides, source="command line"), None
+    return load_model(ServiceSpec, path, overrides=overrides), path.resolve().parent
+
+
+def serve(
+    spec_file: Optional[Path] = typer.Argument(None, metavar="[SERVICE.yaml]",
+                                               help="Service spec; without it, the default EN→FR translator."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the model: hub id or local directory."),
+    name: Optional[str] = typer.Option(None, "--name", help="Override the service name."),
+    route_prefix: Optional[str] = typer.Option(None, "--route-prefix", help="Override the URL prefix."),
+    timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the service to be ready."),
+) -> None:
+    """Deploy a translation service, or update it in place if it exists.
+
+    Example: rayfleet serve examples/translate.yaml --model ./models/opus-mt-en-fr
+    """
+    overrides = {k: v for k, v in {"model": model, "name": name, "route_prefix": route_prefix}.items() if v}
+    spec, base_dir = _load_spec(spec_file, overrides)
+    keys = load_api_keys(spec.auth, base_dir)
+    resolved = resolve_model(spec.model)
+    if resolved != spec.model:
+        spec = spec.model_copy(update={"model": resolved})
+    _, target = local_target()
+    with console.status(f"Deploying {spec.name} ({spec.model}) ...") as s:
+        result = deploy(target, spec, [hash_key(k) for k in keys], timeout_s=timeout,
+                        progress=lambda st: s.update(f"Deploying {spec.name}: {st} ..."))
+    url = result.url
+    console.print(f"Service {result.name} is up: {result.replicas} replica(s), model {result.model}")
+    console.print(f"  translate: {url}/translate")
+    console.print(f"  docs:      {url}/docs")
+    auth = ' -H "Authorization: Bearer $RAYFLEET_API_KEY"' if keys else ""
+    body = shlex.quote(json.dumps({"text": "Hello, how are you?"}))
+    console.print(f"  try:       curl -X POST {url}/translate{auth} -H 'Content-Type: application/json' -d {body}",
+                  markup=False)
+
+
+services_app = typer.Typer(help="List and delete services.", no_args_is_help=False, rich_markup_mode=None)
+
+
+@services_app.callback(invoke_without_command=True)
+def services(ctx: typer.Context) -> None:
+    """List services: name, state, replicas, model, URL.
+
+    Example: rayfleet services
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    _, target = local_target()
+    rows = list_services(target)
+    if not rows:
+        console.print("No services. Deploy one with: rayfleet serve examples/translate.yaml")
+        return
+    table = Table("name", "state", "replicas", "model", "URL")
+    for s in rows:
+        table.add_row(s.name, s.status, str(s.replicas), s.model, s.url)
+    console.print(table)
+
+
+@services_app.command("delete")
+def services_delete(name: str = typer.Argument(..., help="Service name.")) -> None:
+    """Delete one service; the others keep serving.
+
+    Example: rayfleet services delete translator
+    """
+    _, target = local_target()
+    with console.status(f"Deleting {name} ..."):
+        delete_service(target, name)
+    console.print(f"Deleted service {name}.")
+
+
+def translate(
+    text: list[str] = typer.Argument(..., help="Text(s) to translate."),
+    url: Optional[str] = typer.Option(None, "--url", help="Service URL (default: the local cluster's, prefix /)."),
+    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for the answer."),
+) -> None:
+    """Translate text with a running service. Uses $RAYFLEET_API_KEY when set.
+
+    Example: rayfleet translate "The cat sleeps."
+    """
+    if url is None:
+        try:
+            url = load_local_cluster().serve_url
+        except ClusterNotRunning:
+            url = "http://127.0.0.1:8000"
+    for line in client.translate(url, list(text), api_key=os.environ.get(API_KEY_ENV) or None, timeout_s=timeout):
+        console.print(line, markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.add_typer(services_app, name="services")
+    app.command()(translate)

@@ -1,0 +1,223 @@
+"""A single-node Ray cluster on this machine, secure by default.
+
+``start`` runs ``ray start --head`` with its own temp dir under the state dir,
+known ports, the dashboard bound to 127.0.0.1 and token authentication on;
+``stop`` ends exactly the processes of that cluster (found by their
+environment marker, see ``processes.py``) and nothing else.
+
+Contract: ``start`` is idempotent (a running cluster is returned as is);
+``stop`` is idempotent (no cluster is not an error).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from rayfleet.cluster import processes
+from rayfleet.cluster.state import (
+    LocalCluster,
+    LocalPorts,
+    auth_env,
+    ensure_token,
+    forget_local_cluster,
+    load_local_cluster,
+    read_token,
+    save_local_cluster,
+    state_dir,
+)
+from rayfleet.errors import ClusterError, ClusterNotRunning
+
+__all__ = ["StartResult", "start", "stop", "is_alive", "auth_headers", "ray_executable"]
+
+_START_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class StartResult:
+    cluster: LocalCluster
+    already_running: bool
+
+
+def ray_executable() -> str:
+    """The ``ray`` CLI of the Python that runs rayfleet (same venv, same version)."""
+    candidate = Path(sys.executable).parent / "ray"
+    return str(candidate) if candidate.exists() else "ray"
+
+
+def auth_headers(cluster: LocalCluster) -> dict[str, str]:
+    """HTTP headers that authenticate rayfleet's own calls to the dashboard/Jobs API."""
+    return {"Authorization": f"Bearer {Path(cluster.token_path).read_text().strip()}"}
+
+
+def is_alive(cluster: LocalCluster, timeout_s: float = 3.0) -> bool:
+    """True when the cluster's processes run and its dashboard answers with our token."""
+    if not processes.cluster_pids(cluster.cluster_id):
+        return False
+    try:
+        r = requests.get(
+            f"{cluster.dashboard_url}/api/version", headers=auth_headers(cluster), timeout=timeout_s
+        )
+    except (requests.RequestException, OSError):
+        return False
+    return r.status_code == 200
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.errno in (errno.EADDRINUSE, errno.EACCES)
+    return False
+
+
+_PORT_FLAGS = {
+    "gcs": "--port",
+    "dashboard": "--dashboard-port",
+    "serve": "--serve-port",
+    "client_server": "--client-port",
+    "dashboard_agent": "--agent-port",
+}
+
+
+def _check_ports_free(ports: LocalPorts) -> None:
+    for name, flag in _PORT_FLAGS.items():
+        port = getattr(ports, name)
+        if _port_in_use("0.0.0.0", port) or _port_in_use("127.0.0.1", port):
+            raise ClusterError(
+                f"Port {port} (the {name.replace('_', ' ')} port) is already in use on this machine.",
+                hint=f"Stop what uses it, or pick another port with {flag} N.",
+            )
+
+
+def _ray_start_args(ports: LocalPorts, host: str, dashboard_host: str, temp_dir: Path,
+                    num_cpus: int | None) -> list[str]:
+    args = [
+        ray_executable(), "start", "--head",
+        "--node-ip-address", host,
+        "--port", str(ports.gcs),
+        "--dashboard-host", dashboard_host,
+        "--dashboard-port", str(ports.dashboard),
+        "--ray-client-server-port", str(ports.client_server),
+        "--dashboard-agent-listen-port", str(ports.dashboard_agent),
+        "--min-worker-port", str(ports.min_worker),
+        "--max-worker-port", str(ports.max_worker),
+        "--temp-dir", str(temp_dir),
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    return args
+
+
+def start(
+    *,
+    ports: LocalPorts | None = None,
+    num_cpus: int | None = None,
+    dashboard_host: str = "127.0.0.1",
+    serve_host: str = "127.0.0.1",
+    directory: Path | None = None,
+) -> StartResult:
+    """Start the local cluster, or return the running one unchanged."""
+    directory = directory or state_dir()
+    ports = ports or LocalPorts()
+    ports.check()
+    try:
+        existing = load_local_cluster(directory)
+    except ClusterNotRunning:
+        existing = None
+    if existing is not None:
+        if is_alive(existing):
+            return StartResult(existing, already_running=True)
+        processes.terminate(existing.cluster_id)  # leftovers of a crashed cluster
+        forget_local_cluster(directory)
+
+    _check_ports_free(ports)
+    token_path = ensure_token(directory)
+    temp_dir = directory / "ray"
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    cluster_id = uuid.uuid4().hex[:12]
+    env = dict(os.environ)
+    env.update(auth_env(token_path))
+    env[processes.MARKER_ENV] = cluster_id
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    log_path = directory / "ray-start.log"
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.Popen(
+                _ray_start_args(ports, "127.0.0.1", dashboard_host, temp_dir, num_cpus),
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise ClusterError(f"Could not run 'ray start': {e}",
+                               hint="Install the project into this venv: pip install -e .") from e
+        try:
+            rc = proc.wait(timeout=_START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            rc = None
+    cluster = LocalCluster(
+        cluster_id=cluster_id, host="127.0.0.1", ports=ports, num_cpus=num_cpus,
+        pgid=proc.pid, temp_dir=str(temp_dir), token_path=str(token_path),
+        serve_host=serve_host,
+    )
+    if rc != 0:
+        processes.terminate(cluster_id)
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise ClusterError(
+            "'ray start --head' failed" + (" (timed out)" if rc is None else f" (exit {rc})") + ".",
+            context=tail, hint=f"See the full log in {log_path}.",
+        )
+    save_local_cluster(cluster, directory)
+    deadline = time.monotonic() + 60
+    while not is_alive(cluster):
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"The cluster started but its dashboard at {cluster.dashboard_url} does not answer.",
+                hint=f"Look at the logs under {temp_dir}/session_latest/logs, then run 'rayfleet down --local'.",
+            )
+        time.sleep(0.5)
+    return StartResult(cluster, already_running=False)
+
+
+def stop(directory: Path | None = None) -> LocalCluster | None:
+    """Stop the local cluster's processes and forget it. Returns what was stopped, or None."""
+    directory = directory or state_dir()
+    try:
+        cluster = load_local_cluster(directory)
+    except ClusterNotRunning:
+        return None
+    left = processes.terminate(cluster.cluster_id)
+    if left:
+        raise ClusterError(
+            f"Ray processes of the local cluster are still alive after SIGKILL: {left}.",
+            hint="Check them with 'ps -o pid,stat,args -p " + ",".join(map(str, left)) + "'.",
+        )
+    forget_local_cluster(directory)
+    return cluster
+
+
+def current(directory: Path | None = None) -> LocalCluster:
+    """The running local cluster, verified alive; ClusterNotRunning otherwise."""
+    cluster = load_local_cluster(directory)
+    if not is_alive(cluster):
+        raise ClusterNotRunning(
+            f"The local cluster recorded in {directory or state_dir()} is not running.",
+            hint="Start it with: rayfleet up --local",
+        )
+    return cluster
+
+
+def token(directory: Path | None = None) -> str:
+    return read_token(directory)

@@ -1,0 +1,142 @@
+"""``service.yaml``: one translation service deployed with Ray Serve."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rayfleet.config.base import Model
+
+__all__ = [
+    "ServiceSpec",
+    "GenerationSpec",
+    "BatchingSpec",
+    "ReplicasSpec",
+    "ResourcesSpec",
+    "LimitsSpec",
+    "AuthSpec",
+    "DEFAULT_MODEL",
+    "BACKENDS",
+]
+
+DEFAULT_MODEL = "Helsinki-NLP/opus-mt-en-fr"
+BACKENDS = ("transformers",)
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class GenerationSpec(Model):
+    """How text is generated."""
+
+    num_beams: Annotated[int, Field(ge=1, le=16, description="Beam width; 1 = greedy (fastest).")] = 1
+    max_new_tokens: Annotated[int, Field(ge=1, le=1024, description="Most tokens generated per text.")] = 256
+
+
+class BatchingSpec(Model):
+    """Serve dynamic batching: concurrent texts are merged into one model call."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=512, description="Most texts in one model call.")] = 16
+    batch_wait_timeout_s: Annotated[float, Field(
+        ge=0, le=10, description="How long a batch waits to fill before it runs.")] = 0.01
+
+
+class ReplicasSpec(Model):
+    """Replica count: fixed (``replicas: 2``) or autoscaling (min < max)."""
+
+    min: Annotated[int, Field(ge=0, le=1000, description="Fewest replicas.")] = 1
+    max: Annotated[int, Field(ge=1, le=1000, description="Most replicas.")] = 1
+    target_ongoing_requests: Annotated[float, Field(
+        gt=0, description="Autoscaling target: requests in flight per replica.")] = 8
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"min": data, "max": data}
+        return data
+
+    @model_validator(mode="after")
+    def _order(self) -> "ReplicasSpec":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max}); set min <= max")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min != self.max
+
+
+class ResourcesSpec(Model):
+    """What each replica reserves on its node."""
+
+    num_cpus: Annotated[float, Field(gt=0, le=256, description="CPUs per replica; also the model's thread count.")] = 1
+    num_gpus: Annotated[float, Field(ge=0, le=16, description="GPUs per replica.")] = 0
+
+
+class LimitsSpec(Model):
+    """Request limits; beyond them the service answers 413."""
+
+    max_chars: Annotated[int, Field(ge=1, description="Longest text, in characters.")] = 5000
+    max_texts: Annotated[int, Field(ge=1, description="Most texts in one request.")] = 64
+    max_body_bytes: Annotated[int, Field(ge=64, description="Largest request body, in bytes.")] = 1_000_000
+
+
+class AuthSpec(Model):
+    """API keys (``Authorization: Bearer KEY``). Off unless a source is given."""
+
+    api_keys_env: str | None = Field(
+        default=None, description="Environment variable holding comma-separated API keys.")
+    api_keys_file: str | None = Field(
+        default=None, description="File with one API key per line ('#' starts a comment).")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys_env or self.api_keys_file)
+
+
+class ServiceSpec(Model):
+    """A translation service: which model, how it is served, and its limits."""
+
+    name: str = Field(default="translator", description="Service (Serve application) name.")
+    route_prefix: str = Field(default="/", description="URL prefix, e.g. /en-fr.")
+    model: str = Field(default=DEFAULT_MODEL, description="Hugging Face hub id or local directory.")
+    version: str | None = Field(default=None, description="Label shown in /info and the X-Model-Version header.")
+    backend: Literal["transformers"] = Field(default="transformers", description="Inference library.")
+    device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where the model runs.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Decoding settings.")
+    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec, description="Fixed count or autoscaling.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-replica resources.")
+    limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request limits.")
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="Optional API keys.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use lowercase letters, digits and '-', at most 63 characters, e.g. 'en-fr'")
+        return v
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"must start with '/', e.g. '/{v}'")
+        if len(v) > 1 and v.endswith("/"):
+            raise ValueError(f"must not end with '/', e.g. '{v.rstrip('/')}'")
+        if any(c in v for c in "{}?#"):
+            raise ValueError("must be a plain path without '{', '}', '?' or '#'")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give a hub id such as 'Helsinki-NLP/opus-mt-en-fr' or a local directory")
+        return v
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        """Per-replica cap on requests in flight: never below the batch size (Serve's default, 5, would cap batches)."""
+        return max(2 * self.batching.max_batch_size, 32)

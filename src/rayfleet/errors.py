@@ -1,0 +1,66 @@
+"""Errors a rayfleet user can cause, and how they are shown.
+
+Every error a user can cause is a ``RayfleetError``; only ``cli/main.py``
+catches them and prints ``error: <message>`` plus the hint.
+
+    RayfleetError
+    ├── ConfigError            a YAML file is malformed or a field is invalid
+    ├── ClusterError           the local/fleet cluster can't be started, reached or stopped
+    │   └── ClusterNotRunning  an operation needs a cluster that is not up
+    ├── ModelError             a model can't be found or loaded
+    ├── ServeError             a service can't be deployed, listed or deleted
+    └── ClientError            a request to a running service failed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RayfleetError",
+    "ConfigError",
+    "ClusterError",
+    "ClusterNotRunning",
+    "ModelError",
+    "ServeError",
+    "ClientError",
+]
+
+
+class RayfleetError(Exception):
+    """Base of every error a user can cause.
+
+    ``message`` says what was wrong, ``context`` where (file:line, host,
+    stderr tail), ``hint`` how to fix it.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, context: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RayfleetError):
+    """A configuration file can't be read or fails validation."""
+
+
+class ClusterError(RayfleetError):
+    """The cluster can't be started, reached or stopped."""
+
+
+class ClusterNotRunning(ClusterError):
+    """An operation needs a running cluster and there is none."""
+
+
+class ModelError(RayfleetError):
+    """A model can't be found or loaded."""
+
+
+class ServeError(RayfleetError):
+    """A service can't be deployed, listed or deleted."""
+
+
+class ClientError(RayfleetError):
+    """A request to a running translation service failed."""

@@ -1,0 +1,246 @@
+"""The translation service: a Ray Serve deployment with a FastAPI ingress.
+
+Routes (under the service's route prefix):
+  POST /translate   {"text": "..."} -> {"translation": "..."}
+                    {"texts": [...]} -> {"translations": [...]}  (input order)
+  GET  /healthz     liveness
+  GET  /info        model, backend, version, batching statistics
+  GET  /docs        OpenAPI UI
+
+Every text of every concurrent request goes through one ``@serve.batch``
+queue, so the model sees large batches; the model call runs in a worker
+thread so the next batch forms while the current one runs.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress.
+import asyncio
+import hashlib
+import hmac
+import os
+import threading
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from ray import serve
+from ray.serve import Application
+
+from rayfleet import __version__
+from rayfleet.config.service import ServiceSpec
+from rayfleet.serve.backends.base import BackendSettings, load_backend
+
+__all__ = ["build_app", "Translator", "TranslateRequest", "hash_key", "VERSION_HEADER"]
+
+VERSION_HEADER = "X-Model-Version"
+
+
+def hash_key(key: str) -> str:
+    """API keys travel to replicas only as SHA-256 hashes."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class TranslateRequest(BaseModel):
+    """Exactly one of ``text`` or ``texts``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str | None = None
+    texts: list[str] | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("text must not be empty")
+        return v
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("texts must hold at least one text")
+            for i, t in enumerate(v):
+                if not t.strip():
+                    raise ValueError(f"texts[{i}] must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> "TranslateRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('send exactly one of "text" (a string) or "texts" (a list of strings)')
+        return self
+
+
+def _parse(body: bytes, limit: int) -> TranslateRequest:
+    if len(body) > limit:
+        raise HTTPException(413, f"request body is {len(body)} bytes; the limit is {limit} bytes")
+    try:
+        return TranslateRequest.model_validate_json(body)
+    except ValidationError as e:
+        errors = [{k: v for k, v in err.items() if k in ("type", "loc", "msg")} for err in e.errors()]
+        for err in errors:
+            err["loc"] = ["body", *err["loc"]]
+            err["msg"] = err["msg"].removeprefix("Value error, ")
+        raise RequestValidationError(errors) from None
+
+
+_REQUEST_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": TranslateRequest.model_json_schema()}}}}
+
+app = FastAPI(
+    title="rayfleet translator",
+    description="Machine translation served by rayfleet on Ray Serve.",
+    version=__version__,
+)
+
+
+@app.middleware("http")
+async def _limit_body(request: Request, call_next):
+    limit = getattr(app.state, "max_body_bytes", None)
+    length = request.headers.get("content-length")
+    if limit is not None and length is not None and length.isdigit() and int(length) > limit:
+        return JSONResponse(status_code=413, content={
+            "detail": f"request body is {length} bytes; the limit is {limit} bytes"})
+    return await call_next(request)
+
+
+def _check_key(request: Request) -> None:
+    hashes: list[str] = getattr(app.state, "key_hashes", [])
+    if not hashes:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise HTTPException(status_code=401, detail="missing API key: send 'Authorization: Bearer KEY'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    digest = hash_key(key.strip())
+    if not any(hmac.compare_digest(digest, h) for h in hashes):
+        raise HTTPException(status_code=401, detail="invalid API key",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+@serve.deployment
+@serve.ingress(app)
+class Translator:
+    def __init__(self, spec: dict[str, Any], key_hashes: list[str]):
+        self.spec = ServiceSpec.model_validate(spec)
+        threads = max(1, int(self.spec.resources.num_cpus))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        self.backend = load_backend(self.spec.backend, BackendSettings(
+            model=self.spec.model,
+            device=self.spec.device,
+            num_threads=threads,
+            num_beams=self.spec.generation.num_beams,
+            max_new_tokens=self.spec.generation.max_new_tokens,
+        ))
+        app.state.max_body_bytes = self.spec.limits.max_body_bytes
+        app.state.key_hashes = list(key_hashes)
+        self._translate_one.set_max_batch_size(self.spec.batching.max_batch_size)
+        self._translate_one.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
+        self._lock = threading.Lock()
+        self._batches = 0
+        self._texts = 0
+        self._max_batch = 0
+        self._busy_s = 0.0
+        self._started = time.time()
+
+    def _run_model(self, texts: list[str]) -> list[str]:
+        t0 = time.perf_counter()
+        out = self.backend.translate(texts)
+        with self._lock:
+            self._batches += 1
+            self._texts += len(texts)
+            self._max_batch = max(self._max_batch, len(texts))
+            self._busy_s += time.perf_counter() - t0
+        return out
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _translate_one(self, texts: list[str]) -> list[str]:
+        out = await asyncio.to_thread(self._run_model, texts)
+        if len(out) != len(texts):  # the backend contract; never hand out misaligned results
+            raise RuntimeError(f"backend returned {len(out)} outputs for {len(texts)} inputs")
+        return out
+
+    def _headers(self) -> dict[str, str]:
+        return {VERSION_HEADER: self.spec.version or self.spec.model}
+
+    @app.post("/translate", dependencies=[Depends(_check_key)], openapi_extra=_REQUEST_BODY_DOC,
+              responses={413: {"description": "Too many texts, a text too long, or the body too large"},
+                         401: {"description": "Missing or wrong API key (when the service has keys)"},
+                         422: {"description": "Malformed JSON, wrong types or empty text"}})
+    async def translate(self, request: Request) -> JSONResponse:
+        """Translate ``text`` or ``texts``. The body is JSON whatever the Content-Type says."""
+        payload = _parse(await request.body(), self.spec.limits.max_body_bytes)
+        limits = self.spec.limits
+        texts = [payload.text] if payload.text is not None else list(payload.texts or [])
+        if len(texts) > limits.max_texts:
+            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {limits.max_texts}")
+        for i, t in enumerate(texts):
+            if len(t) > limits.max_chars:
+                where = "text" if payload.text is not None else f"texts[{i}]"
+                raise HTTPException(413, f"{where} has {len(t)} characters; the limit is {limits.max_chars}")
+        results = await asyncio.gather(*(self._translate_one(t) for t in texts))
+        body = {"translation": results[0]} if payload.text is not None else {"translations": list(results)}
+        return JSONResponse(body, headers=self._headers())
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/info", dependencies=[Depends(_check_key)])
+    async def info(self) -> JSONResponse:
+        with self._lock:
+            stats = {
+                "batches": self._batches,
+                "texts": self._texts,
+                "mean_batch_size": (self._texts / self._batches) if self._batches else 0.0,
+                "max_batch_size_seen": self._max_batch,
+                "model_busy_s": round(self._busy_s, 3),
+            }
+        body = {
+            "service": self.spec.name,
+            "model": self.spec.model,
+            "version": self.spec.version or self.spec.model,
+            "rayfleet": __version__,
+            "generation": self.spec.generation.model_dump(),
+            "batching": {**self.spec.batching.model_dump(), **stats},
+            "uptime_s": round(time.time() - self._started, 1),
+            **self.backend.info(),
+        }
+        return JSONResponse(body, headers=self._headers())
+
+    def check_health(self) -> None:
+        """Serve's health check: the replica is healthy while its backend is loaded."""
+        if self.backend is None:
+            raise RuntimeError("backend not loaded")
+
+
+def deployment_options(spec: ServiceSpec) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "name": "Translator",
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
+    }
+    if spec.replicas.autoscaling:
+        opts["autoscaling_config"] = {
+            "min_replicas": spec.replicas.min,
+            "max_replicas": spec.replicas.max,
+            "target_ongoing_requests": spec.replicas.target_ongoing_requests,
+        }
+    else:
+        opts["num_replicas"] = spec.replicas.max
+    return opts
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve application builder (``import_path: rayfleet.serve.app:build_app``).
+
+    args: ``{"spec": <ServiceSpec as JSON>, "key_hashes": [sha256 hex, ...]}``.
+    """
+    spec = ServiceSpec.model_validate(args["spec"])
+    return Translator.options(**deployment_options(spec)).bind(
+        spec.model_dump(mode="json"), list(args.get("key_hashes", [])))

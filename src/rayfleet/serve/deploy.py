@@ -1,0 +1,177 @@
+"""Deploy, list and delete translation services on a running cluster.
+
+We use Serve's declarative REST API on the dashboard (Ray's own
+``ServeSubmissionClient``), authenticated with the cluster token: the client
+needs only HTTP access to the dashboard, and redeploying an app updates it in
+place (Serve rolls replicas). Serve's config holds every app at once, so each
+call reads the deployed config, changes one app, and writes the whole config.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rayfleet.config.service import ServiceSpec
+from rayfleet.errors import ServeError
+
+__all__ = ["ServeTarget", "ServiceStatus", "deploy", "list_services", "delete_service", "IMPORT_PATH"]
+
+IMPORT_PATH = "rayfleet.serve.app:build_app"
+
+
+@dataclass(frozen=True)
+class ServeTarget:
+    """Where to deploy: the dashboard (with auth headers) and Serve's HTTP address."""
+
+    dashboard_url: str
+    headers: dict[str, str]
+    serve_host: str
+    serve_port: int
+    public_host: str
+
+    def url(self, route_prefix: str) -> str:
+        return f"http://{self.public_host}:{self.serve_port}{'' if route_prefix == '/' else route_prefix}"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    status: str
+    route_prefix: str
+    url: str
+    replicas: int
+    model: str
+    message: str
+
+
+def _client(target: ServeTarget):
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    try:
+        return ServeSubmissionClient(target.dashboard_url, headers=dict(target.headers))
+    except Exception as e:  # Ray raises ConnectionError/RuntimeError subclasses here
+        raise ServeError(f"Can't reach the Ray dashboard at {target.dashboard_url}: {e}",
+                         hint="Is the cluster up? Check with: rayfleet status") from e
+
+
+def _details(client, target: ServeTarget) -> dict[str, Any]:
+    try:
+        return client.get_serve_details()
+    except Exception as e:
+        raise ServeError(f"Can't read Serve's state from {target.dashboard_url}: {e}") from e
+
+
+def _app_configs(details: dict[str, Any]) -> list[dict[str, Any]]:
+    configs = []
+    for name, app in (details.get("applications") or {}).items():
+        cfg = app.get("deployed_app_config")
+        if cfg is None:
+            raise ServeError(f"Serve application {name!r} was deployed outside rayfleet (with serve.run).",
+                             hint="Delete it with 'serve shutdown' or redeploy it through rayfleet.")
+        configs.append(cfg)
+    return configs
+
+
+def _put(client, target: ServeTarget, apps: list[dict[str, Any]]) -> None:
+    config = {
+        "http_options": {"host": target.serve_host, "port": target.serve_port},
+        "applications": apps,
+    }
+    try:
+        client.deploy_applications(config)
+    except Exception as e:
+        raise ServeError(f"Serve refused the config: {e}") from e
+
+
+def _app_config(spec: ServiceSpec, key_hashes: list[str]) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "route_prefix": spec.route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": {"spec": spec.model_dump(mode="json"), "key_hashes": key_hashes},
+    }
+
+
+def _replica_count(app: dict[str, Any]) -> int:
+    total = 0
+    for dep in (app.get("deployments") or {}).values():
+        total += sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
+    return total
+
+
+def _failure_message(app: dict[str, Any]) -> str:
+    parts = [app.get("message") or ""]
+    for dep in (app.get("deployments") or {}).values():
+        if dep.get("message"):
+            parts.append(dep["message"])
+    text = "\n".join(p for p in parts if p).strip()
+    lines = text.splitlines()
+    return "\n".join(lines[-25:])
+
+
+def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, timeout_s: float = 600,
+           progress: Callable[[str], None] | None = None) -> ServiceStatus:
+    """Deploy or update ``spec`` and wait until it serves. Other apps stay as they are."""
+    client = _client(target)
+    details = _details(client, target)
+    apps = _app_configs(details)
+    for other in apps:
+        if other["name"] != spec.name and other.get("route_prefix") == spec.route_prefix:
+            raise ServeError(f"Route prefix {spec.route_prefix!r} is already used by service {other['name']!r}.",
+                             hint="Give this service another route_prefix, or delete the other one.")
+    previous = (details.get("applications") or {}).get(spec.name, {}).get("last_deployed_time_s", 0)
+    new_apps = [a for a in apps if a["name"] != spec.name] + [_app_config(spec, key_hashes)]
+    _put(client, target, new_apps)
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        app = (_details(client, target).get("applications") or {}).get(spec.name)
+        status = app.get("status") if app else "NOT_STARTED"
+        fresh = bool(app) and app.get("last_deployed_time_s", 0) > previous
+        if progress and status != last:
+            progress(status)
+            last = status
+        if fresh and status == "RUNNING":
+            return _status(target, spec.name, app)
+        if fresh and status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise ServeError(f"Service {spec.name!r} failed to deploy ({status}).",
+                             context=_failure_message(app) or None,
+                             hint="Fix the cause above, then run 'rayfleet serve' again.")
+        if time.monotonic() > deadline:
+            raise ServeError(f"Service {spec.name!r} is not ready after {timeout_s:.0f} s (status {status}).",
+                             hint="Watch it with 'rayfleet services'; the Ray dashboard shows replica logs.")
+        time.sleep(0.5)
+
+
+def _status(target: ServeTarget, name: str, app: dict[str, Any]) -> ServiceStatus:
+    cfg = app.get("deployed_app_config") or {}
+    spec = (cfg.get("args") or {}).get("spec") or {}
+    prefix = app.get("route_prefix") or cfg.get("route_prefix") or "/"
+    return ServiceStatus(
+        name=name, status=app.get("status", "?"), route_prefix=prefix, url=target.url(prefix),
+        replicas=_replica_count(app), model=spec.get("model", "?"), message=app.get("message") or "",
+    )
+
+
+def list_services(target: ServeTarget) -> list[ServiceStatus]:
+    details = _details(_client(target), target)
+    return [_status(target, name, app) for name, app in sorted((details.get("applications") or {}).items())]
+
+
+def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120) -> None:
+    """Remove one service; the others keep serving."""
+    client = _client(target)
+    details = _details(client, target)
+    apps = _app_configs(details)
+    if name not in {a["name"] for a in apps}:
+        known = ", ".join(sorted(a["name"] for a in apps)) or "none"
+        raise ServeError(f"No service named {name!r} (deployed: {known}).",
+                         hint="List them with: rayfleet services")
+    _put(client, target, [a for a in apps if a["name"] != name])
+    deadline = time.monotonic() + timeout_s
+    while name in (_details(client, target).get("applications") or {}):
+        if time.monotonic() > deadline:
+            raise ServeError(f"Service {name!r} is still being deleted after {timeout_s:.0f} s.")
+        time.sleep(0.5)

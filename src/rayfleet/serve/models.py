@@ -1,0 +1,79 @@
+"""Where a service's model comes from: a local directory or a hub id.
+
+``resolve_model`` runs on the client before a deploy, so a wrong path or an
+unreachable hub is one clear error instead of replicas failing in a loop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rayfleet.errors import ModelError
+
+__all__ = ["resolve_model", "looks_like_path"]
+
+_HINT = ("Pass a local directory that holds a model saved with save_pretrained "
+         "(config.json, tokenizer files, weights), e.g. --model /models/opus-mt-en-fr "
+         "or 'model: /models/opus-mt-en-fr' in service.yaml.")
+
+
+def looks_like_path(model: str) -> bool:
+    return (model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+            or Path(model).expanduser().exists())
+
+
+def _check_dir(model: str) -> str:
+    path = Path(model).expanduser().resolve()
+    if not path.exists():
+        raise ModelError(f"Model directory {model!r} does not exist.", hint=_HINT)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelError(f"{model!r} is not a model directory (no config.json in it).", hint=_HINT)
+    return str(path)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> str | None:
+    """None when the hub's host accepts a TCP connection, else the reason it doesn't."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"{host}: {e.strerror or e}"
+
+
+def resolve_model(model: str) -> str:
+    """Return what replicas should load: an absolute directory or a hub id.
+
+    Raises ModelError naming the model and how to pass a local path.
+    """
+    if looks_like_path(model):
+        return _check_dir(model)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    if isinstance(cached, str):
+        return model
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelError(f"Model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set.",
+                         hint=_HINT)
+    reason = _hub_reachable()
+    if reason is not None:
+        raise ModelError(
+            f"Model {model!r} is not in the local cache and the Hugging Face Hub can't be reached ({reason}).",
+            hint=_HINT)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        hf_hub_download(model, "config.json", etag_timeout=5)
+    except RepositoryNotFoundError as e:
+        raise ModelError(f"Model {model!r} does not exist on the Hugging Face Hub.", hint=_HINT) from e
+    except (HfHubHTTPError, OSError) as e:
+        raise ModelError(f"Model {model!r} could not be fetched from the Hugging Face Hub: {e}",
+                         hint=_HINT) from e
+    return model

@@ -267,7 +267,7 @@ def _progress_bars_disabled() -> Iterator[None]:
 
 
 def build_tiny_marian(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 200) -> Path:
-    """Build a tiny MarianMT EN->FR model (random weights) + MarianTokenizer into out_dir,
+    """Build a tiny MarianMT EN->FR model (briefly trained on a synthetic corpus, deterministic by seed) + MarianTokenizer into out_dir,
     saved with save_pretrained, so that AutoTokenizer.from_pretrained(out_dir) and
     AutoModelForSeq2SeqLM.from_pretrained(out_dir) load it exactly like Helsinki-NLP/opus-mt-en-fr. Returns out_dir."""
     out_dir = Path(out_dir)

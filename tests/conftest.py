@@ -1,0 +1,102 @@
+"""Shared fixtures: a tiny local model, one real local Ray cluster per session,
+and the translator deployed on it.
+
+The session cluster uses its own RAYFLEET_HOME and ports below the kernel's
+ephemeral range, so it never meets a user's cluster (./run) on the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may touch the user's ~/.rayfleet.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="rf-test-", dir="/tmp"))
+os.environ["RAYFLEET_HOME"] = str(_SESSION_HOME / "home")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Port sets: gcs, dashboard, serve, client, agent, worker range. All < 32768.
+SESSION_PORTS = dict(gcs=23790, dashboard=23791, serve=23792, client_server=23793,
+                     dashboard_agent=23794, min_worker=23800, max_worker=23999)
+OTHER_PORTS = dict(gcs=24790, dashboard=24791, serve=24792, client_server=24793,
+                   dashboard_agent=24794, min_worker=24800, max_worker=24999)
+E2E_PORTS = dict(gcs=25790, dashboard=25791, serve=25792, client_server=25793,
+                 dashboard_agent=25794, min_worker=25800, max_worker=25999)
+
+
+def up_flags(p: dict) -> list[str]:
+    """The 'rayfleet up --local' flags for a port set."""
+    return ["--port", str(p["gcs"]), "--dashboard-port", str(p["dashboard"]),
+            "--serve-port", str(p["serve"]), "--client-port", str(p["client_server"]),
+            "--agent-port", str(p["dashboard_agent"]), "--min-worker-port", str(p["min_worker"]),
+            "--max-worker-port", str(p["max_worker"])]
+
+
+def rayfleet_cli(*args: str, env: dict | None = None, timeout: float = 600,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed 'rayfleet' command in a subprocess."""
+    exe = Path(sys.executable).parent / "rayfleet"
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("COLUMNS", "200")
+    return subprocess.run([str(exe), *args], env=full_env, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from rayfleet.testing.tiny_model import build_tiny_marian
+
+    return build_tiny_marian(_SESSION_HOME / "tiny-marian", seed=0)
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A real single-node Ray cluster started through rayfleet (token auth on)."""
+    from rayfleet.cluster import local
+    from rayfleet.cluster.state import LocalPorts
+
+    result = local.start(ports=LocalPorts(**SESSION_PORTS), num_cpus=4)
+    try:
+        yield result.cluster
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_target(local_cluster):
+    from rayfleet.cli._common import target_for
+
+    return target_for(local_cluster)
+
+
+@pytest.fixture(scope="session")
+def translator(serve_target, tiny_model):
+    """The translator (tiny model) deployed at route /, with small limits for the tests."""
+    from rayfleet.config.service import ServiceSpec
+    from rayfleet.serve.deploy import deploy, delete_service
+
+    spec = ServiceSpec(
+        name="translator", route_prefix="/", model=str(tiny_model), version="tiny-v1",
+        batching={"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
+        limits={"max_chars": 200, "max_texts": 8, "max_body_bytes": 4096},
+        generation={"max_new_tokens": 32},
+    )
+    status = deploy(serve_target, spec, [], timeout_s=300)
+    try:
+        yield spec, status.url
+    finally:
+        delete_service(serve_target, spec.name)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""service.yaml validation: exact messages with file:line:col and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rayfleet.config.loader import load_model
+from rayfleet.config.service import ServiceSpec
+from rayfleet.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "service.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_model(ServiceSpec, p)
+    return e.value.message.replace(str(tmp_path) + "/", "")
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    assert _error(tmp_path, "name: en-fr\nreplcas: 2\n") == (
+        "service.yaml:2:1: replcas: unknown key 'replcas' — did you mean 'replicas'?")
+
+
+def test_unknown_nested_key(tmp_path):
+    assert _error(tmp_path, "limits:\n  maxtexts: 3\n") == (
+        "service.yaml:2:3: limits.maxtexts: unknown key 'maxtexts' — did you mean 'max_texts'?")
+
+
+def test_unknown_key_without_close_match_lists_allowed(tmp_path):
+    assert _error(tmp_path, "generation:\n  zzz: 1\n") == (
+        "service.yaml:2:3: generation.zzz: unknown key 'zzz' — allowed keys: num_beams, max_new_tokens")
+
+
+def test_wrong_type(tmp_path):
+    assert _error(tmp_path, "batching:\n  max_batch_size: lots\n") == (
+        "service.yaml:2:19: batching.max_batch_size: got 'lots'; "
+        "input should be a valid integer, unable to parse string as an integer")
+
+
+def test_out_of_range(tmp_path):
+    assert _error(tmp_path, "batching:\n  max_batch_size: 0\n") == (
+        "service.yaml:2:19: batching.max_batch_size: got 0; input should be greater than or equal to 1")
+
+
+def test_broken_yaml(tmp_path):
+    assert _error(tmp_path, "name: en-fr\nbatching: [\n  x: 1\n") == (
+        "service.yaml:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'.")
+
+
+def test_all_problems_reported_together(tmp_path):
+    msg = _error(tmp_path, "route_prefix: en\nreplicas: {min: 3, max: 2}\nbackend: onnx\n")
+    assert msg.splitlines() == [
+        "service.yaml:1:15: route_prefix: got 'en'; must start with '/', e.g. '/en'",
+        "service.yaml:3:10: backend: got 'onnx'; input should be 'transformers'",
+        "service.yaml:2:11: replicas: min (3) is larger than max (2); set min <= max",
+    ]
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    assert _error(tmp_path, "- a\n- b\n") == (
+        "service.yaml: expected a mapping of keys at the top level, got list.")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_model(ServiceSpec, tmp_path / "nope.yaml")
+    assert e.value.message.endswith("nope.yaml: no such file.")
+
+
+def test_defaults_and_shorthand(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("replicas: 3\n")
+    spec = load_model(ServiceSpec, p)
+    assert (spec.name, spec.route_prefix, spec.model) == ("translator", "/", "Helsinki-NLP/opus-mt-en-fr")
+    assert (spec.replicas.min, spec.replicas.max, spec.replicas.autoscaling) == (3, 3, False)
+    # Serve's default max_ongoing_requests (5) would cap batches: never below the batch size.
+    assert spec.max_ongoing_requests >= spec.batching.max_batch_size
+
+
+def test_autoscaling_replicas(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("replicas: {min: 1, max: 3, target_ongoing_requests: 4}\n")
+    assert load_model(ServiceSpec, p).replicas.autoscaling
+
+
+def test_example_file_is_valid():
+    spec = load_model(ServiceSpec, Path(__file__).parents[2] / "examples" / "translate.yaml")
+    assert spec.backend == "transformers"
+
+
+def test_overrides_do_not_mutate_input(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: a\n")
+    spec = load_model(ServiceSpec, p, overrides={"name": "b"})
+    assert spec.name == "b"

@@ -12,10 +12,12 @@ Contract: ``start`` is idempotent (a running cluster is returned as is);
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from rayfleet.cluster.state import (
 )
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
-__all__ = ["StartResult", "start", "stop", "is_alive", "auth_headers", "ray_executable"]
+__all__ = ["StartResult", "start", "stop", "current", "pids", "is_alive", "auth_headers", "ray_executable"]
 
 _START_TIMEOUT_S = 120
 
@@ -59,9 +61,14 @@ def auth_headers(cluster: LocalCluster) -> dict[str, str]:
     return {"Authorization": f"Bearer {Path(cluster.token_path).read_text().strip()}"}
 
 
+def pids(cluster: LocalCluster) -> list[int]:
+    """PIDs of every live process of this cluster (and of no other)."""
+    return processes.cluster_pids(cluster.cluster_id, cluster.pgid)
+
+
 def is_alive(cluster: LocalCluster, timeout_s: float = 3.0) -> bool:
     """True when the cluster's processes run and its dashboard answers with our token."""
-    if not processes.cluster_pids(cluster.cluster_id):
+    if not pids(cluster):
         return False
     try:
         r = requests.get(
@@ -121,6 +128,18 @@ def _ray_start_args(ports: LocalPorts, host: str, dashboard_host: str, temp_dir:
     return args
 
 
+_MAX_TEMP_DIR_LEN = 40  # Ray adds ~65 chars of session/sockets path; AF_UNIX allows 107
+
+
+def _ray_temp_dir(directory: Path) -> Path:
+    """Ray's --temp-dir: under the state dir, or a short stable /tmp path when that is too long."""
+    preferred = directory.resolve() / "ray"
+    if len(str(preferred)) <= _MAX_TEMP_DIR_LEN:
+        return preferred
+    digest = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"rayfleet-{digest}"
+
+
 def start(
     *,
     ports: LocalPorts | None = None,
@@ -140,18 +159,20 @@ def start(
     if existing is not None:
         if is_alive(existing):
             return StartResult(existing, already_running=True)
-        processes.terminate(existing.cluster_id)  # leftovers of a crashed cluster
+        processes.terminate(existing.cluster_id, existing.pgid)  # leftovers of a crashed cluster
         forget_local_cluster(directory)
 
     _check_ports_free(ports)
     token_path = ensure_token(directory)
-    temp_dir = directory / "ray"
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    temp_dir = _ray_temp_dir(directory)
+    temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cluster_id = uuid.uuid4().hex[:12]
     env = dict(os.environ)
     env.update(auth_env(token_path))
     env[processes.MARKER_ENV] = cluster_id
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Jobs' entrypoints ('python ...') must find this venv's Python, with Ray and rayfleet.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     log_path = directory / "ray-start.log"
     with open(log_path, "w") as log:
         try:
@@ -173,7 +194,7 @@ def start(
         serve_host=serve_host,
     )
     if rc != 0:
-        processes.terminate(cluster_id)
+        processes.terminate(cluster_id, proc.pid)
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise ClusterError(
             "'ray start --head' failed" + (" (timed out)" if rc is None else f" (exit {rc})") + ".",
@@ -198,7 +219,7 @@ def stop(directory: Path | None = None) -> LocalCluster | None:
         cluster = load_local_cluster(directory)
     except ClusterNotRunning:
         return None
-    left = processes.terminate(cluster.cluster_id)
+    left = processes.terminate(cluster.cluster_id, cluster.pgid)
     if left:
         raise ClusterError(
             f"Ray processes of the local cluster are still alive after SIGKILL: {left}.",

@@ -1,10 +1,16 @@
 """Find and stop the processes of one rayfleet-started Ray cluster.
 
-Every process rayfleet starts for a cluster carries ``RAYFLEET_CLUSTER_ID`` in its
-environment, and Ray passes its environment on to every process it spawns
-(GCS, raylet, dashboard, workers, Serve replicas). We find a cluster's processes
-by that marker, so stopping one cluster never touches another Ray on the machine
-(``ray stop`` would kill every Ray process by name).
+rayfleet runs ``ray start --head`` as the leader of a new session (setsid), and
+every process Ray spawns from it (GCS, raylet, dashboard, agents, workers, Serve
+replicas) stays in that session: Ray's workers change their process group but
+not their session, and the session survives re-parenting when a parent dies
+first. We find a cluster's processes by that session id, so stopping one
+cluster never touches another Ray on the machine (``ray stop`` would kill every
+Ray process by name).
+
+The environment marker ``RAYFLEET_CLUSTER_ID`` is set too, but it is not enough
+on its own: Ray's ``setproctitle`` overwrites ``/proc/PID/environ`` of its
+workers and agents.
 """
 
 from __future__ import annotations
@@ -37,8 +43,22 @@ def is_running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def cluster_pids(cluster_id: str) -> list[int]:
-    """PIDs of the live (non-zombie) processes marked with this cluster id."""
+def _session_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[3])  # state ppid pgrp session ...
+
+
+def cluster_pids(cluster_id: str, session: int | None = None) -> list[int]:
+    """PIDs of the live (non-zombie) processes of this cluster.
+
+    A process belongs to it when it is in the cluster's session (``session``,
+    the PID of the ``ray start`` that rayfleet ran with setsid) or carries the
+    cluster's environment marker.
+    """
     needle = f"{MARKER_ENV}={cluster_id}".encode()
     me = os.getpid()
     pids = []
@@ -46,7 +66,9 @@ def cluster_pids(cluster_id: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
-        if pid != me and _environ_has(pid, needle) and is_running(pid):
+        if pid == me or not is_running(pid):
+            continue
+        if (session is not None and _session_of(pid) == session) or _environ_has(pid, needle):
             pids.append(pid)
     return sorted(pids)
 
@@ -59,18 +81,21 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def terminate(cluster_id: str, *, grace_s: float = 5.0, timeout_s: float = 20.0) -> list[int]:
+def terminate(cluster_id: str, session: int | None = None, *, grace_s: float = 5.0,
+              timeout_s: float = 20.0) -> list[int]:
     """Stop every process of the cluster: SIGTERM, then SIGKILL after grace_s.
 
     Returns the PIDs still alive after timeout_s (empty on success). Idempotent.
     """
-    pids = cluster_pids(cluster_id)
+    if session is not None and session <= 1:
+        raise ValueError(f"refusing to stop session {session}")
+    pids = cluster_pids(cluster_id, session)
     _signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     killed = False
     start = time.monotonic()
     while time.monotonic() < deadline:
-        left = cluster_pids(cluster_id)
+        left = cluster_pids(cluster_id, session)
         if not left:
             return []
         if not killed and time.monotonic() - start >= grace_s:
@@ -79,4 +104,4 @@ def terminate(cluster_id: str, *, grace_s: float = 5.0, timeout_s: float = 20.0)
         elif killed:
             _signal_all(left, signal.SIGKILL)
         time.sleep(0.2)
-    return cluster_pids(cluster_id)
+    return cluster_pids(cluster_id, session)

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -98,18 +98,7 @@ app = FastAPI(
 )
 
 
-@app.middleware("http")
-async def _limit_body(request: Request, call_next):
-    limit = getattr(app.state, "max_body_bytes", None)
-    length = request.headers.get("content-length")
-    if limit is not None and length is not None and length.isdigit() and int(length) > limit:
-        return JSONResponse(status_code=413, content={
-            "detail": f"request body is {length} bytes; the limit is {limit} bytes"})
-    return await call_next(request)
-
-
-def _check_key(request: Request) -> None:
-    hashes: list[str] = getattr(app.state, "key_hashes", [])
+def _check_key(request: Request, hashes: list[str]) -> None:
     if not hashes:
         return
     header = request.headers.get("authorization", "")
@@ -137,8 +126,9 @@ class Translator:
             num_beams=self.spec.generation.num_beams,
             max_new_tokens=self.spec.generation.max_new_tokens,
         ))
-        app.state.max_body_bytes = self.spec.limits.max_body_bytes
-        app.state.key_hashes = list(key_hashes)
+        # Per replica, on the instance: Serve copies the FastAPI app into the replica,
+        # so module-level state would not be what the routes see.
+        self._key_hashes = list(key_hashes)
         self._translate_one.set_max_batch_size(self.spec.batching.max_batch_size)
         self._translate_one.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
         self._lock = threading.Lock()
@@ -168,12 +158,13 @@ class Translator:
     def _headers(self) -> dict[str, str]:
         return {VERSION_HEADER: self.spec.version or self.spec.model}
 
-    @app.post("/translate", dependencies=[Depends(_check_key)], openapi_extra=_REQUEST_BODY_DOC,
+    @app.post("/translate", openapi_extra=_REQUEST_BODY_DOC,
               responses={413: {"description": "Too many texts, a text too long, or the body too large"},
                          401: {"description": "Missing or wrong API key (when the service has keys)"},
                          422: {"description": "Malformed JSON, wrong types or empty text"}})
     async def translate(self, request: Request) -> JSONResponse:
         """Translate ``text`` or ``texts``. The body is JSON whatever the Content-Type says."""
+        _check_key(request, self._key_hashes)
         payload = _parse(await request.body(), self.spec.limits.max_body_bytes)
         limits = self.spec.limits
         texts = [payload.text] if payload.text is not None else list(payload.texts or [])
@@ -191,8 +182,9 @@ class Translator:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/info", dependencies=[Depends(_check_key)])
-    async def info(self) -> JSONResponse:
+    @app.get("/info")
+    async def info(self, request: Request) -> JSONResponse:
+        _check_key(request, self._key_hashes)
         with self._lock:
             stats = {
                 "batches": self._batches,

@@ -1,0 +1,102 @@
+"""The local cluster: token auth, idempotent up, isolation, and a clean down."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import OTHER_PORTS, SESSION_PORTS, rayfleet_cli, up_flags
+from rayfleet.cluster import local, processes
+
+pytestmark = pytest.mark.integration
+
+
+def test_token_file_is_private(local_cluster):
+    assert stat.S_IMODE(os.stat(local_cluster.token_path).st_mode) == 0o600
+
+
+def test_dashboard_bound_to_loopback(local_cluster):
+    assert local_cluster.dashboard_url == f"http://127.0.0.1:{SESSION_PORTS['dashboard']}"
+
+
+def test_jobs_api_refuses_requests_without_the_token(local_cluster):
+    url = f"{local_cluster.dashboard_url}/api/jobs/"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.post(url, json={"entrypoint": "echo pwned"}, timeout=10).status_code == 401
+    bad = {"Authorization": "Bearer " + "0" * 64}
+    assert requests.get(url, headers=bad, timeout=10).status_code == 403
+    assert requests.get(url, headers=local.auth_headers(local_cluster), timeout=10).status_code == 200
+
+
+def test_job_with_the_token_runs(local_cluster):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(local_cluster.dashboard_url, headers=local.auth_headers(local_cluster))
+    job = client.submit_job(entrypoint="python -c \"import ray; ray.init(); "
+                                       "print('cpus', ray.cluster_resources()['CPU'])\"")
+    deadline = time.monotonic() + 180
+    while (st := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.monotonic() < deadline, "job did not finish"
+        time.sleep(1)
+    assert st == JobStatus.SUCCEEDED, client.get_job_logs(job)
+    assert "cpus 4.0" in client.get_job_logs(job)
+
+
+def test_up_again_is_harmless(local_cluster):
+    before = local.pids(local_cluster)
+    r = rayfleet_cli("up", "--local", *up_flags(SESSION_PORTS))
+    assert r.returncode == 0, r.stderr
+    assert "Cluster already running." in r.stdout
+    assert local.current().cluster_id == local_cluster.cluster_id
+    assert set(before) <= set(local.pids(local_cluster))
+
+
+def test_status_shows_node_and_services(local_cluster, translator):
+    r = rayfleet_cli("status")
+    assert r.returncode == 0, r.stderr
+    assert f"Local cluster 127.0.0.1:{SESSION_PORTS['gcs']}" in r.stdout
+    assert "ALIVE" in r.stdout and "(head)" in r.stdout
+    assert "translator" in r.stdout and "RUNNING" in r.stdout
+
+
+def test_second_cluster_is_isolated_and_down_leaves_nothing(local_cluster, tmp_path):
+    """Another RAYFLEET_HOME + ports: both run; stopping the second leaves the first untouched."""
+    env = {"RAYFLEET_HOME": str(tmp_path / "other")}
+    r = rayfleet_cli("up", "--local", "--num-cpus", "1", *up_flags(OTHER_PORTS), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    other = local.current(Path(env["RAYFLEET_HOME"]))
+    assert other.cluster_id != local_cluster.cluster_id
+    other_pids = local.pids(other)
+    mine = local.pids(local_cluster)
+    assert other_pids and not set(other_pids) & set(mine)
+    # Each cluster's token opens only its own dashboard.
+    assert requests.get(f"{other.dashboard_url}/api/jobs/", headers=local.auth_headers(local_cluster),
+                        timeout=10).status_code == 403
+
+    t0 = time.monotonic()
+    r = rayfleet_cli("down", "--local", env=env)
+    assert r.returncode == 0, r.stderr
+    print(f"down took {time.monotonic() - t0:.1f} s")
+    assert "no Ray process of it is left" in r.stdout
+    assert not [p for p in other_pids if processes.is_running(p)]
+    assert local.pids(other) == []
+    assert all(processes.is_running(p) for p in mine)
+    assert local.is_alive(local_cluster)
+    # down again: nothing to do, not an error
+    r = rayfleet_cli("down", "--local", env=env)
+    assert r.returncode == 0 and "No local cluster is running" in r.stdout
+
+
+def test_port_in_use_is_a_clear_error(local_cluster, tmp_path):
+    ports = dict(OTHER_PORTS, gcs=SESSION_PORTS["gcs"])
+    r = rayfleet_cli("up", "--local", *up_flags(ports), env={"RAYFLEET_HOME": str(tmp_path / "x")})
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"error: Port {SESSION_PORTS['gcs']} (the gcs port) is already in use on this machine.",
+        "hint: Stop what uses it, or pick another port with --port N.",
+    ]

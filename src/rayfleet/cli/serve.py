@@ -65,7 +65,10 @@ def serve(
                   markup=False)
 
 
-services_app = typer.Typer(help="List and delete services.", no_args_is_help=False, rich_markup_mode=None)
+services_app = typer.Typer(
+    help="List services (name, state, replicas, model, URL), or delete one.\n\n"
+         "Example: rayfleet services; rayfleet services delete translator",
+    no_args_is_help=False, rich_markup_mode=None)
 
 
 @services_app.callback(invoke_without_command=True)

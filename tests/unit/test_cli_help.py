@@ -1,0 +1,36 @@
+"""Every command has help with an example; user errors without a cluster are one clean line."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import rayfleet_cli
+
+pytestmark = pytest.mark.unit
+
+COMMANDS = [["up"], ["down"], ["status"], ["serve"], ["services"], ["services", "delete"], ["translate"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_help_has_an_example(cmd):
+    r = rayfleet_cli(*cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Example: rayfleet " + cmd[0] in r.stdout
+
+
+def test_commands_need_a_running_cluster(tmp_path):
+    env = {"RAYFLEET_HOME": str(tmp_path / "empty")}
+    r = rayfleet_cli("status", env=env)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"error: No local cluster is running (no {tmp_path}/empty/local.json).",
+        "hint: Start one with: rayfleet up --local",
+    ]
+    r = rayfleet_cli("down", "--local", env=env)
+    assert r.returncode == 0 and "No local cluster is running" in r.stdout
+
+
+def test_up_without_local_explains(tmp_path):
+    r = rayfleet_cli("up", env={"RAYFLEET_HOME": str(tmp_path)})
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == "error: Only local clusters are supported: the --local flag is required."

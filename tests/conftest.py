@@ -24,13 +24,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Port sets: gcs, dashboard, serve, client, agent, worker range. All < 32768.
-SESSION_PORTS = dict(gcs=23790, dashboard=23791, serve=23792, client_server=23793,
-                     dashboard_agent=23794, min_worker=23800, max_worker=23999)
-OTHER_PORTS = dict(gcs=24790, dashboard=24791, serve=24792, client_server=24793,
-                   dashboard_agent=24794, min_worker=24800, max_worker=24999)
-E2E_PORTS = dict(gcs=25790, dashboard=25791, serve=25792, client_server=25793,
-                 dashboard_agent=25794, min_worker=25800, max_worker=25999)
+# Port sets: gcs, dashboard, serve, client, agent, worker range; all below the
+# kernel's ephemeral range (32768). RAYFLEET_TEST_PORT_BASE moves them all, so two
+# test runs can share a machine (base 23000 uses 23790-25999; 26000 and 29000 fit too).
+_BASE = int(os.environ.get("RAYFLEET_TEST_PORT_BASE", "23000"))
+
+
+def _ports(offset: int) -> dict[str, int]:
+    b = _BASE + offset
+    return dict(gcs=b, dashboard=b + 1, serve=b + 2, client_server=b + 3, dashboard_agent=b + 4,
+                min_worker=b + 10, max_worker=b + 209)
+
+
+SESSION_PORTS = _ports(790)
+OTHER_PORTS = _ports(1790)
+E2E_PORTS = _ports(2790)
 
 
 def up_flags(p: dict) -> list[str]:

@@ -1,0 +1,246 @@
+"""An on-prem cluster from fleet.yaml: up, down, status — through Ray's cluster launcher.
+
+State per fleet, under ``$RAYFLEET_HOME/fleets/<name>/``: ``auth_token`` (0600),
+``known_hosts`` (SSH host keys, accept-new), ``ray-cluster.yaml`` (the rendered
+launcher config), ``ray-tmp/`` (the launcher's local state), ``up.log``/``down.log``.
+
+Contract: ``up`` is idempotent (an unchanged fleet is left as it is; a changed
+fleet.yaml is applied); ``down`` stops Ray on every node, removes the launcher's
+state on both sides, and verifies that no Ray process is left.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from rayfleet.cluster.launcher import render_yaml
+from rayfleet.cluster.preflight import runner_for
+from rayfleet.cluster.ssh import SSHError
+from rayfleet.cluster.state import ensure_token, state_dir
+from rayfleet.config.fleet import FleetSpec
+from rayfleet.errors import ClusterError, ClusterNotRunning
+
+__all__ = ["FleetPaths", "paths", "up", "down", "nodes", "auth_headers", "dashboard_url",
+           "ray_processes", "export_config", "exec_on", "logs"]
+
+Progress = Callable[[str], None]
+_RAY_PROCESS_PATTERN = "gcs_server|raylet|ray::|dashboard.py|log_monitor.py|monitor.py|ray.util.client.server|runtime_env"
+
+
+@dataclass(frozen=True)
+class FleetPaths:
+    dir: Path
+
+    @property
+    def token(self) -> Path:
+        return self.dir / "auth_token"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    @property
+    def launcher_yaml(self) -> Path:
+        return self.dir / "ray-cluster.yaml"
+
+    @property
+    def ray_tmp(self) -> Path:
+        return self.dir / "ray-tmp"
+
+
+def paths(fleet: FleetSpec) -> FleetPaths:
+    p = FleetPaths(state_dir() / "fleets" / fleet.name)
+    p.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return p
+
+
+def dashboard_url(fleet: FleetSpec) -> str:
+    return f"http://{fleet.security.dashboard_host or fleet.head.host}:{fleet.ports.dashboard}"
+
+
+def auth_headers(fleet: FleetSpec) -> dict[str, str]:
+    if not fleet.auth_enabled:
+        return {}
+    token = paths(fleet).token
+    if not token.exists():
+        raise ClusterNotRunning(f"Fleet '{fleet.name}' has no auth token yet ({token}).",
+                                hint="Bring it up first: rayfleet up -f fleet.yaml")
+    return {"Authorization": f"Bearer {token.read_text().strip()}"}
+
+
+def _launcher_env(fleet: FleetSpec) -> dict[str, str]:
+    p = paths(fleet)
+    p.ray_tmp.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env["RAY_UP_enable_autoscaler_v2"] = "0"   # v2 is broken with provider 'local' on Ray 2.60
+    env["RAY_TMPDIR"] = str(p.ray_tmp)         # the launcher's local state files, per fleet
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _ray_cli() -> str:
+    c = Path(sys.executable).parent / "ray"
+    return str(c) if c.exists() else "ray"
+
+
+def export_config(fleet: FleetSpec) -> str:
+    """The launcher YAML rayfleet uses (for users who want ``ray up`` themselves)."""
+    p = paths(fleet)
+    return render_yaml(fleet, ensure_token(p.dir) if fleet.auth_enabled else None)
+
+
+def nodes(fleet: FleetSpec, timeout_s: float = 10) -> list[dict]:
+    """Ray's node table (alive and dead) from the head's dashboard."""
+    try:
+        r = requests.get(f"{dashboard_url(fleet)}/api/v0/nodes", params={"detail": "true", "limit": 1000},
+                         headers=auth_headers(fleet), timeout=timeout_s)
+    except requests.RequestException as e:
+        raise ClusterNotRunning(f"The head's dashboard at {dashboard_url(fleet)} does not answer: {e.__class__.__name__}.",
+                                hint="Is the fleet up? rayfleet up -f fleet.yaml") from e
+    if r.status_code != 200:
+        raise ClusterError(f"The dashboard answered {r.status_code}: {r.text[:200]}")
+    return r.json().get("data", {}).get("result", {}).get("result", [])
+
+
+def _alive_ips(fleet: FleetSpec) -> set[str]:
+    try:
+        return {n["node_ip"] for n in nodes(fleet, timeout_s=5) if n.get("state") == "ALIVE"}
+    except (ClusterError, ValueError, KeyError):
+        return set()
+
+
+def _wait_alive(fleet: FleetSpec, expected: set[str], timeout_s: float, progress: Progress | None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        alive = _alive_ips(fleet) & expected
+        msg = f"{len(alive)}/{len(expected)} nodes alive" + (
+            f" (waiting for {', '.join(sorted(expected - alive))})" if expected - alive else "")
+        if progress and msg != last:
+            progress(msg)
+            last = msg
+        if alive == expected:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"Only {len(alive)} of {len(expected)} nodes are alive after {timeout_s:.0f} s; "
+                               f"missing: {', '.join(sorted(expected - alive))}.",
+                               hint="See 'rayfleet logs HOST' and the launcher log in "
+                                    f"{paths(fleet).dir}/up.log")
+        time.sleep(1)
+
+
+def _run_launcher(fleet: FleetSpec, args: list[str], log_name: str, timeout_s: float) -> None:
+    p = paths(fleet)
+    log = p.dir / log_name
+    with open(log, "w") as f:
+        try:
+            r = subprocess.run([_ray_cli(), *args], env=_launcher_env(fleet), stdout=f, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, timeout=timeout_s, cwd=p.dir)
+        except subprocess.TimeoutExpired as e:
+            raise ClusterError(f"'ray {args[0]}' did not finish in {timeout_s:.0f} s.", hint=f"See {log}.") from e
+    if r.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise ClusterError(f"'ray {args[0]}' failed (exit {r.returncode}).", context=tail, hint=f"Full log: {log}")
+
+
+def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float = 600) -> list[dict]:
+    """Bring the fleet up through Ray's launcher; wait until head + min_workers are alive."""
+    p = paths(fleet)
+    token = ensure_token(p.dir) if fleet.auth_enabled else None
+    text = render_yaml(fleet, token)
+    changed = not p.launcher_yaml.exists() or p.launcher_yaml.read_text() != text
+    expected = {fleet.head.host} | {w.host for w in fleet.workers[:fleet.min_workers]}
+    if not changed and expected <= _alive_ips(fleet):
+        if progress:
+            progress("unchanged: every expected node is alive")
+        return nodes(fleet)
+    p.launcher_yaml.write_text(text)
+    if progress:
+        progress("starting the head through Ray's cluster launcher")
+    _run_launcher(fleet, ["up", "-y", "--no-config-cache", "--disable-usage-stats", str(p.launcher_yaml)],
+                  "up.log", timeout_s)
+    _wait_alive(fleet, expected, timeout_s, progress)
+    return nodes(fleet)
+
+
+def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:
+    """Ray processes still running, per host (over SSH)."""
+    def one(node) -> tuple[str, list[str]]:
+        r = runner_for(fleet, node, paths(fleet).known_hosts)
+        try:
+            res = r.run(f"pgrep -a -f {shlex.quote(_RAY_PROCESS_PATTERN)} | grep -v pgrep || true", timeout_s=20)
+        except SSHError as e:
+            return node.host, [f"(unreachable: {e.message})"]
+        return node.host, [ln for ln in res.stdout.splitlines() if ln.strip()]
+
+    with ThreadPoolExecutor(len(fleet.nodes)) as pool:
+        return dict(pool.map(one, fleet.nodes))
+
+
+def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float = 60) -> None:
+    """Stop Ray on every node (head and workers), remove launcher state, verify nothing is left."""
+    p = paths(fleet)
+    known = p.known_hosts
+    name = shlex.quote(fleet.name)
+    ray = shlex.quote(f"{fleet.python}/bin/ray")
+    tmp = shlex.quote(fleet.temp_dir)
+    stop_cmd = (f"{ray} stop --force >/dev/null 2>&1; "
+                f"rm -f /tmp/ray/cluster-{name}.state /tmp/ray/cluster-{name}.lock "
+                f"{tmp}/cluster-{name}.state {tmp}/cluster-{name}.lock; true")
+    if progress:
+        progress(f"stopping Ray on {len(fleet.nodes)} nodes")
+
+    def stop(node) -> str | None:
+        try:
+            runner_for(fleet, node, known).run(stop_cmd, timeout_s=timeout_s)
+            return None
+        except SSHError as e:
+            return f"{node.host}: {e.message}"
+
+    # Workers and head together: `ray down` would stop only the head and leave
+    # workers to linger ~60 s; `ray stop --force` on each node ends them at once.
+    with ThreadPoolExecutor(len(fleet.nodes)) as pool:
+        errors = [e for e in pool.map(stop, fleet.nodes) if e]
+    for f in p.ray_tmp.glob(f"cluster-{fleet.name}.*"):
+        f.unlink()
+    deadline = time.monotonic() + 20
+    while True:
+        left = {h: procs for h, procs in ray_processes(fleet).items() if procs}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if errors:
+        raise ClusterError("Could not reach every node to stop Ray: " + "; ".join(errors),
+                           hint="Fix SSH to those nodes and run 'rayfleet down' again.")
+    if left:
+        detail = "; ".join(f"{h}: {len(v)} process(es)" for h, v in left.items())
+        raise ClusterError(f"Ray processes are still running after down: {detail}.",
+                           hint="Look with: rayfleet exec HOST -- pgrep -a -f ray")
+
+
+def exec_on(fleet: FleetSpec, host: str, command: str, timeout_s: float = 600):
+    node = next((n for n in fleet.nodes if n.host == host), None)
+    if node is None:
+        raise ClusterError(f"Host {host!r} is not in fleet '{fleet.name}'.",
+                           hint="Hosts: " + ", ".join(n.host for n in fleet.nodes))
+    return runner_for(fleet, node, paths(fleet).known_hosts).run(command, timeout_s=timeout_s)
+
+
+def logs(fleet: FleetSpec, host: str, lines: int = 50) -> str:
+    """The tail of the main Ray logs on one node."""
+    d = shlex.quote(f"{fleet.temp_dir}/session_latest/logs")
+    r = exec_on(fleet, host, f"cd {d} 2>/dev/null || {{ echo 'no Ray logs on this node'; exit 0; }}; "
+                              f"for f in raylet.out gcs_server.out monitor.log dashboard.log; do "
+                              f"[ -f $f ] && {{ echo \"==> $f <==\"; tail -n {lines} $f; }}; done; true")
+    return r.stdout

@@ -1,0 +1,162 @@
+"""Render fleet.yaml into a config for Ray's cluster launcher (provider ``local``).
+
+What the rendering absorbs (each measured on Ray 2.60, see docs):
+- every node starts with ``--node-ip-address`` = the address rayfleet reached it
+  at (Ray otherwise guesses by contacting a public address, and falls back to
+  127.0.0.1 on isolated networks);
+- token auth: the fleet's token is shipped to every node (file_mounts, 0600)
+  and ``RAY_AUTH_MODE=token`` set for every ``ray start``;
+- fixed ports, so firewalls and ``rayfleet check`` know them;
+- per-node resources, chosen by node address inside the start command;
+- the dashboard bound to the head's address, never 0.0.0.0 unless asked.
+The v1 autoscaler (``RAY_UP_enable_autoscaler_v2=0``) is chosen where
+``ray up`` runs (see fleet.py): v2 does not work with provider ``local``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayfleet.config.fleet import FleetSpec, NodeSpec, ResourcesSpec
+from rayfleet.errors import ConfigError
+
+__all__ = ["render", "render_yaml", "remote_token_path", "NODE_IP"]
+
+# The address the node was reached at: ssh sets SSH_CONNECTION="client cport server sport".
+NODE_IP = "$(echo $SSH_CONNECTION | cut -d' ' -f3)"
+
+
+def remote_token_path(fleet: FleetSpec) -> str:
+    return f"~/.rayfleet/{fleet.name}/auth_token"
+
+
+def _resource_flags(res: ResourcesSpec) -> list[str]:
+    flags = []
+    if res.num_cpus is not None:
+        flags.append(f"--num-cpus={res.num_cpus}")
+    if res.num_gpus is not None:
+        flags.append(f"--num-gpus={res.num_gpus}")
+    if res.object_store_memory is not None:
+        flags.append(f"--object-store-memory={res.object_store_memory}")
+    if res.custom:
+        flags.append("--resources=" + shlex.quote(json.dumps(res.custom)))
+    return flags
+
+
+def _per_node_resources(fleet: FleetSpec, nodes: list[NodeSpec]) -> str:
+    """A shell `case` that sets RES to the resource flags of the node at $IP."""
+    arms = []
+    for n in nodes:
+        flags = " ".join(_resource_flags(fleet.resources_for(n)))
+        arms.append(f"{shlex.quote(n.host)}) RES={shlex.quote(flags)} ;;")
+    default = " ".join(_resource_flags(fleet.resources))
+    arms.append(f"*) RES={shlex.quote(default)} ;;")
+    return f'case "$IP" in ' + " ".join(arms) + " esac"
+
+
+def _env(fleet: FleetSpec) -> str:
+    parts = ["RAY_USAGE_STATS_ENABLED=0", f"RAY_TMPDIR={shlex.quote(fleet.temp_dir)}"]
+    if fleet.auth_enabled:
+        parts += ["RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={remote_token_path(fleet)}"]
+    else:
+        parts += ["RAY_AUTH_MODE=disabled"]
+    return "export " + " ".join(parts)
+
+
+def _common_flags(fleet: FleetSpec) -> list[str]:
+    p = fleet.ports
+    return [
+        "--node-ip-address=$IP",
+        f"--node-manager-port={p.node_manager}",
+        f"--object-manager-port={p.object_manager}",
+        f"--metrics-export-port={p.metrics_export}",
+        f"--runtime-env-agent-port={p.runtime_env_agent}",
+        f"--dashboard-agent-grpc-port={p.dashboard_agent_grpc}",
+        f"--dashboard-agent-listen-port={p.dashboard_agent}",
+        f"--min-worker-port={p.min_worker}",
+        f"--max-worker-port={p.max_worker}",
+        f"--temp-dir={shlex.quote(fleet.temp_dir)}",
+        "--disable-usage-stats",
+        "$RES",
+    ]
+
+
+def _check_single_auth(fleet: FleetSpec) -> tuple[str, str, int]:
+    auths = {fleet.ssh_for(n) for n in fleet.nodes}
+    if len(auths) > 1:
+        raise ConfigError(
+            "Nodes use different SSH users, keys or ports; Ray's cluster launcher (provider 'local') "
+            "uses one for every node.",
+            hint="Use the same ssh user/key/port on every node (set them under the top-level 'ssh:').")
+    return auths.pop()
+
+
+def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
+    """The launcher config as a dict (``ray up`` reads it as YAML)."""
+    user, key, port = _check_single_auth(fleet)
+    if port != 22:
+        raise ConfigError(f"ssh port {port}: Ray's cluster launcher (provider 'local') connects on port 22 only.",
+                          hint="Run sshd on port 22 on the nodes, or use an ssh_config Host entry.")
+    ray = f"{fleet.python}/bin/ray"
+    p = fleet.ports
+    ip = f"IP={NODE_IP}"
+    res = _per_node_resources(fleet, fleet.nodes)
+    dash_host = fleet.security.dashboard_host or "$IP"
+    mounts: dict[str, str] = {}
+    setup = list(fleet.setup_commands)
+    if fleet.auth_enabled:
+        assert local_token is not None
+        mounts[remote_token_path(fleet)] = str(local_token)
+        setup.append(f"chmod 700 ~/.rayfleet ~/.rayfleet/{fleet.name} && chmod 600 {remote_token_path(fleet)}")
+    setup.append(f"mkdir -p {shlex.quote(fleet.temp_dir)}")
+    head_start = [
+        f"{ray} stop --force",
+        " && ".join([
+            ip, res, _env(fleet), "ulimit -n 65536 || true",
+            " ".join([f"{ray} start --head", f"--port={p.gcs}", f"--dashboard-host={dash_host}",
+                      f"--dashboard-port={p.dashboard}", f"--ray-client-server-port={p.client_server}",
+                      "--autoscaling-config=~/ray_bootstrap_config.yaml", *_common_flags(fleet)]),
+        ]),
+    ]
+    worker_start = [
+        f"{ray} stop --force",
+        " && ".join([
+            ip, res, _env(fleet), "ulimit -n 65536 || true",
+            " ".join([f"{ray} start", f"--address={fleet.head.host}:{p.gcs}", *_common_flags(fleet)]),
+        ]),
+    ]
+    return {
+        "cluster_name": fleet.name,
+        "provider": {
+            "type": "local",
+            "head_ip": fleet.head.host,
+            "worker_ips": [w.host for w in fleet.workers],
+        },
+        "auth": {"ssh_user": user, "ssh_private_key": key},
+        "min_workers": fleet.min_workers,
+        "max_workers": fleet.max_workers,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": fleet.autoscale.idle_timeout_minutes,
+        "file_mounts": mounts,
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": setup,
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": head_start,
+        "worker_start_ray_commands": worker_start,
+    }
+
+
+def render_yaml(fleet: FleetSpec, local_token: Path | None) -> str:
+    header = (f"# Ray cluster launcher config rendered by rayfleet from fleet '{fleet.name}'.\n"
+              "# Use it with: RAY_UP_enable_autoscaler_v2=0 ray up THIS_FILE\n")
+    return header + yaml.safe_dump(render(fleet, local_token), sort_keys=False, width=1000)

@@ -1,0 +1,198 @@
+"""``fleet.yaml``: the machines of an on-prem Ray cluster, and how to reach them."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rayfleet.config.base import Model
+
+__all__ = [
+    "FleetSpec", "NodeSpec", "SSHSpec", "ResourcesSpec", "PortsSpec", "AutoscaleSpec",
+    "StorageSpec", "SecuritySpec",
+]
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SSHSpec(Model):
+    """How rayfleet (and Ray's launcher on the head) log in to a node."""
+
+    user: str | None = Field(default=None, description="SSH user (default: root).")
+    key: str | None = Field(default=None, description="Private key file (default: ~/.ssh/id_ed25519).")
+    port: Port | None = Field(default=None, description="SSH port (default: 22).")
+
+
+class ResourcesSpec(Model):
+    """What Ray may use on a node. Unset: Ray detects it."""
+
+    num_cpus: Annotated[int, Field(ge=0, le=4096)] | None = Field(default=None, description="CPUs for Ray.")
+    num_gpus: Annotated[int, Field(ge=0, le=64)] | None = Field(default=None, description="GPUs for Ray.")
+    object_store_memory: Annotated[int, Field(ge=78643200)] | None = Field(
+        default=None, description="Object store size in bytes (>= 75 MiB).")
+    custom: dict[str, float] = Field(default_factory=dict, description="Custom resources, e.g. {fast_disk: 1}.")
+
+
+class NodeSpec(Model):
+    """One machine."""
+
+    host: str = Field(description="IP address or DNS name the other nodes reach it at.")
+    ssh: SSHSpec = Field(default_factory=SSHSpec, description="Per-node SSH overrides.")
+    resources: ResourcesSpec | None = Field(default=None, description="Per-node resources (overrides the fleet's).")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        if not _HOST.match(v):
+            raise ValueError("expected an IP address or a host name such as 'gpu-1.lan'")
+        return v
+
+
+class PortsSpec(Model):
+    """Ports on the nodes. Defaults are Ray's, except Serve's HTTP port."""
+
+    gcs: Port = Field(default=6379, description="GCS (the cluster address) on the head.")
+    dashboard: Port = Field(default=8265, description="Dashboard and Jobs API on the head.")
+    serve: Port = Field(default=8000, description="Serve HTTP on every node.")
+    client_server: Port = Field(default=10001, description="Ray Client server on the head.")
+    dashboard_agent: Port = Field(default=52365, description="Dashboard agent HTTP on every node.")
+    node_manager: Port = Field(default=6380, description="Raylet on every node.")
+    object_manager: Port = Field(default=6381, description="Object manager on every node.")
+    metrics_export: Port = Field(default=6382, description="Metrics on every node.")
+    runtime_env_agent: Port = Field(default=6383, description="Runtime env agent on every node.")
+    dashboard_agent_grpc: Port = Field(default=6384, description="Dashboard agent gRPC on every node.")
+    min_worker: Port = Field(default=10002, description="Lowest worker port.")
+    max_worker: Port = Field(default=10999, description="Highest worker port.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "PortsSpec":
+        named = {k: v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")}
+        seen: dict[int, str] = {}
+        for name, port in named.items():
+            if port in seen:
+                raise ValueError(f"{seen[port]} and {name} are both {port}; each needs its own port")
+            seen[port] = name
+            if self.min_worker <= port <= self.max_worker:
+                raise ValueError(f"{name} ({port}) lies inside the worker range {self.min_worker}-{self.max_worker}")
+        if self.min_worker > self.max_worker:
+            raise ValueError("min_worker must not exceed max_worker")
+        return self
+
+    def fixed(self) -> dict[str, int]:
+        """Every single port (not the worker range)."""
+        return {k: v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")}
+
+
+class AutoscaleSpec(Model):
+    """Ray's autoscaler. Default: every worker always on."""
+
+    min_workers: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Workers kept up (default: all).")
+    max_workers: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Most workers (default: all).")
+    idle_timeout_minutes: Annotated[float, Field(gt=0)] = Field(
+        default=5, description="Idle minutes before a worker above min_workers is stopped.")
+
+
+class StorageSpec(Model):
+    """A directory mounted at the same path on every node (NFS or similar)."""
+
+    path: str = Field(description="Absolute path, the same on every node.")
+
+    @field_validator("path")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"must be an absolute path, e.g. '/mnt/{v}'")
+        return v
+
+
+class SecuritySpec(Model):
+    """Cluster security. Token auth is on unless you turn it off (don't)."""
+
+    auth: Literal["token", "disabled"] = Field(default="token", description="Ray token authentication.")
+    dashboard_host: str | None = Field(
+        default=None, description="Address the dashboard binds to (default: the head's address).")
+    serve_host: str | None = Field(
+        default=None, description="Address Serve's HTTP proxy binds to (default: each node's address).")
+
+
+class FleetSpec(Model):
+    """An on-prem Ray cluster: a head and workers reached over SSH."""
+
+    name: str = Field(description="Cluster name (lowercase letters, digits, '-').")
+    head: NodeSpec = Field(description="The head node (GCS, dashboard, autoscaler).")
+    workers: list[NodeSpec] = Field(default_factory=list, description="Worker nodes.")
+    ssh: SSHSpec = Field(default_factory=SSHSpec, description="SSH defaults for every node.")
+    python: str = Field(description="The venv on the nodes (holds bin/python and bin/ray), same path everywhere.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-node resources for every node.")
+    ports: PortsSpec = Field(default_factory=PortsSpec, description="Ports on the nodes.")
+    temp_dir: str = Field(default="/tmp/rayfleet", description="Ray's temp dir on every node.")
+    autoscale: AutoscaleSpec = Field(default_factory=AutoscaleSpec, description="Autoscaling of workers.")
+    storage: StorageSpec | None = Field(default=None, description="Shared storage for training and the registry.")
+    security: SecuritySpec = Field(default_factory=SecuritySpec, description="Auth and bind addresses.")
+    setup_commands: list[str] = Field(default_factory=list, description="Shell commands run on every node before Ray starts.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use lowercase letters, digits and '-', at most 32 characters, e.g. 'lab'")
+        return v
+
+    @field_validator("python", "temp_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path on the nodes, e.g. '/opt/rayfleet/.venv'")
+        return v.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _check(self) -> "FleetSpec":
+        hosts = [self.head.host] + [w.host for w in self.workers]
+        dupes = sorted({h for h in hosts if hosts.count(h) > 1})
+        if dupes:
+            raise ValueError(f"host {dupes[0]} is listed twice; each node once")
+        n = len(self.workers)
+        lo, hi = self.autoscale.min_workers, self.autoscale.max_workers
+        if hi is not None and hi > n:
+            raise ValueError(f"autoscale.max_workers is {hi} but only {n} workers are listed")
+        if lo is not None and lo > (hi if hi is not None else n):
+            raise ValueError(f"autoscale.min_workers ({lo}) exceeds max_workers ({hi if hi is not None else n})")
+        return self
+
+    # Effective values ----------------------------------------------------
+    @property
+    def nodes(self) -> list[NodeSpec]:
+        return [self.head, *self.workers]
+
+    def ssh_for(self, node: NodeSpec) -> tuple[str, str, int]:
+        """(user, key path, port) for a node: its overrides, else the fleet's, else defaults."""
+        user = node.ssh.user or self.ssh.user or "root"
+        key = node.ssh.key or self.ssh.key or "~/.ssh/id_ed25519"
+        port = node.ssh.port or self.ssh.port or 22
+        return user, str(Path(key).expanduser()), port
+
+    def resources_for(self, node: NodeSpec) -> ResourcesSpec:
+        return node.resources or self.resources
+
+    @property
+    def min_workers(self) -> int:
+        return len(self.workers) if self.autoscale.min_workers is None else self.autoscale.min_workers
+
+    @property
+    def max_workers(self) -> int:
+        return len(self.workers) if self.autoscale.max_workers is None else self.autoscale.max_workers
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.security.auth == "token"

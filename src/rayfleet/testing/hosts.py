@@ -1,0 +1,234 @@
+"""Real hosts on one Linux machine, for multi-host tests (needs root).
+
+A host is a network namespace with its own IP on a private bridge, its own PID
+namespace (so ``ray stop`` on one host can't touch another), its own mount
+namespace with private ``/root`` and ``/tmp``, and its own sshd with key auth
+for root. rayfleet reaches these hosts over SSH exactly as it reaches real
+machines. Only these hosts' addresses (and loopback) are ever contacted.
+
+Paths the hosts must still see under ``/root`` or ``/tmp`` (the venv, the Python
+it links to, the checkout) are bound back inside each host (``keep``).
+Everything else on the filesystem is shared, like an NFS mount would be.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Host", "HostLab", "lab_supported"]
+
+_SSHD = "/usr/sbin/sshd"
+
+
+def lab_supported() -> str | None:
+    """None when this machine can run the lab, else why not."""
+    if os.geteuid() != 0:
+        return "needs root (network and PID namespaces)"
+    for tool in ("ip", "unshare", "nsenter", "ssh", "ssh-keygen", "rsync"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' is not installed (apt-get install openssh-server rsync iproute2)"
+    if not Path(_SSHD).exists():
+        return "sshd is not installed (apt-get install openssh-server)"
+    return None
+
+
+def _run(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
+
+
+@dataclass
+class Host:
+    name: str
+    ip: str
+    dir: Path
+    netns: str
+    proc: subprocess.Popen | None = None
+    init_pid: int | None = None
+
+    @property
+    def root(self) -> Path:
+        """This host's /root, seen from outside."""
+        return self.dir / "root"
+
+    def exec(self, command: str, *, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        """Run a shell command inside the host (all its namespaces), as root."""
+        assert self.init_pid is not None
+        return subprocess.run(
+            ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-p", "--", "bash", "-c", command],
+            capture_output=True, text=True, timeout=timeout, check=check)
+
+    def sshd_running(self) -> bool:
+        return self.exec(f"test -f {self.dir}/sshd.pid && kill -0 $(cat {self.dir}/sshd.pid)").returncode == 0
+
+    def stop_sshd(self) -> None:
+        self.exec(f"kill $(cat {self.dir}/sshd.pid) && sleep 0.3; rm -f {self.dir}/sshd.pid")
+
+    def start_sshd(self) -> None:
+        self.exec(f"{_SSHD} -f {self.dir}/sshd_config", check=True)
+
+
+@dataclass
+class HostLab:
+    """Create and remove N hosts on a bridge. Use as a context manager."""
+
+    count: int
+    workdir: Path
+    subnet: str = "10.213.7"   # private /24 used only on this bridge
+    prefix: str = "rfh"
+    keep: list[str] = field(default_factory=list)
+    hosts: list[Host] = field(default_factory=list)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br0"
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.subnet}.1"
+
+    @property
+    def key(self) -> Path:
+        return self.workdir / "id_ed25519"
+
+    def __enter__(self) -> "HostLab":
+        try:
+            self.create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+    def _keep_paths(self) -> list[str]:
+        paths = {str(Path(p).resolve()) for p in self.keep}
+        paths.add(str(Path(sys.base_prefix).resolve()))
+        paths.add(str(Path(sys.prefix).resolve()))
+        return sorted(p for p in paths if p.startswith(("/root/", "/tmp/")))
+
+    def create(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o755)
+        if not self.key.exists():
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        _run("ip", "link", "del", self.bridge, check=False)
+        _run("ip", "link", "add", self.bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _run("ip", "link", "set", self.bridge, "up")
+        for i in range(self.count):
+            self.hosts.append(self._make_host(i))
+        for h in self.hosts:
+            self._wait_ssh(h)
+
+    def _make_host(self, i: int) -> Host:
+        name = f"{self.prefix}{i}"
+        ip = f"{self.subnet}.{11 + i}"
+        hdir = self.workdir / name
+        host = Host(name=name, ip=ip, dir=hdir, netns=name)
+        (hdir / "root" / ".ssh").mkdir(parents=True, exist_ok=True)
+        (hdir / "tmp").mkdir(parents=True, exist_ok=True)
+        os.chmod(hdir / "root", 0o700)
+        os.chmod(hdir / "root" / ".ssh", 0o700)
+        os.chmod(hdir / "tmp", 0o1777)
+        auth = hdir / "root" / ".ssh" / "authorized_keys"
+        auth.write_text(Path(str(self.key) + ".pub").read_text())
+        os.chmod(auth, 0o600)
+        venv_bin = Path(sys.executable).parent
+        # Like a real machine whose admin put the venv on PATH for login shells.
+        for rc in (".bashrc", ".profile"):
+            (hdir / "root" / rc).write_text(f'export PATH="{venv_bin}:$PATH"\n')
+        if not (hdir / "ssh_host_ed25519_key").exists():
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hdir / "ssh_host_ed25519_key"))
+        (hdir / "sshd_config").write_text("\n".join([
+            f"ListenAddress {ip}", "Port 22", f"HostKey {hdir}/ssh_host_ed25519_key",
+            f"PidFile {hdir}/sshd.pid", "AuthorizedKeysFile /root/.ssh/authorized_keys",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "UsePAM no", "UseDNS no", "StrictModes yes",
+            "MaxStartups 100:30:200", "MaxSessions 100", "Subsystem sftp internal-sftp", ""]))
+
+        veth_host, veth_br = f"{name}a", f"{name}b"
+        _run("ip", "netns", "del", name, check=False)
+        _run("ip", "link", "del", veth_br, check=False)
+        _run("ip", "netns", "add", name)
+        _run("ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_br)
+        _run("ip", "link", "set", veth_br, "master", self.bridge)
+        _run("ip", "link", "set", veth_br, "up")
+        _run("ip", "link", "set", veth_host, "netns", name)
+        ns = ["ip", "netns", "exec", name]
+        _run(*ns, "ip", "link", "set", "lo", "up")
+        _run(*ns, "ip", "addr", "add", f"{ip}/24", "dev", veth_host)
+        _run(*ns, "ip", "link", "set", veth_host, "up")
+
+        binds = []
+        for p in self._keep_paths():
+            top, rel = ("root", p[len("/root/"):]) if p.startswith("/root/") else ("tmp", p[len("/tmp/"):])
+            target = hdir / top / rel
+            binds.append(f"mkdir -p {shlex.quote(str(target))} && mount --bind {shlex.quote(p)} {shlex.quote(str(target))}")
+        script = " && ".join(binds + [
+            f"mount --rbind {hdir}/root /root",
+            f"mount --rbind {hdir}/tmp /tmp",
+            f"{_SSHD} -f {hdir}/sshd_config",
+            # PID 1 of the host: reap orphans until killed.
+            "trap 'exit 0' TERM; while true; do wait; sleep 1; done",
+        ])
+        host.proc = subprocess.Popen(
+            [*ns, "unshare", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+             "--kill-child", "--", "bash", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=open(hdir / "init.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        host.init_pid = self._child_of(host.proc.pid)
+        return host
+
+    @staticmethod
+    def _child_of(pid: int, timeout: float = 10) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                kids = []
+            if kids:
+                return int(kids[0])
+            time.sleep(0.05)
+        raise RuntimeError(f"host init under unshare {pid} did not start")
+
+    def _wait_ssh(self, host: Host, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(self.ssh_args(host) + ["true"], capture_output=True, text=True, timeout=15)
+            if r.returncode == 0:
+                return
+            time.sleep(0.2)
+        log = (host.dir / "init.log").read_text(errors="replace")
+        raise RuntimeError(f"sshd on {host.name} ({host.ip}) does not answer: {r.stderr.strip()}\n{log}")
+
+    def ssh_args(self, host: Host) -> list[str]:
+        return ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+                f"root@{host.ip}"]
+
+    def destroy(self) -> None:
+        for h in self.hosts:
+            if h.proc is not None and h.proc.poll() is None:
+                # Killing a PID namespace's PID 1 kills every process of the host.
+                if h.init_pid is not None:
+                    try:
+                        os.kill(h.init_pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                h.proc.kill()  # unshare ignores SIGTERM while it waits for its child
+                h.proc.wait(timeout=10)
+            _run("ip", "netns", "del", h.netns, check=False)
+            _run("ip", "link", "del", f"{h.name}b", check=False)
+        _run("ip", "link", "del", self.bridge, check=False)
+        self.hosts = []

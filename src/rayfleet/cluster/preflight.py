@@ -107,6 +107,9 @@ for port in map(int, sys.argv[2].split(",")):
     except OSError:
         pass
 print("ready", flush=True)
+# Hold the ports until rayfleet closes the session (stdin EOF), at most argv[3] seconds.
+import threading
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
 time.sleep(float(sys.argv[3]))
 """
 
@@ -278,7 +281,7 @@ def _reachability(fleet: FleetSpec, checks: list[_HostCheck], hold_s: float = 20
         cmd = (f"{shlex.quote(c.py)} -c {shlex.quote(_LISTEN)} {shlex.quote(c.node.host)} "
                f"{','.join(map(str, ports))} {hold_s}")
         p = subprocess.Popen(c.r.args() + ["bash -c " + shlex.quote(cmd)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+                             stderr=subprocess.DEVNULL, stdin=subprocess.PIPE, text=True)
         procs.append(p)
         ready = p.stdout.readline().strip() == "ready" if p.stdout else False
         if ready:
@@ -302,9 +305,15 @@ def _reachability(fleet: FleetSpec, checks: list[_HostCheck], hold_s: float = 20
         with ThreadPoolExecutor(len(live)) as pool:
             list(pool.map(probe, live))
     finally:
+        for p in procs:  # closing stdin ends the remote listener, then the ssh session
+            if p.stdin:
+                p.stdin.close()
         for p in procs:
-            p.kill()
-            p.wait()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     return bad
 
 

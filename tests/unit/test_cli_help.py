@@ -8,7 +8,8 @@ from conftest import rayfleet_cli
 
 pytestmark = pytest.mark.unit
 
-COMMANDS = [["up"], ["down"], ["status"], ["serve"], ["services"], ["services", "delete"], ["translate"]]
+COMMANDS = [["up"], ["down"], ["status"], ["serve"], ["services"], ["services", "delete"], ["translate"],
+            ["init"], ["check"], ["exec"], ["logs"], ["export-ray-config"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
@@ -30,7 +31,11 @@ def test_commands_need_a_running_cluster(tmp_path):
     assert r.returncode == 0 and "No local cluster is running" in r.stdout
 
 
-def test_up_without_local_explains(tmp_path):
-    r = rayfleet_cli("up", env={"RAYFLEET_HOME": str(tmp_path)})
+def test_up_without_fleet_file_explains(tmp_path):
+    r = rayfleet_cli("up", env={"RAYFLEET_HOME": str(tmp_path)}, cwd=tmp_path)
     assert r.returncode == 1
-    assert r.stderr.splitlines()[0] == "error: Only local clusters are supported: the --local flag is required."
+    assert r.stderr.splitlines() == [
+        "error: fleet.yaml: no such file.",
+        "hint: Write one with 'rayfleet init --head HOST --worker HOST ...', pass -f FILE, "
+        "or use --local for a cluster on this machine.",
+    ]

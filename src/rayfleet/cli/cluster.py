@@ -6,25 +6,46 @@ import requests
 import typer
 from rich.table import Table
 
-from rayfleet.cli._common import console, target_for
+from pathlib import Path
+from typing import Optional
+
+from rayfleet.cli._common import FLEET_OPTION, console, fleet_target, load_fleet, resolve_target, target_for
+from rayfleet.cli.fleet import print_report
+from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
+from rayfleet.cluster.preflight import run_checks
 from rayfleet.cluster.state import LocalPorts, state_dir
-from rayfleet.errors import ClusterError, ClusterNotRunning
+from rayfleet.errors import ClusterError
 from rayfleet.serve.deploy import list_services
 
 __all__ = ["register"]
 
-_FLEET_LATER = ("On-prem fleets (fleet.yaml) are not supported by this version; "
-                "use --local for a cluster on this machine.")
-
-
-def _require_local(is_local: bool) -> None:
-    if not is_local:
-        raise ClusterError("Only local clusters are supported: the --local flag is required.", hint=_FLEET_LATER)
+def _fleet_up(fleet_file: Optional[Path], skip_check: bool) -> None:
+    spec = load_fleet(fleet_file)
+    if not skip_check:
+        with console.status(f"Checking {len(spec.nodes)} hosts ..."):
+            report = run_checks(spec, fleet_mod.paths(spec).known_hosts)
+        if not report.ok:
+            print_report(report)
+            raise ClusterError(f"{len(report.failures())} check(s) failed; the cluster was not started.",
+                               hint="Fix the ✗ rows above (or rerun with --skip-check at your own risk).")
+        console.print(f"check: all {len(spec.nodes)} hosts ready")
+    with console.status(f"Bringing up fleet '{spec.name}' ...") as st:
+        nodes = fleet_mod.up(spec, progress=lambda m: st.update(f"fleet '{spec.name}': {m}"))
+    alive = sorted(n["node_ip"] for n in nodes if n.get("state") == "ALIVE")
+    console.print(f"Fleet '{spec.name}' is up: {len(alive)} node(s) alive: {', '.join(alive)}")
+    console.print(f"  address:    {spec.head.host}:{spec.ports.gcs}")
+    console.print(f"  dashboard:  {fleet_mod.dashboard_url(spec)}")
+    console.print(f"  services:   {fleet_target(spec).url('/')}")
+    auth = "on (token in " + str(fleet_mod.paths(spec).token) + ")" if spec.auth_enabled else "DISABLED"
+    console.print(f"  auth:       {auth}")
+    console.print(f"Next: rayfleet serve examples/translate.yaml -f {fleet_file or 'fleet.yaml'}")
 
 
 def up(
     is_local: bool = typer.Option(False, "--local", help="A single-node cluster on this machine."),
+    fleet_file: Optional[Path] = FLEET_OPTION,
+    skip_check: bool = typer.Option(False, "--skip-check", help="Fleets: don't run 'rayfleet check' first."),
     num_cpus: int = typer.Option(None, "--num-cpus", min=1, help="CPUs Ray may use (default: all)."),
     port: int = typer.Option(6379, "--port", help="GCS port (the cluster address)."),
     dashboard_port: int = typer.Option(8265, "--dashboard-port", help="Dashboard and Jobs API port."),
@@ -38,11 +59,14 @@ def up(
     serve_host: str = typer.Option("127.0.0.1", "--serve-host",
                                    help="Address the services bind to; 0.0.0.0 exposes them to the network."),
 ) -> None:
-    """Start a Ray cluster (token auth on). Running it again while up changes nothing.
+    """Start a Ray cluster (token auth on): --local on this machine, or the fleet in fleet.yaml.
+    Running it again while up changes nothing; a changed fleet.yaml is applied.
 
-    Example: rayfleet up --local --num-cpus 2
+    Example: rayfleet up --local --num-cpus 2    |    rayfleet up -f fleet.yaml
     """
-    _require_local(is_local)
+    if not is_local:
+        _fleet_up(fleet_file, skip_check)
+        return
     ports = LocalPorts(gcs=port, dashboard=dashboard_port, serve=serve_port, client_server=client_port,
                        dashboard_agent=agent_port, min_worker=min_worker_port, max_worker=max_worker_port)
     with console.status("Starting Ray (head node) ..."):
@@ -62,12 +86,18 @@ def up(
 
 def down(
     is_local: bool = typer.Option(False, "--local", help="Stop the cluster on this machine."),
+    fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Stop every process of the cluster; leaves no Ray process of it behind.
 
-    Example: rayfleet down --local
+    Example: rayfleet down --local    |    rayfleet down -f fleet.yaml
     """
-    _require_local(is_local)
+    if not is_local:
+        spec = load_fleet(fleet_file)
+        with console.status(f"Stopping fleet '{spec.name}' ...") as st:
+            fleet_mod.down(spec, progress=lambda m: st.update(f"fleet '{spec.name}': {m}"))
+        console.print(f"Fleet '{spec.name}' is down: no Ray process is left on its {len(spec.nodes)} nodes.")
+        return
     with console.status("Stopping Ray ..."):
         stopped = local.stop()
     if stopped is None:
@@ -84,31 +114,52 @@ def _nodes(c) -> list[dict]:
     return r.json().get("data", {}).get("result", {}).get("result", [])
 
 
-def status() -> None:
-    """Show the cluster: address, nodes and their resources, services and URLs.
-
-    Example: rayfleet status
-    """
+def _jobs(dashboard: str, headers: dict) -> list[dict]:
     try:
-        c = local.current()
-    except ClusterNotRunning as e:
-        raise ClusterNotRunning(e.message, hint="Start one with: rayfleet up --local") from None
-    console.print(f"Local cluster {c.gcs_address} — dashboard {c.dashboard_url} — token auth on")
+        r = requests.get(f"{dashboard}/api/jobs/", headers=headers, timeout=10)
+        return r.json() if r.status_code == 200 else []
+    except (requests.RequestException, ValueError):
+        return []
+
+
+def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
+    """Show the cluster: address, nodes (alive/dead, CPU/GPU/memory used/total), jobs, services and URLs.
+
+    Example: rayfleet status    |    rayfleet status -f fleet.yaml
+    """
+    target = resolve_target(fleet_file)
+    if target.local is not None:
+        c = target.local
+        console.print(f"Local cluster {c.gcs_address} — dashboard {c.dashboard_url} — token auth on")
+        node_rows = _nodes(c)
+    else:
+        spec = target.fleet
+        auth = "token auth on" if spec.auth_enabled else "AUTH DISABLED"
+        console.print(f"Fleet '{spec.name}' {spec.head.host}:{spec.ports.gcs} — dashboard "
+                      f"{fleet_mod.dashboard_url(spec)} — {auth}")
+        node_rows = fleet_mod.nodes(spec)
     table = Table("node", "state", "CPU", "GPU", "memory (GiB)", "object store (GiB)", title="Nodes")
-    for n in _nodes(c):
+    for n in sorted(node_rows, key=lambda n: (not n.get("is_head_node"), n.get("node_ip", ""), n.get("state", ""))):
         res = n.get("resources_total") or {}
         table.add_row(
             f"{n.get('node_ip')}{' (head)' if n.get('is_head_node') else ''}", n.get("state", "?"),
             f"{res.get('CPU', 0):g}", f"{res.get('GPU', 0):g}",
             f"{res.get('memory', 0) / 2**30:.1f}", f"{res.get('object_store_memory', 0) / 2**30:.1f}")
     console.print(table)
-    services = list_services(target_for(c))
+    jobs = _jobs(target.serve.dashboard_url, target.serve.headers)
+    if jobs:
+        jt = Table("job", "status", "entrypoint", title="Jobs")
+        for j in jobs[-10:]:
+            jt.add_row(j.get("submission_id") or j.get("job_id") or "?", j.get("status", "?"),
+                       (j.get("entrypoint") or "")[:60])
+        console.print(jt)
+    services = list_services(target.serve)
     if not services:
         console.print("Services: none (deploy one with: rayfleet serve examples/translate.yaml)")
         return
     st = Table("service", "status", "replicas", "model", "URL", title="Services")
-    for s in services:
-        st.add_row(s.name, s.status, str(s.replicas), s.model, s.url)
+    for s_ in services:
+        st.add_row(s_.name, s_.status, str(s_.replicas), s_.model, s_.url)
     console.print(st)
 
 

@@ -12,8 +12,7 @@ import typer
 from rich.table import Table
 
 from rayfleet import client
-from rayfleet.cli._common import console, local_target
-from rayfleet.cluster.state import load_local_cluster
+from rayfleet.cli._common import FLEET_OPTION, console, resolve_target
 from rayfleet.config.loader import load_model, validate_data
 from rayfleet.config.service import ServiceSpec
 from rayfleet.errors import ClusterNotRunning
@@ -40,6 +39,7 @@ def serve(
     name: Optional[str] = typer.Option(None, "--name", help="Override the service name."),
     route_prefix: Optional[str] = typer.Option(None, "--route-prefix", help="Override the URL prefix."),
     timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the service to be ready."),
+    fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Deploy a translation service, or update it in place if it exists.
 
@@ -51,7 +51,7 @@ def serve(
     resolved = resolve_model(spec.model)
     if resolved != spec.model:
         spec = spec.model_copy(update={"model": resolved})
-    _, target = local_target()
+    target = resolve_target(fleet_file).serve
     with console.status(f"Deploying {spec.name} ({spec.model}) ...") as s:
         result = deploy(target, spec, [hash_key(k) for k in keys], timeout_s=timeout,
                         progress=lambda st: s.update(f"Deploying {spec.name}: {st} ..."))
@@ -72,14 +72,15 @@ services_app = typer.Typer(
 
 
 @services_app.callback(invoke_without_command=True)
-def services(ctx: typer.Context) -> None:
+def services(ctx: typer.Context, fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     """List services: name, state, replicas, model, URL.
 
     Example: rayfleet services
     """
+    ctx.obj = fleet_file
     if ctx.invoked_subcommand is not None:
         return
-    _, target = local_target()
+    target = resolve_target(fleet_file).serve
     rows = list_services(target)
     if not rows:
         console.print("No services. Deploy one with: rayfleet serve examples/translate.yaml")
@@ -91,12 +92,13 @@ def services(ctx: typer.Context) -> None:
 
 
 @services_app.command("delete")
-def services_delete(name: str = typer.Argument(..., help="Service name.")) -> None:
+def services_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Service name."),
+                    fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     """Delete one service; the others keep serving.
 
     Example: rayfleet services delete translator
     """
-    _, target = local_target()
+    target = resolve_target(fleet_file or ctx.obj).serve
     with console.status(f"Deleting {name} ..."):
         delete_service(target, name)
     console.print(f"Deleted service {name}.")
@@ -106,6 +108,7 @@ def translate(
     text: list[str] = typer.Argument(..., help="Text(s) to translate."),
     url: Optional[str] = typer.Option(None, "--url", help="Service URL (default: the local cluster's, prefix /)."),
     timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for the answer."),
+    fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Translate text with a running service. Uses $RAYFLEET_API_KEY when set.
 
@@ -113,7 +116,7 @@ def translate(
     """
     if url is None:
         try:
-            url = load_local_cluster().serve_url
+            url = resolve_target(fleet_file).serve.url("/")
         except ClusterNotRunning:
             url = "http://127.0.0.1:8000"
     for line in client.translate(url, list(text), api_key=os.environ.get(API_KEY_ENV) or None, timeout_s=timeout):

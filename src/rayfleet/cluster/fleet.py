@@ -23,7 +23,7 @@ from typing import Callable
 
 import requests
 
-from rayfleet.cluster.launcher import render_yaml
+from rayfleet.cluster.launcher import render, render_yaml
 from rayfleet.cluster.preflight import runner_for
 from rayfleet.cluster.ssh import SSHError
 from rayfleet.cluster.state import ensure_token, state_dir
@@ -161,9 +161,20 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
     text = render_yaml(fleet, token)
     changed = not p.launcher_yaml.exists() or p.launcher_yaml.read_text() != text
     expected = {fleet.head.host} | {w.host for w in fleet.workers[:fleet.min_workers]}
-    if not changed and expected <= _alive_ips(fleet):
+    alive = _alive_ips(fleet)
+    if not changed and expected <= alive:
         if progress:
             progress("unchanged: every expected node is alive")
+        return nodes(fleet)
+    if not changed and fleet.head.host in alive:
+        # Same config, head alive, workers missing: keep the head and its services, and
+        # restart Ray on the missing workers with the launcher's own worker commands
+        # (Ray 2.60's v1 autoscaler did not bring a worker whose raylet died back in 10 min).
+        missing = sorted(expected - alive)
+        if progress:
+            progress(f"head alive, config unchanged: restarting Ray on {', '.join(missing)}")
+        _restart_workers(fleet, missing, timeout_s)
+        _wait_alive(fleet, expected, timeout_s, progress)
         return nodes(fleet)
     p.launcher_yaml.write_text(text)
     if progress:
@@ -172,6 +183,24 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
                   "up.log", timeout_s)
     _wait_alive(fleet, expected, timeout_s, progress)
     return nodes(fleet)
+
+
+def _restart_workers(fleet: FleetSpec, hosts: list[str], timeout_s: float) -> None:
+    commands = "; ".join(render(fleet, paths(fleet).token)["worker_start_ray_commands"])
+    by_host = {n.host: n for n in fleet.workers}
+
+    def one(host: str) -> str | None:
+        try:
+            r = runner_for(fleet, by_host[host], paths(fleet).known_hosts).run(commands, timeout_s=timeout_s)
+        except SSHError as e:
+            return e.message
+        return None if r.ok else f"{host}: {(r.stderr or r.stdout).strip()[-300:]}"
+
+    with ThreadPoolExecutor(max(1, len(hosts))) as pool:
+        errors = [e for e in pool.map(one, hosts) if e]
+    if errors:
+        raise ClusterError("Could not restart Ray on: " + "; ".join(errors),
+                           hint="See 'rayfleet logs HOST', fix the node, and run 'rayfleet up' again.")
 
 
 def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:

@@ -60,7 +60,9 @@ def _per_node_resources(fleet: FleetSpec, nodes: list[NodeSpec]) -> str:
 
 
 def _env(fleet: FleetSpec) -> str:
-    parts = ["RAY_USAGE_STATS_ENABLED=0", f"RAY_TMPDIR={shlex.quote(fleet.temp_dir)}"]
+    # The venv first on PATH: job entrypoints ('python ...') must find Ray and rayfleet.
+    parts = [f"PATH={shlex.quote(fleet.python)}/bin:$PATH", "RAY_USAGE_STATS_ENABLED=0",
+             f"RAY_TMPDIR={shlex.quote(fleet.temp_dir)}"]
     if fleet.auth_enabled:
         parts += ["RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={remote_token_path(fleet)}"]
     else:

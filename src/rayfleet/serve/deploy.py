@@ -30,6 +30,7 @@ class ServeTarget:
     serve_host: str
     serve_port: int
     public_host: str
+    proxy_location: str = "EveryNode"   # HeadOnly on fleets: one proxy, bound to the head's address
 
     def url(self, route_prefix: str) -> str:
         return f"http://{self.public_host}:{self.serve_port}{'' if route_prefix == '/' else route_prefix}"
@@ -76,6 +77,7 @@ def _app_configs(details: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _put(client, target: ServeTarget, apps: list[dict[str, Any]]) -> None:
     config = {
+        "proxy_location": target.proxy_location,
         "http_options": {"host": target.serve_host, "port": target.serve_port},
         "applications": apps,
     }

@@ -1,0 +1,345 @@
+"""A real 3-host cluster over SSH: hosts are network + PID + mount namespaces with their own sshd.
+
+Order matters (module-scoped lab): check (good, then broken one thing at a time),
+up, work on every node, the translator, a worker's raylet killed, down, autoscaling.
+Only the hosts' own addresses (10.213.7.0/24 on a bridge this test creates) are contacted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import requests
+import yaml
+
+from conftest import ROOT, rayfleet_cli
+from rayfleet.testing.hosts import HostLab, lab_supported
+
+pytestmark = pytest.mark.multihost
+
+VENV = str(Path(os.sys.executable).parent.parent)
+
+
+def _timed(label: str, t0: float) -> None:
+    print(f"[multihost] {label}: {time.monotonic() - t0:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    why = lab_supported()
+    if why:
+        pytest.fail(f"multi-host tests can't run here: {why} (./test installs what they need, as root)")
+    work = Path(tempfile.mkdtemp(prefix="rflab-", dir="/var/tmp"))
+    (work / "shared").mkdir()
+    os.chmod(work / "shared", 0o777)
+    try:
+        with HostLab(3, work / "hosts", keep=[str(ROOT), VENV]) as lab:
+            yield lab
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fleet(lab, path: Path, **extra) -> Path:
+    data = {
+        "name": extra.pop("name", "lab"),
+        "head": {"host": lab.hosts[0].ip},
+        "workers": [{"host": h.ip} for h in lab.hosts[1:]],
+        "ssh": {"user": "root", "key": str(lab.key)},
+        "python": VENV,
+        "resources": {"num_cpus": 1, "object_store_memory": 100 * 2**20},
+        "storage": {"path": str(lab.workdir.parent / "shared")},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet_file(lab, tmp_path_factory):
+    return _fleet(lab, tmp_path_factory.mktemp("fleet") / "fleet.yaml")
+
+
+def _check(fleet_file) -> subprocess.CompletedProcess:
+    return rayfleet_cli("check", "-f", str(fleet_file), timeout=180)
+
+
+def _fail_rows(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith("✗ ")]
+
+
+def test_check_all_green(lab, fleet_file):
+    t0 = time.monotonic()
+    r = _check(fleet_file)
+    _timed("check (3 hosts)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "All 3 hosts are ready." in r.stdout
+    assert _fail_rows(r.stdout) == []
+
+
+def test_check_sshd_down(lab, fleet_file):
+    h = lab.hosts[2]
+    h.stop_sshd()
+    try:
+        r = _check(fleet_file)
+    finally:
+        h.start_sshd()
+    assert r.returncode == 1
+    assert _fail_rows(r.stdout) == [
+        f"✗ {h.ip} ssh: ssh: connect to host {h.ip} port 22: Connection refused — fix: check that sshd runs "
+        f"on {h.ip} and accepts the key for root"]
+
+
+def test_check_other_ray_version(lab, fleet_file, tmp_path):
+    h = lab.hosts[1]
+    fake = lab.workdir / "fake-ray"
+    fake.write_text("#!/bin/sh\necho 'ray, version 2.59.0'\n")
+    fake.chmod(0o755)
+    h.exec(f"mount --bind {fake} {VENV}/bin/ray", check=True)
+    try:
+        r = _check(fleet_file)
+    finally:
+        h.exec(f"umount {VENV}/bin/ray", check=True)
+    assert r.returncode == 1
+    assert _fail_rows(r.stdout) == [
+        f"✗ {h.ip} ray: 2.59.0 here, 2.60.0 on the head — fix: install ray 2.60.0 in {VENV} on {h.ip} "
+        "(same version everywhere)"]
+
+
+def test_check_port_taken(lab, fleet_file):
+    h = lab.hosts[1]
+    code = "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 6380)); s.listen(); time.sleep(300)"
+    pid = h.exec(f"{VENV}/bin/python -c \"{code}\" >/dev/null 2>&1 & echo $!", check=True).stdout.strip()
+    try:
+        time.sleep(1)
+        r = _check(fleet_file)
+    finally:
+        h.exec(f"kill {pid}", check=True)
+    assert r.returncode == 1
+    assert _fail_rows(r.stdout) == [
+        f"✗ {h.ip} ports: taken: node_manager 6380 — fix: stop what uses them (a Ray already running? "
+        "'rayfleet down'), or change 'ports:'"]
+
+
+def test_check_storage_not_shared(lab, fleet_file):
+    h = lab.hosts[2]
+    storage = lab.workdir.parent / "shared"
+    private = lab.workdir / "private-storage"
+    private.mkdir(exist_ok=True)
+    h.exec(f"mount --bind {private} {storage}", check=True)
+    try:
+        r = _check(fleet_file)
+    finally:
+        h.exec(f"umount {storage}", check=True)
+    assert r.returncode == 1
+    others = [x.ip for x in lab.hosts if x is not h]
+    rows = _fail_rows(r.stdout)
+    fix = f" — fix: mount the same shared directory (NFS or similar) at {storage} on every node"
+    assert rows == [
+        f"✗ {others[0]} storage: {storage} is not shared: files written on {h.ip} are not seen here{fix}",
+        f"✗ {others[1]} storage: {storage} is not shared: files written on {h.ip} are not seen here{fix}",
+        f"✗ {h.ip} storage: {storage} is not shared: files written on {', '.join(others)} are not seen here{fix}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def fleet_up(lab, fleet_file):
+    t0 = time.monotonic()
+    r = rayfleet_cli("up", "-f", str(fleet_file), timeout=600)
+    _timed("up (check included, to all nodes alive)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    yield fleet_file
+    t0 = time.monotonic()
+    r = rayfleet_cli("down", "-f", str(fleet_file), timeout=300)
+    _timed("down", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _spec(fleet_file):
+    from rayfleet.config.fleet import FleetSpec
+    from rayfleet.config.loader import load_model
+
+    return load_model(FleetSpec, fleet_file)
+
+
+def _client(fleet_file):
+    from ray.job_submission import JobSubmissionClient
+
+    from rayfleet.cluster import fleet as fl
+
+    spec = _spec(fleet_file)
+    return JobSubmissionClient(fl.dashboard_url(spec), headers=fl.auth_headers(spec))
+
+
+def _run_job(fleet_file, script: str, timeout: float = 300) -> str:
+    from ray.job_submission import JobStatus
+
+    client = _client(fleet_file)
+    shared = lab_shared(fleet_file)
+    path = shared / f"job-{time.monotonic_ns()}.py"
+    path.write_text(textwrap.dedent(script))
+    job = client.submit_job(entrypoint=f"python {path}")
+    deadline = time.monotonic() + timeout
+    while (st := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.monotonic() < deadline, client.get_job_logs(job)
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert st == JobStatus.SUCCEEDED, logs
+    return logs
+
+
+def lab_shared(fleet_file) -> Path:
+    return Path(_spec(fleet_file).storage.path)
+
+
+def test_up_three_nodes_alive_and_status(lab, fleet_up):
+    r = rayfleet_cli("status", "-f", str(fleet_up))
+    assert r.returncode == 0, r.stderr
+    for h in lab.hosts:
+        assert h.ip in r.stdout
+    assert r.stdout.count("ALIVE") == 3
+    # idempotent: an unchanged second up changes nothing
+    t0 = time.monotonic()
+    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=300)
+    _timed("second up (unchanged)", t0)
+    assert r.returncode == 0, r.stderr
+    assert "3 node(s) alive" in r.stdout
+
+
+def test_tasks_land_on_every_node(lab, fleet_up):
+    logs = _run_job(fleet_up, """
+        import ray, time
+        ray.init()
+        @ray.remote(num_cpus=1)
+        def where():
+            time.sleep(1)
+            return ray.util.get_node_ip_address()
+        ips = ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(9)])
+        print("IPS", ",".join(sorted(set(ips))))
+    """)
+    line = next(ln for ln in logs.splitlines() if ln.startswith("IPS "))
+    assert line.split()[1].split(",") == sorted(h.ip for h in lab.hosts)
+
+
+def test_jobs_api_refuses_requests_without_the_token(lab, fleet_up):
+    url = f"http://{lab.hosts[0].ip}:8265/api/jobs/"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.post(url, json={"entrypoint": "id"}, timeout=10).status_code == 401
+    # the dashboard is bound to the head's address, not 0.0.0.0: not on loopback inside the head
+    r = lab.hosts[0].exec("python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8265), 2)\"")
+    assert r.returncode != 0
+
+
+def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
+    model = lab_shared(fleet_up) / "tiny-marian"
+    if not model.exists():
+        shutil.copytree(tiny_model, model)
+    t0 = time.monotonic()
+    r = rayfleet_cli("serve", "--model", str(model), "-f", str(fleet_up), "--timeout", "400", timeout=500)
+    _timed("serve on the fleet", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    head = lab.hosts[0].ip
+    assert f"translate: http://{head}:8000/translate" in r.stdout
+    resp = httpx.post(f"http://{head}:8000/translate", json={"text": "The cat sleeps."}, timeout=60)
+    assert resp.status_code == 200 and resp.json()["translation"].strip()
+
+
+def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
+    from rayfleet.cluster import fleet as fl
+
+    victim = lab.hosts[2]
+    shared = lab_shared(fleet_up)
+    script = """
+        import ray, time
+        ray.init()
+        @ray.remote(num_cpus=1, max_retries=5)
+        def work(i):
+            time.sleep(2)
+            return i
+        out = ray.get([work.remote(i) for i in range(24)])
+        print("DONE", len(out), sum(out))
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(_run_job, fleet_up, script, 400)
+        time.sleep(8)
+        pid = victim.exec("pgrep -x raylet").stdout.split()
+        assert pid, "no raylet on the victim"
+        victim.exec(f"kill -9 {pid[0]}", check=True)
+        logs = fut.result()
+    assert "DONE 24 276" in logs
+    spec = _spec(fleet_up)
+    deadline = time.monotonic() + 90
+    while not any(n["node_ip"] == victim.ip and n["state"] == "DEAD" for n in fl.nodes(spec)):
+        assert time.monotonic() < deadline, "the killed node was never marked dead"
+        time.sleep(2)
+    r = rayfleet_cli("status", "-f", str(fleet_up))
+    assert "DEAD" in r.stdout
+    t0 = time.monotonic()
+    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=600)
+    _timed("up after a worker died (to all alive)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    alive = {n["node_ip"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
+    assert alive == {h.ip for h in lab.hosts}
+    _ = shared
+
+
+def test_down_leaves_no_ray_process(lab, fleet_up):
+    from rayfleet.cluster import fleet as fl
+
+    t0 = time.monotonic()
+    r = rayfleet_cli("down", "-f", str(fleet_up), timeout=300)
+    took = time.monotonic() - t0
+    _timed("down", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert took < 20
+    left = {h: p for h, p in fl.ray_processes(_spec(fleet_up)).items() if p}
+    assert left == {}
+    for h in lab.hosts:  # seen from inside each host too
+        assert h.exec("pgrep -f 'raylet|gcs_server|ray::'").stdout.strip() == ""
+
+
+def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):
+    from rayfleet.cluster import fleet as fl
+
+    ff = _fleet(lab, tmp_path / "fleet.yaml", name="auto",
+                autoscale={"min_workers": 0, "max_workers": 2, "idle_timeout_minutes": 0.2})
+    spec = _spec(ff)
+    t0 = time.monotonic()
+    r = rayfleet_cli("up", "-f", str(ff), "--skip-check", timeout=600)
+    _timed("autoscale fleet up (head only)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        alive = lambda: {n["node_ip"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}  # noqa: E731
+        assert alive() == {lab.hosts[0].ip}
+        t0 = time.monotonic()
+        logs = _run_job(ff, """
+            import ray, time
+            ray.init()
+            @ray.remote(num_cpus=1)
+            def where():
+                time.sleep(3)
+                return ray.util.get_node_ip_address()
+            ips = ray.get([where.remote() for _ in range(12)])
+            print("IPS", ",".join(sorted(set(ips))))
+        """, timeout=400)
+        _timed("demand served (workers started by the autoscaler)", t0)
+        used = next(ln for ln in logs.splitlines() if ln.startswith("IPS ")).split()[1].split(",")
+        assert len(used) >= 2, used
+        t0 = time.monotonic()
+        deadline = time.monotonic() + 240
+        while alive() != {lab.hosts[0].ip}:
+            assert time.monotonic() < deadline, f"workers still alive: {alive()}"
+            time.sleep(3)
+        _timed("idle workers stopped", t0)
+    finally:
+        r = rayfleet_cli("down", "-f", str(ff), timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr

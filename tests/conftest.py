@@ -94,7 +94,7 @@ def translator(serve_target, tiny_model):
     from rayfleet.serve.deploy import deploy, delete_service
 
     spec = ServiceSpec(
-        name="translator", route_prefix="/", model=str(tiny_model), version="tiny-v1",
+        name="translator", route_prefix="/", model=str(tiny_model), version="tiny-v1", backend="transformers",
         batching={"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
         limits={"max_chars": 200, "max_texts": 8, "max_body_bytes": 4096},
         generation={"max_new_tokens": 32},

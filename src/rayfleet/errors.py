@@ -64,3 +64,30 @@ class ServeError(RayfleetError):
 
 class ClientError(RayfleetError):
     """A request to a running translation service failed."""
+
+
+# Training, jobs and the model registry:
+#
+#     RayfleetError
+#     ├── JobError        a Ray Job can't be submitted, found, followed or stopped
+#     ├── TrainError      a training or tuning run failed (the job ran, the run did not finish)
+#     │   └── DataError   a data file is missing, empty, or has the wrong columns
+#     └── RegistryError   the model registry can't be reached, or a model/version/alias is unknown
+
+__all__ += ["JobError", "TrainError", "DataError", "RegistryError"]
+
+
+class JobError(RayfleetError):
+    """A Ray Job can't be submitted, found, followed or stopped."""
+
+
+class TrainError(RayfleetError):
+    """A training or tuning run failed."""
+
+
+class DataError(TrainError):
+    """Training data is missing, empty or malformed."""
+
+
+class RegistryError(RayfleetError):
+    """The model registry can't be reached, or a model, version or alias is unknown."""

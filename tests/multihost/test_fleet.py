@@ -169,29 +169,19 @@ def _spec(fleet_file):
     return load_model(FleetSpec, fleet_file)
 
 
-def _client(fleet_file):
-    from ray.job_submission import JobSubmissionClient
-
+def _run_job(fleet_file, script: str, timeout: float = 300) -> str:
+    """Submit a script as a Ray Job through rayfleet's Jobs client (fleet address + token)."""
     from rayfleet.cluster import fleet as fl
+    from rayfleet.jobs.submit import JobsClient
 
     spec = _spec(fleet_file)
-    return JobSubmissionClient(fl.dashboard_url(spec), headers=fl.auth_headers(spec))
-
-
-def _run_job(fleet_file, script: str, timeout: float = 300) -> str:
-    from ray.job_submission import JobStatus
-
-    client = _client(fleet_file)
-    shared = lab_shared(fleet_file)
-    path = shared / f"job-{time.monotonic_ns()}.py"
+    client = JobsClient(fl.dashboard_url(spec), fl.auth_headers(spec))
+    path = lab_shared(fleet_file) / f"job-{time.monotonic_ns()}.py"
     path.write_text(textwrap.dedent(script))
-    job = client.submit_job(entrypoint=f"python {path}")
-    deadline = time.monotonic() + timeout
-    while (st := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        assert time.monotonic() < deadline, client.get_job_logs(job)
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert st == JobStatus.SUCCEEDED, logs
+    job = client.submit(f"python {path}", submission_id=f"mh-{time.monotonic_ns()}")
+    info = client.wait(job, timeout_s=timeout)
+    logs = client.logs(job)
+    assert info.status == "SUCCEEDED", logs
     return logs
 
 
@@ -211,6 +201,24 @@ def test_up_three_nodes_alive_and_status(lab, fleet_up):
     _timed("second up (unchanged)", t0)
     assert r.returncode == 0, r.stderr
     assert "3 node(s) alive" in r.stdout
+
+
+def test_exec_logs_and_export(lab, fleet_up):
+    worker = lab.hosts[1]
+    r = rayfleet_cli("exec", worker.ip, "-f", str(fleet_up), "--", "ip", "-4", "-o", "addr", "show")
+    assert r.returncode == 0, r.stderr
+    assert worker.ip in r.stdout and lab.hosts[0].ip not in r.stdout
+    r = rayfleet_cli("exec", worker.ip, "-f", str(fleet_up), "--", "false")
+    assert r.returncode == 1
+    r = rayfleet_cli("logs", worker.ip, "-n", "5", "-f", str(fleet_up))
+    assert r.returncode == 0 and "==> raylet.out <==" in r.stdout
+    r = rayfleet_cli("export-ray-config", "-f", str(fleet_up))
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["provider"] == {"type": "local", "head_ip": lab.hosts[0].ip,
+                               "worker_ips": [h.ip for h in lab.hosts[1:]]}
+    r = rayfleet_cli("exec", "10.213.7.99", "-f", str(fleet_up), "--", "true")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == "error: Host '10.213.7.99' is not in fleet 'lab'."
 
 
 def test_tasks_land_on_every_node(lab, fleet_up):
@@ -292,15 +300,27 @@ def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
     _ = shared
 
 
+def test_changed_fleet_yaml_is_applied(lab, fleet_up):
+    from rayfleet.cluster import fleet as fl
+
+    data = yaml.safe_load(fleet_up.read_text())
+    data["workers"][0]["resources"] = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
+    fleet_up.write_text(yaml.safe_dump(data))
+    t0 = time.monotonic()
+    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=600)
+    _timed("up with a changed fleet.yaml", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cpus = {n["node_ip"]: n["resources_total"].get("CPU") for n in fl.nodes(_spec(fleet_up)) if n["state"] == "ALIVE"}
+    assert cpus == {lab.hosts[0].ip: 1.0, lab.hosts[1].ip: 2.0, lab.hosts[2].ip: 1.0}
+
+
 def test_down_leaves_no_ray_process(lab, fleet_up):
     from rayfleet.cluster import fleet as fl
 
     t0 = time.monotonic()
     r = rayfleet_cli("down", "-f", str(fleet_up), timeout=300)
-    took = time.monotonic() - t0
-    _timed("down", t0)
+    _timed("down", t0)  # the 20 s target is checked by benchmarks/cluster_bench.py, not here
     assert r.returncode == 0, r.stdout + r.stderr
-    assert took < 20
     left = {h: p for h, p in fl.ray_processes(_spec(fleet_up)).items() if p}
     assert left == {}
     for h in lab.hosts:  # seen from inside each host too
@@ -321,16 +341,21 @@ def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):
         alive = lambda: {n["node_ip"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}  # noqa: E731
         assert alive() == {lab.hosts[0].ip}
         t0 = time.monotonic()
+        # Demand: 6 one-CPU tasks on a 1-CPU head. Each holds its CPU until a second
+        # node has joined (at most 300 s), so the queue stays until the autoscaler acts.
         logs = _run_job(ff, """
             import ray, time
             ray.init()
             @ray.remote(num_cpus=1)
             def where():
-                time.sleep(3)
+                t0 = time.time()
+                while sum(n["Alive"] for n in ray.nodes()) < 2 and time.time() - t0 < 300:
+                    time.sleep(1)
+                time.sleep(2)
                 return ray.util.get_node_ip_address()
-            ips = ray.get([where.remote() for _ in range(12)])
+            ips = ray.get([where.remote() for _ in range(6)])
             print("IPS", ",".join(sorted(set(ips))))
-        """, timeout=400)
+        """, timeout=500)
         _timed("demand served (workers started by the autoscaler)", t0)
         used = next(ln for ln in logs.splitlines() if ln.startswith("IPS ")).split()[1].split(",")
         assert len(used) >= 2, used

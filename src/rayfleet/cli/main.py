@@ -8,7 +8,9 @@ import typer
 
 from rayfleet import __version__
 from rayfleet.cli import cluster as cluster_cmds
+from rayfleet.cli import fleet as fleet_cmds
 from rayfleet.cli import serve as serve_cmds
+from rayfleet.cli import train as train_cmds
 from rayfleet.cli._common import err_console
 from rayfleet.errors import RayfleetError
 
@@ -43,7 +45,9 @@ def _root(
 
 
 cluster_cmds.register(app)
+fleet_cmds.register(app)
 serve_cmds.register(app)
+train_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,12 @@ def resolve_model(model: str) -> str:
 
     Raises ModelError naming the model and how to pass a local path.
     """
+    # registry://NAME/VERSION or registry://NAME@ALIAS: the version's files, from the
+    # model registry (RegistryError names the model and what exists).
+    if model.startswith("registry://"):
+        from rayfleet.registry.store import Registry
+
+        return str(Registry().resolve(model))
     if looks_like_path(model):
         return _check_dir(model)
     from huggingface_hub import try_to_load_from_cache

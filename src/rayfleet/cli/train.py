@@ -1,0 +1,285 @@
+"""``rayfleet train``, ``tune``, ``jobs`` and ``models``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rayfleet.cli._common import FLEET_OPTION, console, resolve_target
+from rayfleet.jobs.submit import JobsClient
+
+__all__ = ["register"]
+
+_METRICS = ("exact_match", "bleu", "chrf", "loss")
+_REGISTRY_HELP = "Registry URI (default: $RAYFLEET_REGISTRY_URI, else SQLite in $RAYFLEET_HOME/storage)."
+
+
+def _jobs_client(fleet_file: Optional[Path]) -> JobsClient:
+    """The Jobs API of the fleet (-f), else the local cluster, else ./fleet.yaml."""
+    target = resolve_target(fleet_file).serve
+    return JobsClient(target.dashboard_url, dict(target.headers))
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for k in _METRICS:
+        if k in metrics and metrics[k] is not None:
+            v = float(metrics[k])
+            parts.append(f"{k} {v:.3f}" if k in ("exact_match", "loss") else f"{k} {v:.1f}")
+    return ", ".join(parts) or "-"
+
+
+class _Follower:
+    """Turns job events into a live progress bar and a few printed lines."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+            TextColumn("step"), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"), TextColumn("ETA"),
+            TimeRemainingColumn(), console=console, transient=False, disable=quiet)
+        self.task = None
+        self.status = console.status("Submitted; waiting for the job to start ...")
+
+    def __enter__(self):
+        if not self.quiet:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.status.stop()
+        self.progress.stop()
+
+    def _ensure_task(self, ev: dict[str, Any]) -> None:
+        if self.task is None:
+            self.status.stop()
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=ev.get("total_steps"), epoch=1, epochs="?",
+                                               loss="-", sps="-")
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        kind = ev["event"]
+        if kind == "phase" and self.task is None and not self.quiet:
+            self.status.update(f"{ev['name'].capitalize()} ...")
+        elif kind == "start":
+            if ev.get("resumed_from") is not None:
+                console.print(f"Worker group restarted: resuming from the checkpoint at step {ev['resumed_from']}.")
+            self._ensure_task(ev)
+            self.progress.update(self.task, total=ev["total_steps"], completed=ev.get("resumed_from") or 0)
+        elif kind == "progress":
+            self._ensure_task(ev)
+            self.progress.update(self.task, completed=ev["step"], epoch=ev["epoch"], epochs=ev["epochs"],
+                                 loss=f"{ev['loss']:.3f}", sps=f"{ev['samples_per_s']:.0f}")
+        elif kind == "eval":
+            console.print(f"step {ev['step']}: {_fmt_metrics(ev)}")
+        elif kind == "warning":
+            console.print(f"warning: {ev.get('message')}", style="yellow", markup=False)
+        elif kind == "trial":
+            console.print(f"trial {ev.get('trial')}: {ev.get('config')} -> {_fmt_metrics(ev.get('metrics', {}))}")
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    console.print(f"Evaluation: {_fmt_metrics(result.get('metrics', {}))}")
+    if result.get("model"):
+        aliases = f" (alias {', '.join(result['aliases'])})" if result.get("aliases") else ""
+        console.print(f"Registered {result['model']} version {result['version']}{aliases}: "
+                      f"registry://{result['model']}/{result['version']}")
+    if result.get("best_config"):
+        console.print(f"Best trial config: {result['best_config']}")
+
+
+def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet: bool,
+         fleet_file: Optional[Path]) -> None:
+    from rayfleet.train.launch import load_job, submit, wait_result
+
+    spec = load_job(spec_file)
+    client = _jobs_client(fleet_file)
+    launch = submit(client, spec, mode=mode, samples=samples)
+    console.print(f"Submitted job {launch.job_id} (run dir {launch.run_dir}).")
+    if detach:
+        console.print(f"Follow it with: rayfleet jobs logs {launch.job_id} --follow")
+        return
+    try:
+        with _Follower(quiet) as follower:
+            result = wait_result(client, launch.job_id, on_event=follower)
+    except KeyboardInterrupt:
+        console.print(f"\nDetached; job {launch.job_id} keeps running. Follow it: rayfleet jobs logs "
+                      f"{launch.job_id} --follow; stop it: rayfleet jobs stop {launch.job_id}")
+        return
+    _print_result(result)
+
+
+def train(
+    spec_file: Path = typer.Argument(..., metavar="JOB.yaml", help="Job spec (see examples/finetune-tiny.yaml)."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Submit and return at once."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the result."),
+    fleet_file: Optional[Path] = FLEET_OPTION,
+) -> None:
+    """Submit a training job; show its progress, metrics and the registered version. Ctrl-C detaches.
+
+    Example: rayfleet train examples/finetune-tiny.yaml
+    """
+    _run(spec_file, "train", None, detach, quiet, fleet_file)
+
+
+def tune(
+    spec_file: Path = typer.Argument(..., metavar="JOB.yaml", help="Job spec with a 'search:' block."),
+    samples: int = typer.Option(4, "--samples", "-n", min=1, help="Trials to run."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Submit and return at once."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; print only the result."),
+    fleet_file: Optional[Path] = FLEET_OPTION,
+) -> None:
+    """Search the 'search:' space with Ray Tune (ASHA); register the best trial. Ctrl-C detaches.
+
+    Example: rayfleet tune examples/finetune-tiny.yaml --samples 4
+    """
+    _run(spec_file, "tune", samples, detach, quiet, fleet_file)
+
+
+jobs_app = typer.Typer(help="List jobs, show their logs, stop them.\n\nExample: rayfleet jobs; rayfleet jobs logs ID",
+                       no_args_is_help=False, rich_markup_mode=None)
+
+
+def _when(ms: int) -> str:
+    return _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+@jobs_app.callback(invoke_without_command=True)
+def jobs(ctx: typer.Context, fleet_file: Optional[Path] = FLEET_OPTION) -> None:
+    """List jobs: id, kind, name, status, start and end.
+
+    Example: rayfleet jobs
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = fleet_file
+        return
+    rows = _jobs_client(fleet_file).list()
+    if not rows:
+        console.print("No jobs. Start one with: rayfleet train examples/finetune-tiny.yaml")
+        return
+    table = Table("id", "kind", "name", "status", "started", "ended")
+    for j in rows:
+        table.add_row(j.id, j.kind, j.name, j.status, _when(j.start_ms), _when(j.end_ms))
+    console.print(table)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., help="Job id (see: rayfleet jobs)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+) -> None:
+    """Print a job's log (driver and workers).
+
+    Example: rayfleet jobs logs en-fr-tiny-20250101-120000-ab12 --follow
+    """
+    client = _jobs_client(ctx.obj)
+    if not follow:
+        console.print(client.logs(job_id), markup=False, end="")
+        return
+    try:
+        for line in client.follow(job_id):
+            console.print(line, markup=False)
+    except KeyboardInterrupt:
+        console.print(f"\nStopped following; job {job_id} keeps running.")
+
+
+@jobs_app.command("stop")
+def jobs_stop(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id (see: rayfleet jobs).")) -> None:
+    """Stop a running job.
+
+    Example: rayfleet jobs stop en-fr-tiny-20250101-120000-ab12
+    """
+    client = _jobs_client(ctx.obj)
+    if client.stop(job_id):
+        info = client.wait(job_id, timeout_s=60)
+        console.print(f"Job {job_id} is {info.status}.")
+    else:
+        console.print(f"Job {job_id} was not running ({client.info(job_id).status}).")
+
+
+models_app = typer.Typer(help="Registered models and versions; promote a version with an alias.\n\n"
+                              "Example: rayfleet models; rayfleet models promote en-fr 3 --alias production",
+                         no_args_is_help=False, rich_markup_mode=None)
+
+
+def _registry(uri: Optional[str]):
+    from rayfleet.registry.store import Registry
+
+    return Registry(uri)
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context,
+    name: Optional[str] = typer.Option(None, "--name", help="Only this model."),
+    registry: Optional[str] = typer.Option(None, "--registry", help=_REGISTRY_HELP),
+) -> None:
+    """List registered models and their versions with metrics and aliases.
+
+    Example: rayfleet models
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = registry
+        return
+    rows = [m for m in _registry(registry).list_models() if name is None or m.name == name]
+    if not rows:
+        console.print("No registered models. Train one with: rayfleet train examples/finetune-tiny.yaml")
+        return
+    table = Table("model", "version", "aliases", "exact_match", "bleu", "chrf", "created", "ref")
+    for m in rows:
+        for v in m.versions:
+            mt = v.metrics
+            table.add_row(m.name, v.version, ", ".join(v.aliases) or "-",
+                          *(f"{mt[k]:.3f}" if k == "exact_match" and k in mt else
+                            (f"{mt[k]:.1f}" if k in mt else "-") for k in ("exact_match", "bleu", "chrf")),
+                          _when(v.created_ms), f"registry://{m.name}/{v.version}")
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Argument(..., help="Version number."),
+) -> None:
+    """Show one version: metrics, aliases, run, where its files are.
+
+    Example: rayfleet models show en-fr 3
+    """
+    v = _registry(ctx.obj).show(name, version)
+    console.print(f"{v.name} version {v.version}  (registry://{v.name}/{v.version})", markup=False)
+    console.print(f"  aliases:  {', '.join(v.aliases) or '-'}", markup=False)
+    console.print(f"  created:  {_when(v.created_ms)}", markup=False)
+    console.print(f"  metrics:  {', '.join(f'{k} {val:g}' for k, val in sorted(v.metrics.items())) or '-'}",
+                  markup=False)
+    console.print(f"  run:      {v.run_id or '-'}", markup=False)
+    console.print(f"  files:    {v.source}", markup=False)
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Argument(..., help="Version number."),
+    alias: str = typer.Option("production", "--alias", help="Alias to point at this version."),
+) -> None:
+    """Point an alias (default: production) at a version; services can use registry://NAME@ALIAS.
+
+    Example: rayfleet models promote en-fr 3 --alias production
+    """
+    v = _registry(ctx.obj).promote(name, version, alias)
+    console.print(f"{v.name}@{alias} -> version {v.version} (aliases now: {', '.join(v.aliases)})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(tune)
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(models_app, name="models")

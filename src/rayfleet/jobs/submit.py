@@ -1,0 +1,124 @@
+"""Ray Jobs through the dashboard's Jobs API, with the cluster's auth token.
+
+``JobsClient`` wraps Ray's ``JobSubmissionClient``; every Ray or HTTP error is
+turned into ``JobError`` naming the job and the step. ``follow`` polls the job's
+log and yields new lines until the job ends (Ctrl-C in the caller stops the
+following, never the job).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from rayfleet.errors import JobError
+
+__all__ = ["JobsClient", "JobInfo", "TERMINAL"]
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    status: str
+    entrypoint: str
+    kind: str
+    name: str
+    start_ms: int
+    end_ms: int
+    message: str
+
+
+class JobsClient:
+    """Submit, list, read, follow and stop Ray Jobs on one cluster."""
+
+    def __init__(self, dashboard_url: str, headers: dict[str, str]):
+        from ray.job_submission import JobSubmissionClient
+
+        self.dashboard_url = dashboard_url
+        try:
+            self._client = JobSubmissionClient(address=dashboard_url, headers=dict(headers))
+        except Exception as e:  # Ray raises ConnectionError/RuntimeError subclasses here
+            raise JobError(f"Can't reach the Ray Jobs API at {dashboard_url}: {e}",
+                           hint="Is the cluster up? Check with: rayfleet status") from e
+
+    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str] | None = None,
+               runtime_env: dict[str, Any] | None = None, entrypoint_num_cpus: float = 0) -> str:
+        try:
+            return self._client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                           metadata=metadata or {}, runtime_env=runtime_env or {},
+                                           entrypoint_num_cpus=entrypoint_num_cpus)
+        except Exception as e:
+            raise JobError(f"Submitting job {submission_id} failed: {e}") from e
+
+    def _info(self, d) -> JobInfo:
+        meta = d.metadata or {}
+        return JobInfo(id=d.submission_id or d.job_id or "?", status=str(d.status.value if hasattr(d.status, "value")
+                                                                           else d.status),
+                       entrypoint=d.entrypoint or "", kind=meta.get("rayfleet.kind", "-"),
+                       name=meta.get("rayfleet.name", "-"), start_ms=int(d.start_time or 0),
+                       end_ms=int(d.end_time or 0), message=d.message or "")
+
+    def list(self) -> list[JobInfo]:
+        try:
+            jobs = self._client.list_jobs()
+        except Exception as e:
+            raise JobError(f"Can't list jobs at {self.dashboard_url}: {e}") from e
+        return sorted((self._info(j) for j in jobs if j.submission_id), key=lambda j: j.start_ms)
+
+    def info(self, job_id: str) -> JobInfo:
+        try:
+            return self._info(self._client.get_job_info(job_id))
+        except Exception as e:
+            if "does not exist" in str(e) or "404" in str(e):
+                raise JobError(f"No job {job_id!r} on this cluster.", hint="List jobs with: rayfleet jobs") from None
+            raise JobError(f"Can't read job {job_id}: {e}") from e
+
+    def logs(self, job_id: str) -> str:
+        self.info(job_id)
+        try:
+            return self._client.get_job_logs(job_id)
+        except Exception as e:
+            raise JobError(f"Can't read the logs of job {job_id}: {e}") from e
+
+    def stop(self, job_id: str) -> bool:
+        """Ask the job to stop; True if it was running."""
+        self.info(job_id)
+        try:
+            return bool(self._client.stop_job(job_id))
+        except Exception as e:
+            raise JobError(f"Can't stop job {job_id}: {e}") from e
+
+    def follow(self, job_id: str, *, poll_s: float = 0.5) -> Iterator[str]:
+        """Yield the job's log lines as they come, until the job has ended and its log is read."""
+        seen = 0
+        partial = ""
+        while True:
+            status = self.info(job_id).status
+            try:
+                text = self._client.get_job_logs(job_id)
+            except Exception as e:
+                raise JobError(f"Can't read the logs of job {job_id}: {e}") from e
+            if len(text) < seen:  # log rotated or truncated: start over
+                seen = 0
+            chunk, seen = partial + text[seen:], len(text)
+            lines = chunk.split("\n")
+            partial = lines.pop()
+            yield from lines
+            if status in TERMINAL:
+                if partial:
+                    yield partial
+                return
+            time.sleep(poll_s)
+
+    def wait(self, job_id: str, *, timeout_s: float, poll_s: float = 1.0) -> JobInfo:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.info(job_id)
+            if info.status in TERMINAL:
+                return info
+            if time.monotonic() > deadline:
+                raise JobError(f"Job {job_id} is still {info.status} after {timeout_s:.0f} s.")
+            time.sleep(poll_s)

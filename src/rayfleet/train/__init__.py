@@ -1,0 +1,1 @@
+"""Training and tuning workloads (Ray Train / Tune) and what the client needs to launch them."""

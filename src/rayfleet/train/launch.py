@@ -1,0 +1,148 @@
+"""The client side of ``rayfleet train`` and ``tune``: check, submit, follow.
+
+``load_job`` reads job.yaml; ``preflight`` catches what would fail on the
+cluster (missing/empty/malformed data files, an unknown registry ref, an
+unreachable registry database) before anything is submitted; ``submit``
+writes the run directory (``<storage>/runs/<run>/job.json``) and submits the
+Ray Job ``python -m rayfleet.train.workload``; ``watch`` turns the job's log
+into events (see ``events.py``) until the job ends.
+
+Run layout in the storage path::
+
+    runs/<run>/job.json                 what the job runs (mode 0600: it may hold a DB password)
+    runs/<run>/tokenizer/, data/        built by the job (from_scratch, synthetic)
+    runs/<run>/checkpoint-step-NNNNNNN/ Ray Train checkpoints (the latest K)
+    mlflow.db, mlartifacts/             the default registry
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from rayfleet.config.job import JobSpec
+from rayfleet.config.loader import load_model
+from rayfleet.errors import JobError, ModelError, TrainError
+from rayfleet.jobs.submit import JobsClient
+from rayfleet.registry.refs import artifact_root, default_storage, is_ref, registry_uri
+from rayfleet.train import events
+
+__all__ = ["Launch", "load_job", "preflight", "submit", "watch", "wait_result", "storage_of"]
+
+
+@dataclass(frozen=True)
+class Launch:
+    job_id: str
+    run_dir: Path
+    registry_uri: str
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """job.yaml -> JobSpec with absolute paths (relative ones are relative to the file)."""
+    path = Path(path)
+    spec = load_model(JobSpec, path)
+    return spec.resolve_paths(path.resolve().parent)
+
+
+def storage_of(spec: JobSpec) -> Path:
+    return Path(spec.storage_path) if spec.storage_path else default_storage()
+
+
+def _registry_uri(spec: JobSpec) -> str:
+    return registry_uri(spec.register.tracking_uri if spec.register else None, storage_of(spec))
+
+
+def preflight(spec: JobSpec, *, search: bool = False) -> str:
+    """Check data, base model and registry; return the registry URI. Raises before any submit."""
+    from rayfleet.registry.store import Registry
+    from rayfleet.train.data import check_file
+
+    if spec.data.synthetic is None:
+        check_file(spec.data.train, "train")
+        check_file(spec.data.validation, "validation")
+    uri = _registry_uri(spec)
+    registry = Registry(uri, artifact_root=artifact_root(storage_of(spec)))
+    registry.check()
+    base = spec.model.base
+    if is_ref(base):
+        registry.lookup(base)
+    elif not spec.model.from_scratch:
+        from rayfleet.serve.models import resolve_model
+
+        try:
+            resolve_model(base)
+        except ModelError as e:
+            raise ModelError(f"model.base: {e.message}", hint=e.hint) from None
+    if search and (spec.search is None or not any((spec.search.lr, spec.search.batch_size,
+                                                   spec.search.warmup_steps))):
+        raise TrainError("The job spec has no search space for 'rayfleet tune'.",
+                         hint="Add e.g. 'search: {lr: {loguniform: [1e-4, 1e-2]}}' to the spec.")
+    return uri
+
+
+def _run_name(spec: JobSpec) -> str:
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: int | None = None,
+           env: dict[str, str] | None = None) -> Launch:
+    """Preflight, write the run directory, submit the job; return its id."""
+    uri = preflight(spec, search=mode == "tune")
+    storage = storage_of(spec).resolve()
+    run_name = _run_name(spec)
+    run_dir = storage / "runs" / run_name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        job = {"mode": mode, "spec": spec.to_json(), "run_name": run_name, "run_dir": str(run_dir),
+               "train_storage": str(storage / "runs"), "registry_uri": uri,
+               "artifact_root": artifact_root(storage), "samples": samples}
+        job_file = run_dir / "job.json"
+        fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(job, f, indent=2)
+    except OSError as e:
+        raise JobError(f"Can't write the run directory {run_dir}: {e.strerror}.",
+                       hint="Set storage_path in the job spec to a writable directory.") from e
+    entrypoint = f"python -m rayfleet.train.workload {shlex.quote(str(job_file))}"
+    runtime_env = {"env_vars": {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+                                "RAY_TRAIN_V2_ENABLED": "1", **(env or {})}}
+    client.submit(entrypoint, submission_id=run_name, runtime_env=runtime_env,
+                  metadata={"rayfleet.kind": mode, "rayfleet.name": spec.name})
+    return Launch(job_id=run_name, run_dir=run_dir, registry_uri=uri)
+
+
+def watch(client: JobsClient, job_id: str, *, poll_s: float = 0.5) -> Iterator[tuple[dict[str, Any] | None, str]]:
+    """(event, line) for every log line of the job until it ends; event is None for other lines."""
+    for line in client.follow(job_id, poll_s=poll_s):
+        yield events.parse(line), line
+
+
+def wait_result(client: JobsClient, job_id: str, *, on_event=None, poll_s: float = 1.0) -> dict[str, Any]:
+    """Follow the job to its end; return the ``result`` event, or raise TrainError with the job's error."""
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    tail: list[str] = []
+    for ev, line in watch(client, job_id, poll_s=poll_s):
+        if ev is None:
+            tail = (tail + [line])[-20:]
+            continue
+        if on_event is not None:
+            on_event(ev)
+        if ev["event"] == "result":
+            result = ev
+        elif ev["event"] == "error":
+            error = ev
+    info = client.info(job_id)
+    if result is not None and info.status == "SUCCEEDED":
+        return result
+    if error is not None:
+        raise TrainError(f"Job {job_id} failed: {error.get('message')}", hint=error.get("hint"),
+                         context="\n".join(tail[-10:]) or None)
+    raise TrainError(f"Job {job_id} ended {info.status}: {info.message or 'no result'}",
+                     hint=f"See the log with: rayfleet jobs logs {job_id}", context="\n".join(tail[-10:]) or None)

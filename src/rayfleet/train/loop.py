@@ -1,0 +1,251 @@
+"""The per-worker training function that Ray Train runs on every DDP worker.
+
+Contract with the driver (``workload.py``): ``train_loop(config)`` gets
+``config["spec"]`` (the JobSpec as JSON), ``config["tokenizer"]`` (a directory),
+optional ``config["tracking"]`` ({"uri", "run_id"}) and optional search overrides
+(``lr``, ``batch_size``, ``warmup_steps``). Datasets ``train`` (tokenized, split
+per worker) and ``validation`` (text, not split) come from Ray Data.
+
+Every ``checkpoints.every_steps`` (and at the end) rank 0 saves a checkpoint:
+``model/`` (save_pretrained + tokenizer) and ``state.pt`` (optimizer, scheduler,
+step). A restarted worker group resumes from the latest one at the same data
+position (the order is a function of seed, epoch and rank), so a failure
+redoes at most the steps since that checkpoint. Every rank calls
+``ray.train.report`` at the same steps (Train V2 makes it a barrier).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["train_loop", "evaluate", "pad_batch", "text_metrics", "lr_lambda"]
+
+_PROGRESS_EVERY_S = 0.5
+_EVAL_BATCH = 64
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warmup to the peak, then linear decay to 0 at ``total``."""
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def pad_batch(rows_src: list[list[int]], rows_tgt: list[list[int]], pad_id: int):
+    """Padded input_ids, attention_mask and labels (-100 on padding) tensors."""
+    import torch
+
+    src_len = max(len(r) for r in rows_src)
+    tgt_len = max(len(r) for r in rows_tgt)
+    input_ids = torch.full((len(rows_src), src_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows_tgt), tgt_len), -100, dtype=torch.long)
+    for i, (s, t) in enumerate(zip(rows_src, rows_tgt)):
+        input_ids[i, :len(s)] = torch.as_tensor(s)
+        labels[i, :len(t)] = torch.as_tensor(t)
+    return input_ids, (input_ids != pad_id).long(), labels.contiguous()
+
+
+def text_metrics(hyps: list[str], refs: list[str]) -> dict[str, float]:
+    """BLEU and chrF (sacrebleu) and exact match (after trimming spaces)."""
+    import sacrebleu
+
+    if not refs:
+        return {"bleu": 0.0, "chrf": 0.0, "exact_match": 0.0}
+    return {
+        "bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 3),
+        "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 3),
+        "exact_match": round(sum(h.strip() == r.strip() for h, r in zip(hyps, refs)) / len(refs), 4),
+    }
+
+
+def evaluate(model, tokenizer, sources: list[str], max_new_tokens: int, device) -> list[str]:
+    """Greedy translations of ``sources``."""
+    import torch
+
+    model.eval()
+    out: list[str] = []
+    with torch.no_grad():
+        for i in range(0, len(sources), _EVAL_BATCH):
+            enc = tokenizer(sources[i:i + _EVAL_BATCH], padding=True, truncation=True,
+                            max_length=max_new_tokens, return_tensors="pt").to(device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+            out.extend(tokenizer.batch_decode(gen, skip_special_tokens=True))
+    model.train()
+    return out
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    import torch.distributed as dist
+
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _load_rows(shard) -> tuple[list[list[int]], list[list[int]]]:
+    """This worker's tokenized shard, held in memory for all epochs."""
+    src: list[list[int]] = []
+    tgt: list[list[int]] = []
+    for batch in shard.iter_batches(batch_size=2048, batch_format="pyarrow"):
+        src.extend(batch["input_ids"].to_pylist())
+        tgt.extend(batch["labels"].to_pylist())
+    return src, tgt
+
+
+def _validation(shard, rank: int, world: int, max_samples: int | None) -> tuple[list[str], list[str]]:
+    rows = [(r["en"], r["fr"]) for r in shard.iter_rows()]
+    if max_samples is not None:
+        rows = rows[:max_samples]
+    mine = rows[rank::world]
+    return [en for en, _ in mine], [fr for _, fr in mine]
+
+
+class _Tracker:
+    """MLflow metrics from rank 0; a registry hiccup warns instead of killing training."""
+
+    def __init__(self, tracking: dict | None):
+        self._tracking = tracking
+        self._store = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self._tracking:
+            return
+        from rayfleet.train.events import emit
+
+        try:
+            if self._store is None:
+                from rayfleet.registry.store import Registry
+
+                self._store = Registry(self._tracking["uri"], artifact_root=self._tracking.get("artifact_root"))
+            self._store.log_metrics(self._tracking["run_id"], metrics, step)
+        except Exception as e:  # noqa: BLE001 - any tracking failure is reported, training goes on
+            emit("warning", message=f"could not log metrics to MLflow: {e}")
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from rayfleet.config.job import JobSpec
+    from rayfleet.train.events import emit
+    from rayfleet.train.modeling import load_model, load_tokenizer, new_model, save_model
+
+    spec = JobSpec.from_json(config["spec"])
+    t, ev = spec.training, spec.eval
+    lr = float(config.get("lr", t.lr))
+    batch_size = int(config.get("batch_size", t.batch_size))
+    warmup = int(config.get("warmup_steps", t.warmup_steps))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_cuda = device.type == "cuda"
+    tokenizer = load_tokenizer(config["tokenizer"])
+
+    checkpoint = ray.train.get_checkpoint()
+    state: dict[str, Any] | None = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model = load_model(Path(d) / "model")
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+    else:
+        torch.manual_seed(t.seed)
+        model = new_model(spec.model.arch, tokenizer) if spec.model.from_scratch else load_model(config["base"])
+    model.to(device)
+    model.train()
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    src, tgt = _load_rows(ray.train.get_dataset_shard("train"))
+    val_src, val_ref = _validation(ray.train.get_dataset_shard("validation"), rank, world, ev.max_samples)
+    steps_per_epoch = max(1, len(src) // batch_size)
+    total = t.max_steps or (t.epochs or 1) * steps_per_epoch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision) if use_cuda else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    step = 0
+    last_eval: dict[str, float] = {}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, last_eval = state["step"], state.get("eval", {})
+
+    pids = _gather(os.getpid(), world)
+    if rank == 0:
+        emit("start", total_steps=total, steps_per_epoch=steps_per_epoch, workers=world, pids=pids,
+             resumed_from=step if state is not None else None, train_pairs_per_worker=len(src))
+    tracker = _Tracker(config.get("tracking") if rank == 0 else None)
+
+    perm_epoch, perm = -1, None
+    window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, time.monotonic()
+    train_time, train_steps = 0.0, 0
+    while step < total:
+        epoch = step // steps_per_epoch
+        if epoch != perm_epoch:
+            g = torch.Generator().manual_seed(t.seed * 100_003 + epoch * 1009 + rank)
+            perm, perm_epoch = torch.randperm(len(src), generator=g).tolist(), epoch
+        pos = (step % steps_per_epoch) * batch_size
+        idx = perm[pos:pos + batch_size]
+        t0 = time.perf_counter()
+        input_ids, mask, labels = pad_batch([src[i] for i in idx], [tgt[i] for i in idx], tokenizer.pad_token_id)
+        input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
+        with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = ddp(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+        scheduler.step()
+        step += 1
+        loss_value = float(loss.detach())
+        dt = time.perf_counter() - t0
+        train_time += dt
+        train_steps += 1
+        window_loss, window_n, window_time = window_loss + loss_value, window_n + 1, window_time + dt
+
+        now = time.monotonic()
+        if rank == 0 and (now - last_emit >= _PROGRESS_EVERY_S or step == total):
+            emit("progress", step=step, total_steps=total, epoch=epoch + 1,
+                 epochs=math.ceil(total / steps_per_epoch), loss=round(window_loss / window_n, 4),
+                 lr=scheduler.get_last_lr()[0], samples_per_s=round(window_n * batch_size * world / window_time, 1))
+            window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, now
+
+        do_eval = step % ev.every_steps == 0 or step == total
+        do_ckpt = step % spec.checkpoints.every_steps == 0 or step == total
+        if not (do_eval or do_ckpt):
+            continue
+        if do_eval:
+            hyps = _gather((evaluate(model, tokenizer, val_src, spec.data.max_target_length, device), val_ref), world)
+            last_eval = text_metrics([h for hs, _ in hyps for h in hs], [r for _, rs in hyps for r in rs])
+            if rank == 0:
+                emit("eval", step=step, **last_eval)
+                tracker.log({**last_eval, "loss": loss_value}, step)
+        metrics = {"step": step, "epoch": epoch + 1, "loss": loss_value, **last_eval,
+                   "train_samples_per_s": round(train_steps * batch_size * world / max(train_time, 1e-9), 1)}
+        if do_ckpt and rank == 0:
+            with tempfile.TemporaryDirectory(prefix="rayfleet-ckpt-") as d:
+                save_model(model, tokenizer, Path(d) / "model")
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "step": step, "eval": last_eval}, Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"checkpoint-step-{step:07d}")
+            emit("checkpoint", step=step)
+        else:
+            ray.train.report(metrics)

@@ -1,0 +1,118 @@
+"""``rayfleet tune``: Ray Tune over the spec's ``search:`` block, ASHA early stopping.
+
+Runs inside the job's driver (``workload.main`` with mode "tune"). Every trial
+is one Ray Train run (the same ``build_trainer`` as ``rayfleet train``) whose
+reports reach Tune through ``TuneReportCallback``; ASHA stops weak trials at
+evaluation steps. The best trial's final checkpoint is registered like a
+training run (one MLflow run for the search: the space as params, each
+trial's result as metrics by trial index).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rayfleet.config.job import Distribution, JobSpec
+from rayfleet.errors import TrainError
+from rayfleet.train.events import emit
+
+__all__ = ["run_tune", "search_space"]
+
+_KEYS = ("lr", "batch_size", "warmup_steps")
+
+
+def _sampler(d: Distribution):
+    from ray import tune
+
+    if d.choice is not None:
+        return tune.choice(d.choice)
+    if d.uniform is not None:
+        return tune.uniform(*d.uniform)
+    if d.loguniform is not None:
+        return tune.loguniform(*d.loguniform)
+    return tune.randint(*d.randint)
+
+
+def search_space(spec: JobSpec) -> dict[str, Any]:
+    s = spec.search
+    if s is None:
+        return {}
+    return {k: _sampler(getattr(s, k)) for k in _KEYS if getattr(s, k) is not None}
+
+
+def run_tune(job: dict[str, Any]) -> dict[str, Any]:
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    from rayfleet.registry.store import Registry
+    from rayfleet.train.workload import _quiet_ray_data, build_trainer, flat_params, prepare
+
+    spec = JobSpec.from_json(job["spec"])
+    s = spec.search
+    if s is None:
+        raise TrainError("The job spec has no 'search:' block.")
+    run_dir, run_name = Path(job["run_dir"]), job["run_name"]
+    emit("phase", name="preparing data and tokenizer")
+    paths = prepare(spec, run_dir)
+    registry = Registry(job["registry_uri"], artifact_root=job.get("artifact_root"))
+    run_id = registry.start_run(spec.name, run_name, {**flat_params(spec), "search.samples": job["samples"],
+                                                      "search.metric": s.metric},
+                                tags={"rayfleet.job": run_name, "rayfleet.kind": "tune"})
+    ray.init(log_to_driver=True)
+    _quiet_ray_data()
+    storage = job["train_storage"]
+    total = spec.training.max_steps or 10**9
+    every = min(spec.eval.every_steps, spec.checkpoints.every_steps)
+
+    def trial(config: dict[str, Any]) -> None:
+        trial_id = tune.get_context().get_trial_id()
+        trainer = build_trainer(spec, paths, run_name=f"{run_name}-{trial_id}", storage=storage, tracking=None,
+                                extra_config=config, callbacks=[TuneReportCallback()])
+        trainer.fit()
+
+    ok = False
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trial, {"CPU": 0.01}),  # the trial only drives its TorchTrainer
+            param_space=search_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=s.metric, mode=s.mode, num_samples=job["samples"], max_concurrent_trials=s.max_concurrent,
+                scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=s.grace_period * every)),
+            run_config=tune.RunConfig(name=f"{run_name}-tune", storage_path=storage, verbose=0),
+        )
+        emit("phase", name=f"running {job['samples']} trials")
+        grid = tuner.fit()
+        trials = []
+        for i, r in enumerate(grid):
+            metrics = {k: v for k, v in (r.metrics or {}).items() if k in ("exact_match", "bleu", "chrf", "loss",
+                                                                           "step")}
+            trials.append({"trial": i, "config": r.config, "metrics": metrics, "error": str(r.error or "")[:200]})
+            emit("trial", **trials[-1])
+            registry.log_metrics(run_id, {f"trial_{i}.{k}": v for k, v in metrics.items()}, step=i)
+        try:
+            best = grid.get_best_result(metric=s.metric, mode=s.mode)
+        except RuntimeError as e:
+            raise TrainError(f"No trial finished: {e}") from e
+        ckpt = (best.metrics or {}).get(CHECKPOINT_PATH_KEY)
+        if not ckpt or not (Path(ckpt) / "model" / "config.json").is_file():
+            raise TrainError("The best trial left no final checkpoint; nothing to register.")
+        metrics = {k: v for k, v in best.metrics.items() if k in ("bleu", "chrf", "exact_match", "loss", "step")}
+        registry.log_metrics(run_id, metrics, step=int(metrics.get("step", 0)))
+        out: dict[str, Any] = {"metrics": metrics, "best_config": best.config, "checkpoint": ckpt,
+                               "run_id": run_id, "trials": len(trials)}
+        if spec.register is not None:
+            emit("phase", name=f"registering {spec.register.model_name}")
+            info = registry.register(spec.register.model_name, Path(ckpt) / "model", run_id, metrics=metrics,
+                                     alias=spec.register.alias,
+                                     description=f"EN→FR model, best of rayfleet tune {spec.name}")
+            out.update(model=info.name, version=info.version, aliases=info.aliases)
+        ok = True
+        return out
+    finally:
+        try:
+            registry.finish_run(run_id, ok)
+        except Exception:  # noqa: BLE001
+            pass

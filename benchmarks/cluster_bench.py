@@ -51,7 +51,8 @@ def main() -> None:
     venv = str(Path(sys.executable).parent.parent)
     times: dict[str, list[float]] = {k: [] for k in ("rayfleet up", "raw up", "rayfleet down", "raw down")}
     try:
-        with HostLab(3, work / "hosts", keep=[str(ROOT), venv]) as lab:
+        # Its own bridge and subnet, so it can run beside the multihost tests.
+        with HostLab(3, work / "hosts", subnet="10.213.8", prefix="rfb", keep=[str(ROOT), venv]) as lab:
             (work / "shared").mkdir()
             spec = FleetSpec(name="bench", head={"host": lab.hosts[0].ip},
                              workers=[{"host": h.ip} for h in lab.hosts[1:]],
@@ -104,8 +105,12 @@ def main() -> None:
                 times["raw down"].append(time.monotonic() - t0)
                 _cli("down", "-f", str(ff), env=env)  # leave nothing behind whatever raw down did
                 print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+        ok = True
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work} (fleets/bench/up.log, hosts/*/tmp/rayfleet/session_latest/logs)")
     med = {k: statistics.median(v) for k, v in times.items()}
     print("\n| step | median s |\n|---|---|")
     for k, v in med.items():

@@ -10,6 +10,7 @@ trial's result as metrics by trial index).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,14 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
     run_id = registry.start_run(spec.name, run_name, {**flat_params(spec), "search.samples": job["samples"],
                                                       "search.metric": s.metric},
                                 tags={"rayfleet.job": run_name, "rayfleet.kind": "tune"})
-    ray.init(log_to_driver=True)
+    # Tune stops a trial (ASHA) by killing its actor, and with it the trial's TrainController, which
+    # then never shuts its worker group down: the workers' placement group (job-scoped) outlives it.
+    # Ray Train's detached PlacementGroupCleaner removes it, but it finds the cluster through the
+    # state API, which (without RAY_ADDRESS) fails with "Found multiple active Ray instances" when
+    # several clusters run on the node, so the CPUs stay reserved and the next trial waits forever.
+    # The job's driver gets RAY_ADDRESS from Ray Jobs; hand it to every process of the job.
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)
     _quiet_ray_data()
     storage = job["train_storage"]
     total = spec.training.max_steps or 10**9
@@ -80,7 +88,10 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
             param_space=search_space(spec),
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, num_samples=job["samples"], max_concurrent_trials=s.max_concurrent,
-                scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=s.grace_period * every)),
+                # stop_last_trials=False: a trial that reaches max_t ends by itself (fit() returns and
+                # the worker group is shut down) instead of being killed at its last report.
+                scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=s.grace_period * every,
+                                        stop_last_trials=False)),
             run_config=tune.RunConfig(name=f"{run_name}-tune", storage_path=storage, verbose=0),
         )
         emit("phase", name=f"running {job['samples']} trials")

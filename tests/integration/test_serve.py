@@ -140,7 +140,7 @@ def test_limits_give_413_then_good_request(translator, reference):
 def test_api_keys(serve_target, tiny_model, monkeypatch):
     """A second service with API keys: 401 without or with a wrong key; the other service is unaffected."""
     from rayfleet.config.service import ServiceSpec
-    from rayfleet.serve.app import hash_key
+    from rayfleet.serve.keys import hash_key
     from rayfleet.serve.deploy import delete_service, deploy, list_services
     from rayfleet.serve.keys import load_api_keys
 

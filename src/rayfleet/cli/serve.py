@@ -16,9 +16,8 @@ from rayfleet.cli._common import FLEET_OPTION, console, resolve_target
 from rayfleet.config.loader import load_model, validate_data
 from rayfleet.config.service import ServiceSpec
 from rayfleet.errors import ClusterNotRunning
-from rayfleet.serve.app import hash_key
 from rayfleet.serve.deploy import delete_service, deploy, list_services
-from rayfleet.serve.keys import load_api_keys
+from rayfleet.serve.keys import hash_key, load_api_keys
 from rayfleet.serve.models import resolve_model
 
 __all__ = ["register"]

@@ -273,7 +273,8 @@ def _reachability(fleet: FleetSpec, checks: list[_HostCheck], hold_s: float = 20
     procs = []
     import subprocess
 
-    for c in live:
+    starting = []
+    for c in live:  # start every listener first, then wait for them together
         taken = {int(t.split()[1]) for t in c.facts.get("taken", [])}
         ports = [p for p in _ports_for(fleet, c.node).values() if p not in taken]
         if not ports:
@@ -283,8 +284,9 @@ def _reachability(fleet: FleetSpec, checks: list[_HostCheck], hold_s: float = 20
         p = subprocess.Popen(c.r.args() + ["bash -c " + shlex.quote(cmd)], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, stdin=subprocess.PIPE, text=True)
         procs.append(p)
-        ready = p.stdout.readline().strip() == "ready" if p.stdout else False
-        if ready:
+        starting.append((c, ports, p))
+    for c, ports, p in starting:
+        if p.stdout is not None and p.stdout.readline().strip() == "ready":
             listening[c.node.host] = ports
     bad: dict[str, list[str]] = {}
     try:

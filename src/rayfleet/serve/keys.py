@@ -6,13 +6,19 @@ line). Only their SHA-256 hashes are sent to the cluster.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from rayfleet.config.service import AuthSpec
 from rayfleet.errors import ConfigError
 
-__all__ = ["load_api_keys"]
+__all__ = ["load_api_keys", "hash_key"]
+
+
+def hash_key(key: str) -> str:
+    """API keys travel to replicas only as SHA-256 hashes."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def load_api_keys(auth: AuthSpec, base_dir: Path | None = None) -> list[str]:

@@ -56,7 +56,7 @@ def test_all_problems_reported_together(tmp_path):
     msg = _error(tmp_path, "route_prefix: en\nreplicas: {min: 3, max: 2}\nbackend: onnx\n")
     assert msg.splitlines() == [
         "service.yaml:1:15: route_prefix: got 'en'; must start with '/', e.g. '/en'",
-        "service.yaml:3:10: backend: got 'onnx'; input should be 'transformers'",
+        "service.yaml:3:10: backend: got 'onnx'; input should be 'auto', 'transformers' or 'ctranslate2'",
         "service.yaml:2:11: replicas: min (3) is larger than max (2); set min <= max",
     ]
 

@@ -17,12 +17,13 @@ __all__ = [
     "ResourcesSpec",
     "LimitsSpec",
     "AuthSpec",
+    "CTranslate2Spec",
     "DEFAULT_MODEL",
     "BACKENDS",
 ]
 
 DEFAULT_MODEL = "Helsinki-NLP/opus-mt-en-fr"
-BACKENDS = ("transformers",)
+BACKENDS = ("auto", "transformers", "ctranslate2")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -39,6 +40,15 @@ class BatchingSpec(Model):
     max_batch_size: Annotated[int, Field(ge=1, le=512, description="Most texts in one model call.")] = 16
     batch_wait_timeout_s: Annotated[float, Field(
         ge=0, le=10, description="How long a batch waits to fill before it runs.")] = 0.01
+
+
+class CTranslate2Spec(Model):
+    """Settings of the ``ctranslate2`` backend (also used when ``auto`` picks it)."""
+
+    compute_type: Literal["int8", "int8_float32", "float32", "int8_float16", "float16"] = Field(
+        default="int8", description="Weights/compute precision; int8_float16 and float16 need a GPU.")
+    inter_threads: Annotated[int, Field(
+        ge=1, le=64, description="Batches CTranslate2 runs at once in a replica (a large batch is split by length).")] = 1
 
 
 class ReplicasSpec(Model):
@@ -102,7 +112,10 @@ class ServiceSpec(Model):
     route_prefix: str = Field(default="/", description="URL prefix, e.g. /en-fr.")
     model: str = Field(default=DEFAULT_MODEL, description="Hugging Face hub id or local directory.")
     version: str | None = Field(default=None, description="Label shown in /info and the X-Model-Version header.")
-    backend: Literal["transformers"] = Field(default="transformers", description="Inference library.")
+    backend: Literal["auto", "transformers", "ctranslate2"] = Field(
+        default="transformers",
+        description="Inference library; auto = ctranslate2 when it can load the model, else transformers.")
+    ctranslate2: CTranslate2Spec = Field(default_factory=CTranslate2Spec, description="ctranslate2 backend settings.")
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where the model runs.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Decoding settings.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")

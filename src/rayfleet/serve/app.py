@@ -125,6 +125,8 @@ class Translator:
             num_threads=threads,
             num_beams=self.spec.generation.num_beams,
             max_new_tokens=self.spec.generation.max_new_tokens,
+            compute_type=self.spec.ctranslate2.compute_type,
+            inter_threads=self.spec.ctranslate2.inter_threads,
         ))
         # Per replica, on the instance: Serve copies the FastAPI app into the replica,
         # so module-level state would not be what the routes see.

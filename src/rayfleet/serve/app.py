@@ -14,7 +14,6 @@ thread so the next batch forms while the current one runs.
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress.
 import asyncio
-import hashlib
 import hmac
 import os
 import threading
@@ -31,15 +30,11 @@ from ray.serve import Application
 from rayfleet import __version__
 from rayfleet.config.service import ServiceSpec
 from rayfleet.serve.backends.base import BackendSettings, load_backend
+from rayfleet.serve.keys import hash_key
 
 __all__ = ["build_app", "Translator", "TranslateRequest", "hash_key", "VERSION_HEADER"]
 
 VERSION_HEADER = "X-Model-Version"
-
-
-def hash_key(key: str) -> str:
-    """API keys travel to replicas only as SHA-256 hashes."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class TranslateRequest(BaseModel):

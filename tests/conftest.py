@@ -69,11 +69,15 @@ def tiny_model() -> Path:
 
 @pytest.fixture(scope="session")
 def local_cluster():
-    """A real single-node Ray cluster started through rayfleet (token auth on)."""
+    """A real single-node Ray cluster started through rayfleet (token auth on).
+
+    5 logical CPUs: the translator replica (1) stays deployed for the whole session,
+    and a training or tuning job needs 2 workers + 1 for Ray Data + the trial's 0.01.
+    """
     from rayfleet.cluster import local
     from rayfleet.cluster.state import LocalPorts
 
-    result = local.start(ports=LocalPorts(**SESSION_PORTS), num_cpus=4)
+    result = local.start(ports=LocalPorts(**SESSION_PORTS), num_cpus=5)
     try:
         yield result.cluster
     finally:
@@ -107,4 +111,12 @@ def translator(serve_target, tiny_model):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # An interrupted run may skip fixture teardown: stop the session cluster before
+    # its record (in _SESSION_HOME) is removed, or its processes would be orphaned.
+    try:
+        from rayfleet.cluster import local
+
+        local.stop()
+    except Exception:  # noqa: BLE001 - best effort at exit
+        pass
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)

@@ -44,7 +44,7 @@ def test_job_with_the_token_runs(local_cluster):
         assert time.monotonic() < deadline, "job did not finish"
         time.sleep(1)
     assert st == JobStatus.SUCCEEDED, client.get_job_logs(job)
-    assert "cpus 4.0" in client.get_job_logs(job)
+    assert "cpus 5.0" in client.get_job_logs(job)
 
 
 def test_up_again_is_harmless(local_cluster):

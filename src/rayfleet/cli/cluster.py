@@ -13,6 +13,7 @@ from rayfleet.cli._common import FLEET_OPTION, console, fleet_target, load_fleet
 from rayfleet.cli.fleet import print_report
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
+from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.preflight import run_checks
 from rayfleet.cluster.state import LocalPorts, state_dir
 from rayfleet.errors import ClusterError
@@ -106,14 +107,6 @@ def down(
         console.print(f"Stopped the local cluster {stopped.gcs_address}; no Ray process of it is left.")
 
 
-def _nodes(c) -> list[dict]:
-    r = requests.get(f"{c.dashboard_url}/api/v0/nodes", params={"detail": "true", "limit": 1000},
-                     headers=local.auth_headers(c), timeout=10)
-    if r.status_code != 200:
-        raise ClusterError(f"The dashboard answered {r.status_code} when asked for nodes: {r.text[:200]}")
-    return r.json().get("data", {}).get("result", {}).get("result", [])
-
-
 def _jobs(dashboard: str, headers: dict) -> list[dict]:
     try:
         r = requests.get(f"{dashboard}/api/jobs/", headers=headers, timeout=10)
@@ -131,7 +124,7 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     if target.local is not None:
         c = target.local
         console.print(f"Local cluster {c.gcs_address} — dashboard {c.dashboard_url} — token auth on")
-        node_rows = _nodes(c)
+        node_rows = list_nodes(c.dashboard_url, local.auth_headers(c))
     else:
         spec = target.fleet
         auth = "token auth on" if spec.auth_enabled else "AUTH DISABLED"

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import requests
-
+from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.launcher import render, render_yaml
 from rayfleet.cluster.preflight import runner_for
 from rayfleet.cluster.ssh import SSHError
@@ -102,15 +101,7 @@ def export_config(fleet: FleetSpec) -> str:
 
 def nodes(fleet: FleetSpec, timeout_s: float = 10) -> list[dict]:
     """Ray's node table (alive and dead) from the head's dashboard."""
-    try:
-        r = requests.get(f"{dashboard_url(fleet)}/api/v0/nodes", params={"detail": "true", "limit": 1000},
-                         headers=auth_headers(fleet), timeout=timeout_s)
-    except requests.RequestException as e:
-        raise ClusterNotRunning(f"The head's dashboard at {dashboard_url(fleet)} does not answer: {e.__class__.__name__}.",
-                                hint="Is the fleet up? rayfleet up -f fleet.yaml") from e
-    if r.status_code != 200:
-        raise ClusterError(f"The dashboard answered {r.status_code}: {r.text[:200]}")
-    return r.json().get("data", {}).get("result", {}).get("result", [])
+    return list_nodes(dashboard_url(fleet), auth_headers(fleet), timeout_s)
 
 
 def _alive_ips(fleet: FleetSpec) -> set[str]:

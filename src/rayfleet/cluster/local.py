@@ -33,7 +33,6 @@ from rayfleet.cluster.state import (
     ensure_token,
     forget_local_cluster,
     load_local_cluster,
-    read_token,
     save_local_cluster,
     state_dir,
 )
@@ -239,6 +238,3 @@ def current(directory: Path | None = None) -> LocalCluster:
         )
     return cluster
 
-
-def token(directory: Path | None = None) -> str:
-    return read_token(directory)

@@ -90,7 +90,7 @@ def test_autoscaling_replicas(tmp_path):
 
 def test_example_file_is_valid():
     spec = load_model(ServiceSpec, Path(__file__).parents[2] / "examples" / "translate.yaml")
-    assert spec.backend == "transformers"
+    assert spec.backend == "auto"
 
 
 def test_overrides_do_not_mutate_input(tmp_path):

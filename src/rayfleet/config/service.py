@@ -37,9 +37,10 @@ class GenerationSpec(Model):
 class BatchingSpec(Model):
     """Serve dynamic batching: concurrent texts are merged into one model call."""
 
-    max_batch_size: Annotated[int, Field(ge=1, le=512, description="Most texts in one model call.")] = 16
+    max_batch_size: Annotated[int, Field(ge=1, le=512, description="Most texts in one model call.")] = 32
     batch_wait_timeout_s: Annotated[float, Field(
-        ge=0, le=10, description="How long a batch waits to fill before it runs.")] = 0.01
+        ge=0, le=10, description="When the model is idle, how long the first text waits for others to join it "
+                                 "(under load, whatever queued during the last model call is the next batch).")] = 0.01
 
 
 class CTranslate2Spec(Model):
@@ -58,6 +59,10 @@ class ReplicasSpec(Model):
     max: Annotated[int, Field(ge=1, le=1000, description="Most replicas.")] = 1
     target_ongoing_requests: Annotated[float, Field(
         gt=0, description="Autoscaling target: requests in flight per replica.")] = 8
+    upscale_delay_s: Annotated[float, Field(
+        ge=0, le=3600, description="Autoscaling: how long load must stay high before a replica is added.")] = 30
+    downscale_delay_s: Annotated[float, Field(
+        ge=0, le=86400, description="Autoscaling: how long load must stay low before a replica is removed.")] = 600
 
     @model_validator(mode="before")
     @classmethod
@@ -113,7 +118,7 @@ class ServiceSpec(Model):
     model: str = Field(default=DEFAULT_MODEL, description="Hugging Face hub id or local directory.")
     version: str | None = Field(default=None, description="Label shown in /info and the X-Model-Version header.")
     backend: Literal["auto", "transformers", "ctranslate2"] = Field(
-        default="transformers",
+        default="auto",
         description="Inference library; auto = ctranslate2 when it can load the model, else transformers.")
     ctranslate2: CTranslate2Spec = Field(default_factory=CTranslate2Spec, description="ctranslate2 backend settings.")
     device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where the model runs.")

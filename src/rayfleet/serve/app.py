@@ -1,4 +1,9 @@
-"""The translation service: a Ray Serve deployment with a FastAPI ingress.
+"""The translation service: two Ray Serve deployments.
+
+``Ingress`` (FastAPI, no CPU reserved) validates requests, checks API keys and
+passes texts to ``Translator`` (the model, one backend per replica) through a
+deployment handle. A call that was running on a model replica that died or was
+replaced mid-update is sent again, so a lost replica fails no request.
 
 Routes (under the service's route prefix):
   POST /translate   {"text": "..."} -> {"translation": "..."}
@@ -7,16 +12,17 @@ Routes (under the service's route prefix):
   GET  /info        model, backend, version, batching statistics
   GET  /docs        OpenAPI UI
 
-Every text of every concurrent request goes through one ``@serve.batch``
-queue, so the model sees large batches; the model call runs in a worker
-thread so the next batch forms while the current one runs.
+In each model replica, every text of every concurrent request goes through one
+continuous-batching queue (serve/batcher.py): while the model runs, texts queue up; when it is
+free, everything queued becomes the next batch. The model call runs in a
+worker thread, so the replica keeps taking requests meanwhile.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress.
 import asyncio
 import hmac
+import logging
 import os
-import threading
 import time
 from typing import Any
 
@@ -25,14 +31,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
 from rayfleet import __version__
 from rayfleet.config.service import ServiceSpec
 from rayfleet.serve.backends.base import BackendSettings, load_backend
+from rayfleet.serve.batcher import ContinuousBatcher
+from rayfleet.serve.deploy import MODEL_DEPLOYMENT
 from rayfleet.serve.keys import hash_key
 
-__all__ = ["build_app", "Translator", "TranslateRequest", "hash_key", "VERSION_HEADER"]
+__all__ = ["build_app", "Translator", "Ingress", "TranslateRequest", "hash_key", "VERSION_HEADER", "MODEL_DEPLOYMENT"]
+
+logger = logging.getLogger("rayfleet.serve")
 
 VERSION_HEADER = "X-Model-Version"
 
@@ -108,9 +120,10 @@ def _check_key(request: Request, hashes: list[str]) -> None:
 
 
 @serve.deployment
-@serve.ingress(app)
 class Translator:
-    def __init__(self, spec: dict[str, Any], key_hashes: list[str]):
+    """The model: one backend per replica, fed by a continuous batcher."""
+
+    def __init__(self, spec: dict[str, Any]):
         self.spec = ServiceSpec.model_validate(spec)
         threads = max(1, int(self.spec.resources.num_cpus))
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -123,37 +136,60 @@ class Translator:
             compute_type=self.spec.ctranslate2.compute_type,
             inter_threads=self.spec.ctranslate2.inter_threads,
         ))
-        # Per replica, on the instance: Serve copies the FastAPI app into the replica,
-        # so module-level state would not be what the routes see.
-        self._key_hashes = list(key_hashes)
-        self._translate_one.set_max_batch_size(self.spec.batching.max_batch_size)
-        self._translate_one.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
-        self._lock = threading.Lock()
-        self._batches = 0
-        self._texts = 0
-        self._max_batch = 0
-        self._busy_s = 0.0
+        self.version = self.spec.version or self.spec.model
+        self._batcher = ContinuousBatcher(self.backend.translate, self.spec.batching.max_batch_size,
+                                          self.spec.batching.batch_wait_timeout_s)
         self._started = time.time()
 
-    def _run_model(self, texts: list[str]) -> list[str]:
-        t0 = time.perf_counter()
-        out = self.backend.translate(texts)
-        with self._lock:
-            self._batches += 1
-            self._texts += len(texts)
-            self._max_batch = max(self._max_batch, len(texts))
-            self._busy_s += time.perf_counter() - t0
-        return out
+    async def translate(self, texts: list[str]) -> dict[str, Any]:
+        """Every text joins the replica's batch queue; answers in input order, with the version that made them."""
+        results = await asyncio.gather(*(self._batcher.submit(t) for t in texts))
+        return {"translations": list(results), "version": self.version}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _translate_one(self, texts: list[str]) -> list[str]:
-        out = await asyncio.to_thread(self._run_model, texts)
-        if len(out) != len(texts):  # the backend contract; never hand out misaligned results
-            raise RuntimeError(f"backend returned {len(out)} outputs for {len(texts)} inputs")
-        return out
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.model,
+            "version": self.version,
+            "generation": self.spec.generation.model_dump(),
+            "batching": {**self.spec.batching.model_dump(), **self._batcher.stats.as_dict()},
+            "replica_pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started, 1),
+            **self.backend.info(),
+        }
 
-    def _headers(self) -> dict[str, str]:
-        return {VERSION_HEADER: self.spec.version or self.spec.model}
+    def check_health(self) -> None:
+        """Serve's health check: the replica is healthy while its backend is loaded."""
+        if self.backend is None:
+            raise RuntimeError("backend not loaded")
+
+
+# A call that was running on a model replica that died (killed, node lost) or was
+# stopped mid-update is sent again: translation is idempotent, and Serve's router
+# only retries requests it has not yet handed to a replica.
+_RETRIES = 3
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    """HTTP: validation, limits, API keys; passes texts to the model replicas."""
+
+    def __init__(self, spec: dict[str, Any], key_hashes: list[str], model: DeploymentHandle):
+        # Per replica, on the instance: Serve copies the FastAPI app into the replica,
+        # so module-level state would not be what the routes see.
+        self.spec = ServiceSpec.model_validate(spec)
+        self._key_hashes = list(key_hashes)
+        self._model = model
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        for attempt in range(_RETRIES + 1):
+            try:
+                return await getattr(self._model, method).remote(*args)
+            except RayActorError as e:
+                if attempt == _RETRIES:
+                    raise HTTPException(503, "the model replicas keep failing; try again shortly") from e
+                logger.warning("model replica lost during a %s call (%s); retrying", method, type(e).__name__)
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     @app.post("/translate", openapi_extra=_REQUEST_BODY_DOC,
               responses={413: {"description": "Too many texts, a text too long, or the body too large"},
@@ -171,9 +207,10 @@ class Translator:
             if len(t) > limits.max_chars:
                 where = "text" if payload.text is not None else f"texts[{i}]"
                 raise HTTPException(413, f"{where} has {len(t)} characters; the limit is {limits.max_chars}")
-        results = await asyncio.gather(*(self._translate_one(t) for t in texts))
-        body = {"translation": results[0]} if payload.text is not None else {"translations": list(results)}
-        return JSONResponse(body, headers=self._headers())
+        out = await self._call("translate", texts)
+        results = out["translations"]
+        body = {"translation": results[0]} if payload.text is not None else {"translations": results}
+        return JSONResponse(body, headers={VERSION_HEADER: out["version"]})
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -181,37 +218,20 @@ class Translator:
 
     @app.get("/info")
     async def info(self, request: Request) -> JSONResponse:
+        """One model replica's settings and batching statistics."""
         _check_key(request, self._key_hashes)
-        with self._lock:
-            stats = {
-                "batches": self._batches,
-                "texts": self._texts,
-                "mean_batch_size": (self._texts / self._batches) if self._batches else 0.0,
-                "max_batch_size_seen": self._max_batch,
-                "model_busy_s": round(self._busy_s, 3),
-            }
-        body = {
-            "service": self.spec.name,
-            "model": self.spec.model,
-            "version": self.spec.version or self.spec.model,
-            "rayfleet": __version__,
-            "generation": self.spec.generation.model_dump(),
-            "batching": {**self.spec.batching.model_dump(), **stats},
-            "uptime_s": round(time.time() - self._started, 1),
-            **self.backend.info(),
-        }
-        return JSONResponse(body, headers=self._headers())
-
-    def check_health(self) -> None:
-        """Serve's health check: the replica is healthy while its backend is loaded."""
-        if self.backend is None:
-            raise RuntimeError("backend not loaded")
+        info = await self._call("info")
+        body = {"service": self.spec.name, "rayfleet": __version__, **info}
+        return JSONResponse(body, headers={VERSION_HEADER: info["version"]})
 
 
 def deployment_options(spec: ServiceSpec) -> dict[str, Any]:
+    """Options of the model deployment (``Translator``)."""
     opts: dict[str, Any] = {
-        "name": "Translator",
+        "name": MODEL_DEPLOYMENT,
         "max_ongoing_requests": spec.max_ongoing_requests,
+        # Zero-downtime updates: new replicas start next to the old ones, which serve until they are ready.
+        "max_surge_percent": 100,
         "ray_actor_options": {"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
     }
     if spec.replicas.autoscaling:
@@ -219,6 +239,8 @@ def deployment_options(spec: ServiceSpec) -> dict[str, Any]:
             "min_replicas": spec.replicas.min,
             "max_replicas": spec.replicas.max,
             "target_ongoing_requests": spec.replicas.target_ongoing_requests,
+            "upscale_delay_s": spec.replicas.upscale_delay_s,
+            "downscale_delay_s": spec.replicas.downscale_delay_s,
         }
     else:
         opts["num_replicas"] = spec.replicas.max
@@ -229,7 +251,14 @@ def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder (``import_path: rayfleet.serve.app:build_app``).
 
     args: ``{"spec": <ServiceSpec as JSON>, "key_hashes": [sha256 hex, ...]}``.
+    Two deployments: ``Ingress`` (HTTP, no CPU reserved) and ``Translator`` (the model).
     """
     spec = ServiceSpec.model_validate(args["spec"])
-    return Translator.options(**deployment_options(spec)).bind(
-        spec.model_dump(mode="json"), list(args.get("key_hashes", [])))
+    model = Translator.options(**deployment_options(spec)).bind(spec.model_dump(mode="json"))
+    # The ingress does little work per request; two replicas when the model has more than one,
+    # so losing one process never leaves the service without an HTTP entry point.
+    ingress = Ingress.options(
+        name="Ingress", num_replicas=1 if spec.replicas.max == 1 else 2, max_surge_percent=100,
+        max_ongoing_requests=max(1000, 4 * spec.max_ongoing_requests * spec.replicas.max),
+        ray_actor_options={"num_cpus": 0})
+    return ingress.bind(spec.model_dump(mode="json"), list(args.get("key_hashes", [])), model)

@@ -16,7 +16,11 @@ from typing import Any, Callable
 from rayfleet.config.service import ServiceSpec
 from rayfleet.errors import ServeError
 
-__all__ = ["ServeTarget", "ServiceStatus", "deploy", "list_services", "delete_service", "IMPORT_PATH"]
+# The Serve deployment that runs the model (serve/app.py); its RUNNING replicas are the service's replicas.
+MODEL_DEPLOYMENT = "Translator"
+
+__all__ = ["ServeTarget", "ServiceStatus", "deploy", "list_services", "delete_service", "model_replicas",
+           "IMPORT_PATH", "MODEL_DEPLOYMENT"]
 
 IMPORT_PATH = "rayfleet.serve.app:build_app"
 
@@ -98,8 +102,9 @@ def _app_config(spec: ServiceSpec, key_hashes: list[str]) -> dict[str, Any]:
 
 def _replica_count(app: dict[str, Any]) -> int:
     total = 0
-    for dep in (app.get("deployments") or {}).values():
-        total += sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
+    for name, dep in (app.get("deployments") or {}).items():
+        if name == MODEL_DEPLOYMENT:  # model replicas; the ingress is not counted
+            total += sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
     return total
 
 
@@ -155,6 +160,12 @@ def _status(target: ServeTarget, name: str, app: dict[str, Any]) -> ServiceStatu
         name=name, status=app.get("status", "?"), route_prefix=prefix, url=target.url(prefix),
         replicas=_replica_count(app), model=spec.get("model", "?"), message=app.get("message") or "",
     )
+
+
+def model_replicas(target: ServeTarget, name: str) -> list[dict[str, Any]]:
+    """The model replicas of service ``name``: Serve's replica details (state, pid, node_ip, ...)."""
+    app = (_details(_client(target), target).get("applications") or {}).get(name) or {}
+    return list(((app.get("deployments") or {}).get(MODEL_DEPLOYMENT) or {}).get("replicas") or [])
 
 
 def list_services(target: ServeTarget) -> list[ServiceStatus]:

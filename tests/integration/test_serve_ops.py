@@ -1,0 +1,188 @@
+"""Operating a service under load: in-place updates, autoscaling, a killed replica.
+
+Each test runs a bounded closed-loop load (a few client threads on loopback) and
+asserts that not one request failed while the service changed under it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from rayfleet.config.service import ServiceSpec
+from rayfleet.serve.app import VERSION_HEADER
+from rayfleet.serve.deploy import delete_service, deploy, model_replicas
+from rayfleet.testing.tiny_model import SAMPLE_TEXTS
+
+from conftest import rayfleet_cli
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Load:
+    """``clients`` threads POST to /translate back to back until stopped."""
+
+    url: str
+    clients: int = 4
+    texts_per_request: int = 1
+    results: list[tuple[float, int, str, str]] = field(default_factory=list)  # (t, status, version, body)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _client(self, k: int) -> None:
+        i = k
+        with httpx.Client(timeout=120) as http:
+            while not self._stop.is_set():
+                texts = [SAMPLE_TEXTS[(i + j) % len(SAMPLE_TEXTS)] for j in range(self.texts_per_request)]
+                i += 1
+                try:
+                    r = http.post(f"{self.url}/translate", json={"texts": texts})
+                    row = (time.monotonic(), r.status_code, r.headers.get(VERSION_HEADER, ""), r.text)
+                except httpx.HTTPError as e:
+                    row = (time.monotonic(), 0, "", f"{type(e).__name__}: {e}")
+                with self._lock:
+                    self.results.append(row)
+                    if row[1] != 200:
+                        self.errors.append(f"{row[1]} {row[3][:300]}")
+
+    def __enter__(self) -> "Load":
+        self._threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(self.clients)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=150)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.results)
+
+    def wait_for(self, n: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        start = self.count()
+        while self.count() < start + n:
+            assert time.monotonic() < deadline, f"load made only {self.count() - start} of {n} requests"
+            time.sleep(0.1)
+
+
+def _wait(what: str, predicate, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(interval)
+
+
+def _running(serve_target, name: str) -> list[dict]:
+    return [r for r in model_replicas(serve_target, name) if r.get("state") == "RUNNING"]
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory):
+    """Another tiny model (other seed): its translations differ from the first's."""
+    from rayfleet.testing.tiny_model import build_tiny_marian
+
+    return build_tiny_marian(tmp_path_factory.mktemp("tiny-b") / "model", seed=1)
+
+
+def _translate_all(url: str) -> list[str]:
+    r = httpx.post(f"{url}/translate", json={"texts": SAMPLE_TEXTS[:8]}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["translations"]
+
+
+def test_update_in_place_under_load_fails_nothing(local_cluster, serve_target, tiny_model, second_model, tmp_path):
+    """`rayfleet serve` with another model and version: no failed request; answers switch over."""
+    spec_a = ServiceSpec(name="upd", route_prefix="/upd", model=str(tiny_model), version="a",
+                         generation={"max_new_tokens": 32})
+    url = deploy(serve_target, spec_a, [], timeout_s=300).url
+    try:
+        out_a = _translate_all(url)
+        yaml = tmp_path / "upd.yaml"
+        yaml.write_text(f"name: upd\nroute_prefix: /upd\nmodel: {second_model}\nversion: b\n"
+                        "generation: {max_new_tokens: 32}\n")
+        with Load(url, clients=4) as load:
+            load.wait_for(20)
+            t0 = time.monotonic()
+            r = rayfleet_cli("serve", str(yaml))
+            print(f"update took {time.monotonic() - t0:.1f} s under load")
+            assert r.returncode == 0, r.stdout + r.stderr
+            load.wait_for(20)  # the new version serves the load, too
+        assert load.errors == [], load.errors[:5]
+        versions = [v for _, _, v, _ in sorted(load.results)]
+        print(f"{len(versions)} requests during the update, by version: {Counter(versions)}")
+        assert versions[0] == "a" and versions[-1] == "b"
+        # Once the new version answered, the old one is gone for good: a clean switch, not a mix at the end.
+        first_b = versions.index("b")
+        assert set(versions[first_b:][-20:]) == {"b"}
+        out_b = _translate_all(url)
+        assert out_b != out_a  # the other model really serves now
+        info = httpx.get(f"{url}/info", timeout=60)
+        assert info.json()["version"] == "b" and info.headers[VERSION_HEADER] == "b"
+        assert info.json()["model"] == str(second_model)
+    finally:
+        delete_service(serve_target, "upd")
+
+
+def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(local_cluster, serve_target, tiny_model):
+    spec = ServiceSpec(
+        name="auto", route_prefix="/auto", model=str(tiny_model), backend="transformers",
+        replicas={"min": 1, "max": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1, "downscale_delay_s": 3},
+        generation={"max_new_tokens": 32},
+    )
+    url = deploy(serve_target, spec, [], timeout_s=300).url
+    try:
+        assert len(_running(serve_target, "auto")) == 1
+        with Load(url, clients=6, texts_per_request=8) as load:
+            t0 = time.monotonic()
+            _wait("a second replica under load", lambda: len(_running(serve_target, "auto")) == 2, timeout=120)
+            print(f"scaled up to 2 replicas {time.monotonic() - t0:.1f} s after the load started")
+            load.wait_for(10)
+        assert load.errors == [], load.errors[:5]
+        t0 = time.monotonic()
+        _wait("back to one replica when idle",
+              lambda: len(model_replicas(serve_target, "auto")) == 1, timeout=120)
+        print(f"scaled down to 1 replica {time.monotonic() - t0:.1f} s after the load stopped")
+    finally:
+        delete_service(serve_target, "auto")
+
+
+def test_killed_replica_fails_no_request_and_is_replaced(local_cluster, serve_target, tiny_model):
+    spec = ServiceSpec(name="kill", route_prefix="/kill", model=str(tiny_model), backend="transformers",
+                       replicas=2, generation={"max_new_tokens": 32})
+    url = deploy(serve_target, spec, [], timeout_s=300).url
+    try:
+        before = _running(serve_target, "kill")
+        assert len(before) == 2
+        pids = {r["pid"] for r in before}
+        with Load(url, clients=6, texts_per_request=4) as load:
+            load.wait_for(10)
+            victim = sorted(pids)[0]
+            os.kill(victim, signal.SIGKILL)
+            killed_at = len(load.results)
+            t0 = time.monotonic()
+            after = _wait("a replacement replica",
+                          lambda: (lambda rs: rs if len(rs) == 2 and victim not in {r["pid"] for r in rs} else None)(
+                              _running(serve_target, "kill")), timeout=120)
+            print(f"replica {victim} killed; replaced in {time.monotonic() - t0:.1f} s "
+                  f"by {sorted({r['pid'] for r in after} - pids)}")
+            load.wait_for(10)
+        assert load.count() > killed_at + 10
+        assert load.errors == [], load.errors[:5]
+    finally:
+        delete_service(serve_target, "kill")

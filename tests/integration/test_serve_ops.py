@@ -139,7 +139,9 @@ def test_update_in_place_under_load_fails_nothing(local_cluster, serve_target, t
         delete_service(serve_target, "upd")
 
 
-def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(local_cluster, serve_target, tiny_model):
+def test_autoscaling_and_a_killed_replica_under_load(local_cluster, serve_target, tiny_model):
+    """min 1 / max 2: load adds a replica; killing one under load fails no request and it is
+    replaced; idleness returns the service to one replica."""
     spec = ServiceSpec(
         name="auto", route_prefix="/auto", model=str(tiny_model), backend="transformers",
         replicas={"min": 1, "max": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1, "downscale_delay_s": 3},
@@ -150,9 +152,22 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(local_cl
         assert len(_running(serve_target, "auto")) == 1
         with Load(url, clients=6, texts_per_request=8) as load:
             t0 = time.monotonic()
-            _wait("a second replica under load", lambda: len(_running(serve_target, "auto")) == 2, timeout=120)
+            two = _wait("a second replica under load", lambda: (lambda rs: rs if len(rs) == 2 else None)(
+                _running(serve_target, "auto")), timeout=120)
             print(f"scaled up to 2 replicas {time.monotonic() - t0:.1f} s after the load started")
             load.wait_for(10)
+            pids = {r["pid"] for r in two}
+            victim = sorted(pids)[0]
+            os.kill(victim, signal.SIGKILL)
+            killed_at = load.count()
+            t0 = time.monotonic()
+            after = _wait("a replacement replica",
+                          lambda: (lambda rs: rs if len(rs) == 2 and victim not in {r["pid"] for r in rs} else None)(
+                              _running(serve_target, "auto")), timeout=120)
+            print(f"replica {victim} killed under load; replaced in {time.monotonic() - t0:.1f} s "
+                  f"by {sorted({r['pid'] for r in after} - pids)}")
+            load.wait_for(10)
+        assert load.count() > killed_at + 10
         assert load.errors == [], load.errors[:5]
         t0 = time.monotonic()
         _wait("back to one replica when idle",
@@ -160,29 +175,3 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(local_cl
         print(f"scaled down to 1 replica {time.monotonic() - t0:.1f} s after the load stopped")
     finally:
         delete_service(serve_target, "auto")
-
-
-def test_killed_replica_fails_no_request_and_is_replaced(local_cluster, serve_target, tiny_model):
-    spec = ServiceSpec(name="kill", route_prefix="/kill", model=str(tiny_model), backend="transformers",
-                       replicas=2, generation={"max_new_tokens": 32})
-    url = deploy(serve_target, spec, [], timeout_s=300).url
-    try:
-        before = _running(serve_target, "kill")
-        assert len(before) == 2
-        pids = {r["pid"] for r in before}
-        with Load(url, clients=6, texts_per_request=4) as load:
-            load.wait_for(10)
-            victim = sorted(pids)[0]
-            os.kill(victim, signal.SIGKILL)
-            killed_at = len(load.results)
-            t0 = time.monotonic()
-            after = _wait("a replacement replica",
-                          lambda: (lambda rs: rs if len(rs) == 2 and victim not in {r["pid"] for r in rs} else None)(
-                              _running(serve_target, "kill")), timeout=120)
-            print(f"replica {victim} killed; replaced in {time.monotonic() - t0:.1f} s "
-                  f"by {sorted({r['pid'] for r in after} - pids)}")
-            load.wait_for(10)
-        assert load.count() > killed_at + 10
-        assert load.errors == [], load.errors[:5]
-    finally:
-        delete_service(serve_target, "kill")

@@ -74,7 +74,7 @@ class ClientError(RayfleetError):
 #     │   └── DataError   a data file is missing, empty, or has the wrong columns
 #     └── RegistryError   the model registry can't be reached, or a model/version/alias is unknown
 
-__all__ += ["JobError", "TrainError", "DataError", "RegistryError"]
+__all__ += ["JobError", "TrainError", "DataError", "RegistryError", "BulkError"]
 
 
 class JobError(RayfleetError):
@@ -91,3 +91,7 @@ class DataError(TrainError):
 
 class RegistryError(RayfleetError):
     """The model registry can't be reached, or a model, version or alias is unknown."""
+
+
+class BulkError(RayfleetError):
+    """A bulk translation (translate-file) can't start or failed: input/output paths, options, or the job."""

@@ -9,7 +9,8 @@ from conftest import rayfleet_cli
 pytestmark = pytest.mark.unit
 
 COMMANDS = [["up"], ["down"], ["status"], ["serve"], ["services"], ["services", "delete"], ["translate"],
-            ["init"], ["check"], ["exec"], ["logs"], ["export-ray-config"]]
+            ["init"], ["check"], ["exec"], ["logs"], ["export-ray-config"], ["train"], ["tune"], ["jobs"],
+            ["models"], ["translate-file"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

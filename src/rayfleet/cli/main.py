@@ -7,6 +7,7 @@ import sys
 import typer
 
 from rayfleet import __version__
+from rayfleet.cli import bulk as bulk_cmds
 from rayfleet.cli import cluster as cluster_cmds
 from rayfleet.cli import fleet as fleet_cmds
 from rayfleet.cli import serve as serve_cmds
@@ -48,6 +49,7 @@ cluster_cmds.register(app)
 fleet_cmds.register(app)
 serve_cmds.register(app)
 train_cmds.register(app)
+bulk_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

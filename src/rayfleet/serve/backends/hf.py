@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from rayfleet.errors import ModelError
 from rayfleet.serve.backends.base import BackendSettings
 
 __all__ = ["TransformersBackend", "pick_device"]
+
+logger = logging.getLogger("rayfleet.serve.backends")
 
 
 def pick_device(device: str) -> str:
@@ -39,6 +43,13 @@ class TransformersBackend:
                              hint="Pass a local directory saved with save_pretrained, "
                                   "e.g. --model /path/to/opus-mt-en-fr") from e
         self.model.to(self.device).eval()
+        # generate() indexes past the decoder's position table beyond this (IndexError): cap, and say so.
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_new_tokens = settings.max_new_tokens
+        if positions and settings.max_new_tokens >= positions:
+            self.max_new_tokens = positions - 1
+            logger.warning("max_new_tokens %d is more than model %s can generate; using %d",
+                           settings.max_new_tokens, settings.model, self.max_new_tokens)
 
     @torch.inference_mode()
     def translate(self, texts: list[str]) -> list[str]:
@@ -49,7 +60,7 @@ class TransformersBackend:
         out = self.model.generate(
             **batch,
             num_beams=self.settings.num_beams,
-            max_new_tokens=self.settings.max_new_tokens,
+            max_new_tokens=self.max_new_tokens,
             do_sample=False,
         )
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)

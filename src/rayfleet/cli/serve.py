@@ -13,9 +13,11 @@ from rich.table import Table
 
 from rayfleet import client
 from rayfleet.cli._common import FLEET_OPTION, console, resolve_target
+from rayfleet.cli.train import registry_storage
 from rayfleet.config.loader import load_model, validate_data
 from rayfleet.config.service import ServiceSpec
-from rayfleet.errors import ClusterNotRunning
+from rayfleet.errors import ClusterNotRunning, RayfleetError
+from rayfleet.registry.refs import REGISTRY_ENV
 from rayfleet.serve.deploy import delete_service, deploy, list_services
 from rayfleet.serve.keys import hash_key, load_api_keys
 from rayfleet.serve.models import resolve_model
@@ -47,7 +49,16 @@ def serve(
     overrides = {k: v for k, v in {"model": model, "name": name, "route_prefix": route_prefix}.items() if v}
     spec, base_dir = _load_spec(spec_file, overrides)
     keys = load_api_keys(spec.auth, base_dir)
-    resolved = resolve_model(spec.model)
+    storage = None
+    if spec.model.startswith("registry://"):
+        # On a fleet the default registry, and the version's files that every replica reads, are on its
+        # shared storage. With $RAYFLEET_REGISTRY_URI only downloaded files go there (when it has one).
+        try:
+            storage = registry_storage(fleet_file)
+        except RayfleetError:
+            if not os.environ.get(REGISTRY_ENV):
+                raise
+    resolved = resolve_model(spec.model, storage=storage)
     if resolved != spec.model:
         spec = spec.model_copy(update={"model": resolved})
     target = resolve_target(fleet_file).serve

@@ -10,13 +10,36 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rayfleet.cli._common import FLEET_OPTION, console, resolve_target
+from rayfleet.cli._common import DEFAULT_FLEET, FLEET_OPTION, console, load_fleet, resolve_target
 from rayfleet.jobs.submit import JobsClient
 
-__all__ = ["register"]
+__all__ = ["register", "registry_storage"]
 
 _METRICS = ("exact_match", "bleu", "chrf", "loss")
-_REGISTRY_HELP = "Registry URI (default: $RAYFLEET_REGISTRY_URI, else SQLite in $RAYFLEET_HOME/storage)."
+_REGISTRY_HELP = ("Registry URI (default: $RAYFLEET_REGISTRY_URI, else SQLite in the storage path: the fleet's "
+                  "storage.path with -f, else $RAYFLEET_HOME/storage).")
+
+
+def registry_storage(fleet_file: Optional[Path]) -> Optional[Path]:
+    """Where the default registry of the targeted cluster lives: a fleet's shared storage.path, or None
+    ($RAYFLEET_HOME/storage) for the local cluster.
+
+    The fleet is the one of -f; without -f, none while a local cluster runs, else ./fleet.yaml when
+    it exists (the rule every command follows). Unlike cluster commands, this needs no running
+    cluster: the registry is read from the storage path on this machine.
+    """
+    from rayfleet.cluster import local
+    from rayfleet.errors import ClusterNotRunning
+    from rayfleet.registry.refs import fleet_storage
+
+    if fleet_file is None:
+        try:
+            local.current()
+            return None
+        except ClusterNotRunning:
+            if not DEFAULT_FLEET.exists():
+                return None
+    return fleet_storage(load_fleet(fleet_file))
 
 
 def _jobs_client(fleet_file: Optional[Path]) -> JobsClient:
@@ -70,6 +93,10 @@ class _Follower:
         elif kind == "start":
             if ev.get("resumed_from") is not None:
                 console.print(f"Worker group restarted: resuming from the checkpoint at step {ev['resumed_from']}.")
+            elif ev.get("nodes"):
+                nodes = sorted(set(ev["nodes"]))
+                console.print(f"Training with {ev.get('workers', len(ev['nodes']))} worker(s) on "
+                              f"{len(nodes)} node(s): {', '.join(nodes)}", markup=False)
             self._ensure_task(ev)
             self.progress.update(self.task, total=ev["total_steps"], completed=ev.get("resumed_from") or 0)
         elif kind == "progress":
@@ -96,10 +123,13 @@ def _print_result(result: dict[str, Any]) -> None:
 
 def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet: bool,
          fleet_file: Optional[Path]) -> None:
-    from rayfleet.train.launch import load_job, submit, wait_result
+    from rayfleet.train.launch import load_job, on_fleet, submit, wait_result
 
     spec = load_job(spec_file)
-    client = _jobs_client(fleet_file)
+    target = resolve_target(fleet_file)
+    if target.fleet is not None:  # runs, checkpoints and the default registry on the fleet's shared storage
+        spec = on_fleet(spec, target.fleet)
+    client = JobsClient(target.serve.dashboard_url, dict(target.serve.headers))
     launch = submit(client, spec, mode=mode, samples=samples)
     console.print(f"Submitted job {launch.job_id} (run dir {launch.run_dir}).")
     if detach:
@@ -209,10 +239,21 @@ models_app = typer.Typer(help="Registered models and versions; promote a version
                          no_args_is_help=False, rich_markup_mode=None)
 
 
-def _registry(uri: Optional[str]):
+def _registry(uri: Optional[str], fleet_file: Optional[Path]):
+    import os
+
+    from rayfleet.registry.refs import REGISTRY_ENV
     from rayfleet.registry.store import Registry
 
-    return Registry(uri)
+    if uri or os.environ.get(REGISTRY_ENV):
+        return Registry(uri)
+    return Registry(storage=registry_storage(fleet_file))
+
+
+def _models_obj(ctx: typer.Context, registry: Optional[str], fleet_file: Optional[Path]):
+    """The registry of a models subcommand: its own --registry/-f, else the group's."""
+    group_registry, group_fleet = ctx.obj or (None, None)
+    return _registry(registry or group_registry, fleet_file or group_fleet)
 
 
 @models_app.callback(invoke_without_command=True)
@@ -220,15 +261,16 @@ def models(
     ctx: typer.Context,
     name: Optional[str] = typer.Option(None, "--name", help="Only this model."),
     registry: Optional[str] = typer.Option(None, "--registry", help=_REGISTRY_HELP),
+    fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """List registered models and their versions with metrics and aliases.
 
-    Example: rayfleet models
+    Example: rayfleet models -f fleet.yaml
     """
     if ctx.invoked_subcommand is not None:
-        ctx.obj = registry
+        ctx.obj = (registry, fleet_file)
         return
-    rows = [m for m in _registry(registry).list_models() if name is None or m.name == name]
+    rows = [m for m in _registry(registry, fleet_file).list_models() if name is None or m.name == name]
     if not rows:
         console.print("No registered models. Train one with: rayfleet train examples/finetune-tiny.yaml")
         return
@@ -248,12 +290,14 @@ def models_show(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Registered model name."),
     version: str = typer.Argument(..., help="Version number."),
+    registry: Optional[str] = typer.Option(None, "--registry", help=_REGISTRY_HELP),
+    fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Show one version: metrics, aliases, run, where its files are.
 
     Example: rayfleet models show en-fr 3
     """
-    v = _registry(ctx.obj).show(name, version)
+    v = _models_obj(ctx, registry, fleet_file).show(name, version)
     console.print(f"{v.name} version {v.version}  (registry://{v.name}/{v.version})", markup=False)
     console.print(f"  aliases:  {', '.join(v.aliases) or '-'}", markup=False)
     console.print(f"  created:  {_when(v.created_ms)}", markup=False)
@@ -269,12 +313,14 @@ def models_promote(
     name: str = typer.Argument(..., help="Registered model name."),
     version: str = typer.Argument(..., help="Version number."),
     alias: str = typer.Option("production", "--alias", help="Alias to point at this version."),
+    registry: Optional[str] = typer.Option(None, "--registry", help=_REGISTRY_HELP),
+    fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Point an alias (default: production) at a version; services can use registry://NAME@ALIAS.
 
     Example: rayfleet models promote en-fr 3 --alias production
     """
-    v = _registry(ctx.obj).promote(name, version, alias)
+    v = _models_obj(ctx, registry, fleet_file).promote(name, version, alias)
     console.print(f"{v.name}@{alias} -> version {v.version} (aliases now: {', '.join(v.aliases)})")
 
 

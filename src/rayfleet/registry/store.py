@@ -25,7 +25,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from rayfleet.errors import RegistryError
-from rayfleet.registry.refs import ModelRef, artifact_root, parse_ref, registry_uri
+from rayfleet.registry.refs import ModelRef, parse_ref, registry_uri
+from rayfleet.registry.refs import artifact_root as _artifact_root
 
 __all__ = ["Registry", "VersionInfo", "ModelInfo", "normalize_uri"]
 
@@ -83,9 +84,14 @@ def _quiet_mlflow() -> None:
 class Registry:
     """Runs, model versions and aliases in one MLflow backend."""
 
-    def __init__(self, uri: str | None = None, *, artifact_root: str | None = None):
-        self.uri = normalize_uri(registry_uri(uri))
-        self.artifact_root = artifact_root or _default_artifact_root(self.uri)
+    def __init__(self, uri: str | None = None, *, artifact_root: str | None = None,
+                 storage: str | Path | None = None):
+        """``uri``: explicit, else $RAYFLEET_REGISTRY_URI, else SQLite in ``storage`` (default
+        $RAYFLEET_HOME/storage; a fleet's shared storage.path on a fleet). Artifacts of new runs go
+        to ``artifact_root``, else ``<storage>/mlartifacts`` when ``storage`` is given."""
+        self.uri = normalize_uri(registry_uri(uri, storage))
+        self.artifact_root = artifact_root or (_artifact_root(storage) if storage is not None
+                                               else _default_artifact_root(self.uri))
         self._client = None
 
     def __repr__(self) -> str:
@@ -330,4 +336,4 @@ def _default_artifact_root(uri: str) -> str:
     """A plain local path (MLflow turns file:// URIs given here into file:////...)."""
     if uri.startswith("sqlite:"):
         return str(_sqlite_path(uri).parent / "mlartifacts")
-    return artifact_root()
+    return _artifact_root()

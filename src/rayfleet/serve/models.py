@@ -46,8 +46,12 @@ def _hub_reachable(timeout_s: float = 3.0) -> str | None:
         return f"{host}: {e.strerror or e}"
 
 
-def resolve_model(model: str) -> str:
+def resolve_model(model: str, *, storage: str | Path | None = None) -> str:
     """Return what replicas should load: an absolute directory or a hub id.
+
+    ``storage``: where the default registry lives (on a fleet, its shared storage.path,
+    so that a replica on any node reads the version's files from the share; files the
+    registry has to download go there too). None: $RAYFLEET_HOME/storage.
 
     Raises ModelError naming the model and how to pass a local path.
     """
@@ -56,7 +60,8 @@ def resolve_model(model: str) -> str:
     if model.startswith("registry://"):
         from rayfleet.registry.store import Registry
 
-        return str(Registry().resolve(model))
+        cache = Path(storage) / "model-cache" if storage is not None else None
+        return str(Registry(storage=storage).resolve(model, cache_dir=cache))
     if looks_like_path(model):
         return _check_dir(model)
     from huggingface_hub import try_to_load_from_cache

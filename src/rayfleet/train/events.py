@@ -9,10 +9,10 @@ The client reads the job log and picks these lines out (``parse``); anything
 else in the log is shown as is. Ray may prefix worker lines with
 ``(RayTrainWorker pid=...)``, so the marker is searched anywhere in the line.
 
-Events: ``start`` (total_steps, workers, pids, resumed_from), ``progress``
-(step, epoch, loss, samples_per_s), ``eval`` (step, bleu, chrf, exact_match,
-loss), ``checkpoint`` (step), ``result`` (metrics, model, version, run_id),
-``error`` (message, hint).
+Events: ``start`` (total_steps, workers, pids and nodes: each rank's process id
+and node IP, resumed_from), ``progress`` (step, epoch, loss, samples_per_s),
+``eval`` (step, bleu, chrf, exact_match, loss), ``checkpoint`` (step),
+``result`` (metrics, model, version, run_id), ``error`` (message, hint).
 """
 
 from __future__ import annotations

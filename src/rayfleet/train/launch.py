@@ -1,6 +1,7 @@
 """The client side of ``rayfleet train`` and ``tune``: check, submit, follow.
 
-``load_job`` reads job.yaml; ``preflight`` catches what would fail on the
+``load_job`` reads job.yaml; ``on_fleet`` makes a fleet's shared storage the job's
+default storage path (run directories, checkpoints, the default registry); ``preflight`` catches what would fail on the
 cluster (missing/empty/malformed data files, an unknown registry ref, an
 unreachable registry database) before anything is submitted; ``submit``
 writes the run directory (``<storage>/runs/<run>/job.json``) and submits the
@@ -28,12 +29,12 @@ from typing import Any, Iterator
 
 from rayfleet.config.job import JobSpec
 from rayfleet.config.loader import load_model
-from rayfleet.errors import JobError, ModelError, TrainError
+from rayfleet.errors import JobError, ModelError, RayfleetError, TrainError
 from rayfleet.jobs.submit import JobsClient
-from rayfleet.registry.refs import artifact_root, default_storage, is_ref, registry_uri
+from rayfleet.registry.refs import artifact_root, default_storage, fleet_storage, is_ref, registry_uri
 from rayfleet.train import events
 
-__all__ = ["Launch", "load_job", "preflight", "submit", "watch", "wait_result", "storage_of"]
+__all__ = ["Launch", "load_job", "on_fleet", "preflight", "submit", "watch", "wait_result", "storage_of"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,24 @@ def load_job(path: str | Path) -> JobSpec:
     path = Path(path)
     spec = load_model(JobSpec, path)
     return spec.resolve_paths(path.resolve().parent)
+
+
+def on_fleet(spec: JobSpec, fleet) -> JobSpec:
+    """The spec as it runs on ``fleet``: without its own storage_path, the fleet's shared storage.path.
+
+    The job's driver and workers run on any node, so its run directory, checkpoints and
+    default registry must be where every node (and this machine, which writes the run
+    directory and reads the registry) sees them. ConfigError when the fleet has no
+    storage and the spec names none; RegistryError when the share is not mounted here.
+    """
+    if spec.storage_path is not None:
+        return spec
+    try:
+        path = fleet_storage(fleet)
+    except RayfleetError as e:
+        raise type(e)(e.message, hint=f"{e.hint} Or set storage_path in the job spec to a directory every "
+                                      "node sees.") from None
+    return spec.model_copy(update={"storage_path": str(path)})
 
 
 def storage_of(spec: JobSpec) -> Path:

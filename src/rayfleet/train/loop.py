@@ -180,9 +180,10 @@ def train_loop(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         step, last_eval = state["step"], state.get("eval", {})
 
-    pids = _gather(os.getpid(), world)
+    where = _gather((os.getpid(), ray.util.get_node_ip_address()), world)
+    pids, nodes = [p for p, _ in where], [n for _, n in where]
     if rank == 0:
-        emit("start", total_steps=total, steps_per_epoch=steps_per_epoch, workers=world, pids=pids,
+        emit("start", total_steps=total, steps_per_epoch=steps_per_epoch, workers=world, pids=pids, nodes=nodes,
              resumed_from=step if state is not None else None, train_pairs_per_worker=len(src))
     tracker = _Tracker(config.get("tracking") if rank == 0 else None)
 

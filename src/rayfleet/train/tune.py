@@ -57,7 +57,7 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
         raise TrainError("The job spec has no 'search:' block.")
     run_dir, run_name = Path(job["run_dir"]), job["run_name"]
     emit("phase", name="preparing data and tokenizer")
-    paths = prepare(spec, run_dir)
+    paths = prepare(spec, run_dir, registry_uri=job.get("registry_uri"), artifact_root=job.get("artifact_root"))
     registry = Registry(job["registry_uri"], artifact_root=job.get("artifact_root"))
     run_id = registry.start_run(spec.name, run_name, {**flat_params(spec), "search.samples": job["samples"],
                                                       "search.metric": s.metric},

@@ -47,8 +47,14 @@ def flat_params(spec: JobSpec) -> dict[str, Any]:
     return out
 
 
-def prepare(spec: JobSpec, run_dir: Path) -> dict[str, str]:
-    """Data files and tokenizer on the cluster side: {'train', 'validation', 'tokenizer', 'base'}."""
+def prepare(spec: JobSpec, run_dir: Path, *, registry_uri: str | None = None,
+            artifact_root: str | None = None) -> dict[str, str]:
+    """Data files and tokenizer on the cluster side: {'train', 'validation', 'tokenizer', 'base'}.
+
+    A ``registry://`` base model is looked up in the job's registry (``registry_uri``,
+    computed by the client: the job's storage path, the fleet's on a fleet); files the
+    registry has to download go to the run directory, which every node sees.
+    """
     from rayfleet.train.data import check_file, read_pairs
 
     d = spec.data
@@ -74,7 +80,9 @@ def prepare(spec: JobSpec, run_dir: Path) -> dict[str, str]:
         if base.startswith("registry://"):
             from rayfleet.registry.store import Registry
 
-            base = str(Registry(spec.register.tracking_uri if spec.register else None).resolve(base))
+            registry = Registry(registry_uri or (spec.register.tracking_uri if spec.register else None),
+                                artifact_root=artifact_root)
+            base = str(registry.resolve(base, cache_dir=run_dir / "base-model"))
         out["tokenizer"] = out["base"] = base
     return out
 
@@ -85,9 +93,10 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
     """A TorchTrainer for the spec (also used by ``tune``, one per trial)."""
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from rayfleet.train.data import text_dataset, tokenized_dataset
+    from rayfleet.train.distributed import torch_config
     from rayfleet.train.loop import train_loop
 
     d, s = spec.data, spec.scaling
@@ -112,7 +121,7 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        torch_config=torch_config(s.use_gpu),
     )
 
 
@@ -143,7 +152,7 @@ def _train(job: dict[str, Any]) -> dict[str, Any]:
     spec = JobSpec.from_json(job["spec"])
     run_dir = Path(job["run_dir"])
     emit("phase", name="preparing data and tokenizer")
-    paths = prepare(spec, run_dir)
+    paths = prepare(spec, run_dir, registry_uri=job.get("registry_uri"), artifact_root=job.get("artifact_root"))
     registry = None
     run_id = None
     if job.get("registry_uri"):

@@ -4,7 +4,7 @@
 input, an unwritable output directory, a field no line has, an unknown model,
 a file outside a fleet's shared storage) and returns the ``BulkJob``;
 ``submit`` starts the Ray Job ``python -m rayfleet.bulk.workload``; ``follow``
-turns the job's log into events (``rayfleet.train.events``) until it ends.
+turns the job's log into events (``rayfleet.jobs.events``) until it ends.
 
 Where the files must be: the job's driver runs on the cluster's head node and
 the translator actors on any node, and they read and write the paths as given.
@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rayfleet.bulk.plan import BulkError, BulkJob, Layout, check_line
-from rayfleet.jobs.submit import TERMINAL, JobsClient
-from rayfleet.train import events
+from rayfleet.jobs.submit import TERMINAL, JobsClient, follow_events
 
 __all__ = ["prepare", "submit", "follow", "stop", "running_job", "KIND", "PEEK_LINES"]
 
@@ -201,29 +200,15 @@ def submit(client: JobsClient, job: BulkJob) -> str:
 def follow(client: JobsClient, job_id: str, *, on_event: Callable[[dict[str, Any]], None] | None = None,
            poll_s: float = 0.5) -> dict[str, Any]:
     """Follow the job to its end; return its ``result`` event, or raise BulkError with the job's error."""
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    tail: list[str] = []
-    for line in client.follow(job_id, poll_s=poll_s):
-        ev = events.parse(line)
-        if ev is None:
-            tail = (tail + [line])[-20:]
-            continue
-        if on_event is not None:
-            on_event(ev)
-        if ev["event"] == "result":
-            result = ev
-        elif ev["event"] == "error":
-            error = ev
-    info = client.info(job_id)
-    if result is not None and info.status == "SUCCEEDED":
-        return result
-    if error is not None:
-        raise BulkError(error.get("message") or f"Job {job_id} failed.", hint=error.get("hint"))
-    raise BulkError(f"Job {job_id} ended {info.status}: {info.message or 'no result'}",
+    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s)
+    if out.succeeded:
+        return out.result
+    if out.error is not None:
+        raise BulkError(out.error.get("message") or f"Job {job_id} failed.", hint=out.error.get("hint"))
+    raise BulkError(f"Job {job_id} ended {out.info.status}: {out.info.message or 'no result'}",
                     hint=f"See the log with: rayfleet jobs logs {job_id}. Finished parts are kept: "
                          "run the same command again to resume.",
-                    context="\n".join(tail[-10:]) or None)
+                    context=out.context())
 
 
 def stop(client: JobsClient, job_id: str, *, timeout_s: float = 60) -> str:

@@ -1,7 +1,7 @@
 """The Ray Job entrypoint of ``translate-file``: ``python -m rayfleet.bulk.workload JOB_JSON``.
 
 It runs on the cluster (the job's driver, on the head node). Steps, reported
-as events (``rayfleet.train.events``: one ``RAYFLEET_EVENT {...}`` line each)
+as events (``rayfleet.jobs.events``: one ``RAYFLEET_EVENT {...}`` line each)
 on stdout, which is the job's log:
 
 1. checks the paths, takes the work dir's lock (one writer per output), scans
@@ -37,7 +37,7 @@ from typing import Any
 from rayfleet.bulk.plan import (BulkError, BulkJob, Layout, Manifest, Scan, assemble, num_parts, part_lines,
                                 plan_chunks, scan_input, write_atomic)
 from rayfleet.errors import RayfleetError
-from rayfleet.train.events import emit
+from rayfleet.jobs.events import emit
 
 __all__ = ["main", "run"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from rayfleet.errors import JobError
 
-__all__ = ["JobsClient", "JobInfo", "TERMINAL"]
+__all__ = ["JobsClient", "JobInfo", "JobOutcome", "follow_events", "TERMINAL"]
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -122,3 +122,42 @@ class JobsClient:
             if time.monotonic() > deadline:
                 raise JobError(f"Job {job_id} is still {info.status} after {timeout_s:.0f} s.")
             time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a followed job ended: its final info, its ``result`` and ``error`` events, the last other log lines."""
+
+    info: JobInfo
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    tail: list[str]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result is not None and self.info.status == "SUCCEEDED"
+
+    def context(self) -> str | None:
+        return "\n".join(self.tail[-10:]) or None
+
+
+def follow_events(client: JobsClient, job_id: str, *, on_event: Callable[[dict[str, Any]], None] | None = None,
+                  poll_s: float = 0.5) -> JobOutcome:
+    """Follow the job's log to its end, passing each event (``rayfleet.jobs.events``) to ``on_event``."""
+    from rayfleet.jobs import events
+
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    tail: list[str] = []
+    for line in client.follow(job_id, poll_s=poll_s):
+        ev = events.parse(line)
+        if ev is None:
+            tail = (tail + [line])[-20:]
+            continue
+        if on_event is not None:
+            on_event(ev)
+        if ev["event"] == "result":
+            result = ev
+        elif ev["event"] == "error":
+            error = ev
+    return JobOutcome(client.info(job_id), result, error, tail)

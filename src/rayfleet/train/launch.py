@@ -6,7 +6,7 @@ cluster (missing/empty/malformed data files, an unknown registry ref, an
 unreachable registry database) before anything is submitted; ``submit``
 writes the run directory (``<storage>/runs/<run>/job.json``) and submits the
 Ray Job ``python -m rayfleet.train.workload``; ``watch`` turns the job's log
-into events (see ``events.py``) until the job ends.
+into events (see ``rayfleet.jobs.events``) until the job ends.
 
 Run layout in the storage path::
 
@@ -30,9 +30,9 @@ from typing import Any, Iterator
 from rayfleet.config.job import JobSpec
 from rayfleet.config.loader import load_model
 from rayfleet.errors import JobError, ModelError, RayfleetError, TrainError
-from rayfleet.jobs.submit import JobsClient
+from rayfleet.jobs.submit import JobsClient, follow_events
 from rayfleet.registry.refs import artifact_root, default_storage, fleet_storage, is_ref, registry_uri
-from rayfleet.train import events
+from rayfleet.jobs import events
 
 __all__ = ["Launch", "load_job", "on_fleet", "preflight", "submit", "watch", "wait_result", "storage_of"]
 
@@ -144,24 +144,11 @@ def watch(client: JobsClient, job_id: str, *, poll_s: float = 0.5) -> Iterator[t
 
 def wait_result(client: JobsClient, job_id: str, *, on_event=None, poll_s: float = 1.0) -> dict[str, Any]:
     """Follow the job to its end; return the ``result`` event, or raise TrainError with the job's error."""
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    tail: list[str] = []
-    for ev, line in watch(client, job_id, poll_s=poll_s):
-        if ev is None:
-            tail = (tail + [line])[-20:]
-            continue
-        if on_event is not None:
-            on_event(ev)
-        if ev["event"] == "result":
-            result = ev
-        elif ev["event"] == "error":
-            error = ev
-    info = client.info(job_id)
-    if result is not None and info.status == "SUCCEEDED":
-        return result
-    if error is not None:
-        raise TrainError(f"Job {job_id} failed: {error.get('message')}", hint=error.get("hint"),
-                         context="\n".join(tail[-10:]) or None)
-    raise TrainError(f"Job {job_id} ended {info.status}: {info.message or 'no result'}",
-                     hint=f"See the log with: rayfleet jobs logs {job_id}", context="\n".join(tail[-10:]) or None)
+    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s)
+    if out.succeeded:
+        return out.result
+    if out.error is not None:
+        raise TrainError(f"Job {job_id} failed: {out.error.get('message')}", hint=out.error.get("hint"),
+                         context=out.context())
+    raise TrainError(f"Job {job_id} ended {out.info.status}: {out.info.message or 'no result'}",
+                     hint=f"See the log with: rayfleet jobs logs {job_id}", context=out.context())

@@ -119,7 +119,7 @@ class _Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self._tracking:
             return
-        from rayfleet.train.events import emit
+        from rayfleet.jobs.events import emit
 
         try:
             if self._store is None:
@@ -137,7 +137,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
 
     from rayfleet.config.job import JobSpec
-    from rayfleet.train.events import emit
+    from rayfleet.jobs.events import emit
     from rayfleet.train.modeling import load_model, load_tokenizer, new_model, save_model
 
     spec = JobSpec.from_json(config["spec"])

@@ -16,7 +16,7 @@ from typing import Any
 
 from rayfleet.config.job import Distribution, JobSpec
 from rayfleet.errors import TrainError
-from rayfleet.train.events import emit
+from rayfleet.jobs.events import emit
 
 __all__ = ["run_tune", "search_space"]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from rayfleet.config.job import JobSpec
 from rayfleet.errors import RayfleetError, TrainError
-from rayfleet.train.events import emit
+from rayfleet.jobs.events import emit
 
 __all__ = ["main", "prepare", "build_trainer", "flat_params"]
 

@@ -1,4 +1,4 @@
-"""The line protocol between a training job and the client that follows it.
+"""The line protocol between a job (training, tuning, bulk translation) and the client that follows it.
 
 The job (driver and rank-0 worker) writes one line per event to its stdout,
 which Ray keeps as the job's log::

@@ -156,7 +156,8 @@ def test_auto_picks_ctranslate2(tiny_model, tmp_path):
 
 
 def test_auto_falls_back_with_a_log_line_when_ct2_cannot_load(tiny_model, tmp_path, caplog):
-    settings = BackendSettings(model=str(tiny_model), cache_dir=str(tmp_path), device="cpu", compute_type="float16")
+    settings = BackendSettings(model=str(tiny_model), cache_dir=str(tmp_path), device="cpu", compute_type="float16",
+                               max_new_tokens=8)
     with caplog.at_level(logging.WARNING, logger="rayfleet.serve.backends"):
         backend = load_backend("auto", settings)
     assert backend.name == "transformers"
@@ -209,7 +210,7 @@ def test_service_yaml_keys(tmp_path):
     from rayfleet.errors import ConfigError
 
     default = ServiceSpec()
-    assert (default.backend, default.ctranslate2.compute_type, default.ctranslate2.inter_threads) == ("transformers", "int8", 1)
+    assert (default.backend, default.ctranslate2.compute_type, default.ctranslate2.inter_threads) == ("auto", "int8", 1)
     p = tmp_path / "s.yaml"
     p.write_text("backend: ctranslate2\nctranslate2: {compute_type: float32, inter_threads: 2}\n")
     spec = load_model(ServiceSpec, p)

@@ -1,13 +1,17 @@
 """rayfleet up/down vs raw `ray up`/`ray down` on the same 3 namespace hosts (needs root).
 
-  python benchmarks/cluster_bench.py [--rounds N]
+  python benchmarks/cluster_bench.py [--rounds N] [--compare-src DIR] [--no-raw-down] [--keep]
 
-Each round, interleaved: (a) `rayfleet up` (check included) to all nodes alive, then
-`rayfleet down` until no Ray process remains on any host; (b) raw `ray up` of the
-rendered launcher config with the v1 workaround (RAY_UP_enable_autoscaler_v2=0), to
-all nodes alive, then `ray down` until no Ray process remains on any host (polled
-over SSH, at most 120 s). Prints the times and the ratios. Targets: up <= 1.1x raw,
-down <= 20 s.
+Each round runs every variant once, in an order that rotates from round to round (so a
+load change on a shared machine does not always hit the same variant):
+(a) `rayfleet up` (check included) to all nodes alive, then `rayfleet down` until no
+Ray process remains on any host; (b) raw `ray up` of the rendered launcher config with
+the v1 workaround (RAY_UP_enable_autoscaler_v2=0), to all nodes alive, then `ray down`
+until no Ray process remains on any host (polled over SSH, at most 120 s); with
+--compare-src, (c) the same as (a) with the rayfleet found in DIR (e.g. a copy of
+src/ from before a change), side by side. `rayfleet check` alone is timed too.
+Prints the times, the up ratio of each round (rayfleet / raw of the same round) and
+their median. Targets: up <= 1.1x raw, down <= 20 s.
 """
 
 from __future__ import annotations
@@ -27,17 +31,35 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from rayfleet.testing.hosts import HostLab, lab_supported  # noqa: E402
 
+BIN = Path(sys.executable).parent
 
-def _cli(*args: str, env: dict) -> None:
-    r = subprocess.run([str(Path(sys.executable).parent / "rayfleet"), *args], env=env,
-                       capture_output=True, text=True, timeout=900)
+
+class VariantFailed(Exception):
+    """One variant did not get every node alive (on a loaded machine Ray's own starts time out)."""
+
+
+def _cli(*args: str, env: dict, src: str | None = None) -> None:
+    if src:  # another rayfleet source tree, same venv
+        cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r}); sys.argv[0] = 'rayfleet'; "
+                                     "from rayfleet.cli.main import main; sys.exit(main())", *args]
+    else:
+        cmd = [str(BIN / "rayfleet"), *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
-        raise SystemExit(f"rayfleet {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+        raise VariantFailed(f"rayfleet {' '.join(args)} failed ({src or 'this tree'}):\n{r.stdout[-1500:]}\n"
+                            f"{r.stderr[-1500:]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--compare-src", help="a src/ directory of another rayfleet, measured side by side")
+    ap.add_argument("--no-raw-down", action="store_true",
+                    help="don't time raw 'ray down' (it waits up to 120 s for the workers to give up)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) at the end")
+    ap.add_argument("--up-timeout", type=int, default=300,
+                    help="raw up: seconds to wait for every node; a round where any variant fails is "
+                         "reported and left out of the ratios")
     args = ap.parse_args()
     why = lab_supported()
     if why:
@@ -48,8 +70,15 @@ def main() -> None:
     from rayfleet.cluster import fleet as fl
     from rayfleet.config.fleet import FleetSpec
 
-    venv = str(Path(sys.executable).parent.parent)
-    times: dict[str, list[float]] = {k: [] for k in ("rayfleet up", "raw up", "rayfleet down", "raw down")}
+    venv = str(BIN.parent)
+    times: dict[str, list[float]] = {k: [] for k in ("check", "rayfleet up", "raw up", "rayfleet down", "raw down")}
+    variants = ["rayfleet", "raw"]
+    if args.compare_src:
+        src = str(Path(args.compare_src).resolve())
+        times.update({"compare up": [], "compare down": []})
+        variants.append("compare")
+    ratios: dict[str, list[float]] = {"rayfleet": [], "compare": []}
+    ok = False
     try:
         # Its own bridge and subnet, so it can run beside the multihost tests.
         with HostLab(3, work / "hosts", subnet="10.213.8", prefix="rfb", keep=[str(ROOT), venv]) as lab:
@@ -79,45 +108,89 @@ def main() -> None:
                     time.sleep(0.5)
                 return time.monotonic() - t0
 
-            for rnd in range(args.rounds):
+            def run_rayfleet(label: str, src: str | None) -> None:
                 t0 = time.monotonic()
-                _cli("up", "-f", str(ff), env=env)
-                times["rayfleet up"].append(time.monotonic() - t0)
+                _cli("up", "-f", str(ff), env=env, src=src)
+                times[f"{label} up"].append(time.monotonic() - t0)
                 t0 = time.monotonic()
-                _cli("down", "-f", str(ff), env=env)
-                times["rayfleet down"].append(time.monotonic() - t0)
+                _cli("down", "-f", str(ff), env=env, src=src)
+                times[f"{label} down"].append(time.monotonic() - t0)
+                if src:  # the next variant starts from what this tree's down leaves (state files removed)
+                    _cli("down", "-f", str(ff), env=env)
 
+            def run_raw() -> None:
                 cfg = work / "raw.yaml"
                 cfg.write_text(fl.export_config(spec))
                 raw_env = dict(env, RAY_UP_enable_autoscaler_v2="0", RAY_TMPDIR=str(work / "raw-tmp"))
                 t0 = time.monotonic()
-                subprocess.run([str(Path(sys.executable).parent / "ray"), "up", "-y", "--no-config-cache", str(cfg)],
-                               env=raw_env, capture_output=True, timeout=900, check=True)
+                with open(work / "raw-up.log", "w") as log:
+                    subprocess.run([str(BIN / "ray"), "up", "-y", "--no-config-cache", str(cfg)], env=raw_env,
+                                   stdout=log, stderr=subprocess.STDOUT, timeout=900, check=True)
                 while alive() != all_ips:
-                    if time.monotonic() - t0 > 600:
-                        raise SystemExit("raw ray up: nodes not alive after 600 s")
+                    if time.monotonic() - t0 > args.up_timeout:
+                        raise VariantFailed(f"raw ray up: nodes not alive after {args.up_timeout} s "
+                                            "(Ray 2.60's v1 autoscaler does not retry a failed worker start)")
                     time.sleep(0.5)
                 times["raw up"].append(time.monotonic() - t0)
-                t0 = time.monotonic()
-                subprocess.run([str(Path(sys.executable).parent / "ray"), "down", "-y", str(cfg)],
-                               env=raw_env, capture_output=True, timeout=900)
-                no_ray_left()
-                times["raw down"].append(time.monotonic() - t0)
+                if not args.no_raw_down:
+                    t0 = time.monotonic()
+                    subprocess.run([str(BIN / "ray"), "down", "-y", str(cfg)],
+                                   env=raw_env, capture_output=True, timeout=900)
+                    no_ray_left()
+                    times["raw down"].append(time.monotonic() - t0)
                 _cli("down", "-f", str(ff), env=env)  # leave nothing behind whatever raw down did
-                print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+
+            failed_rounds = 0
+            for rnd in range(args.rounds):
+                t0 = time.monotonic()
+                _cli("check", "-f", str(ff), env=env)
+                times["check"].append(time.monotonic() - t0)
+                order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
+                n = {k: len(v) for k, v in times.items()}
+                try:
+                    for v in order:
+                        if v == "raw":
+                            run_raw()
+                        else:
+                            run_rayfleet(v, src if v == "compare" else None)
+                except VariantFailed as e:
+                    print(f"round {rnd + 1} ({' > '.join(order)}): FAILED, left out: {str(e)[:600]}", flush=True)
+                    for k, v in times.items():
+                        del v[n[k]:]
+                    try:
+                        _cli("down", "-f", str(ff), env=env)
+                    except VariantFailed:
+                        pass
+                    failed_rounds += 1
+                    continue
+                for v in ratios:
+                    if times.get(f"{v} up"):
+                        ratios[v].append(times[f"{v} up"][-1] / times["raw up"][-1])
+                print(f"round {rnd + 1} ({' > '.join(order)}): "
+                      + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items() if v)
+                      + "; up ratio " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in ratios.items() if v),
+                      flush=True)
         ok = True
     finally:
-        if ok:
+        if ok and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            print(f"logs kept in {work} (fleets/bench/up.log, hosts/*/tmp/rayfleet/session_latest/logs)")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print("\n| step | median s |\n|---|---|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"\nup ratio rayfleet/raw: {med['rayfleet up'] / med['raw up']:.2f} (target <= 1.1; rayfleet's includes the check)")
-    print(f"down: rayfleet {med['rayfleet down']:.1f} s (target <= 20 s) vs raw {med['raw down']:.1f} s "
-          "(raw: until no Ray process remains, capped at 120 s)")
+            print(f"logs kept in {work} (home/fleets/bench/up.log, raw-up.log)")
+    if failed_rounds:
+        print(f"\n{failed_rounds} round(s) failed and are left out")
+    if not times["raw up"]:
+        return
+    print("\n| step | median s | min–max s |\n|---|---|---|")
+    for k, v in times.items():
+        if v:
+            print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}–{max(v):.1f} |")
+    for k, v in ratios.items():
+        if v:
+            print(f"\nup ratio {k}/raw per round: {', '.join(f'{x:.2f}' for x in v)}; median "
+                  f"{statistics.median(v):.2f} (target <= 1.1; rayfleet's includes the check)")
+    print(f"down: rayfleet {statistics.median(times['rayfleet down']):.1f} s (target <= 20 s)"
+          + (f" vs raw {statistics.median(times['raw down']):.1f} s (raw: until no Ray process remains, "
+             "capped at 120 s)" if times["raw down"] else ""))
 
 
 if __name__ == "__main__":

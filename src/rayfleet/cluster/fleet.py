@@ -4,6 +4,12 @@ State per fleet, under ``$RAYFLEET_HOME/fleets/<name>/``: ``auth_token`` (0600),
 ``known_hosts`` (SSH host keys, accept-new), ``ray-cluster.yaml`` (the rendered
 launcher config), ``ray-tmp/`` (the launcher's local state), ``up.log``/``down.log``.
 
+``up`` starts Ray on the workers itself as soon as ``ray up`` has the head up, with the
+launcher's own worker commands, instead of waiting for the v1 autoscaler to launch them
+(only when the autoscaler would start all of them anyway: no autoscaling, no user
+setup_commands); the autoscaler's updater then adopts them without a restart
+(launcher.py, the one-shot mark). Measured in benchmarks/README.md.
+
 Contract: ``up`` is idempotent (an unchanged fleet is left as it is; a changed
 fleet.yaml is applied); ``down`` stops Ray on every node, removes the launcher's
 state on both sides, and verifies that no Ray process is left.
@@ -22,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from rayfleet.cluster.dashboard import list_nodes
-from rayfleet.cluster.launcher import render, render_yaml
+from rayfleet.cluster.launcher import (remote_token_path, render, render_yaml, started_mark,
+                                       worker_start_command)
 from rayfleet.cluster.preflight import runner_for
 from rayfleet.cluster.ssh import SSHError
 from rayfleet.cluster.state import ensure_token, state_dir
@@ -128,7 +135,7 @@ def _wait_alive(fleet: FleetSpec, expected: set[str], timeout_s: float, progress
                                f"missing: {', '.join(sorted(expected - alive))}.",
                                hint="See 'rayfleet logs HOST' and the launcher log in "
                                     f"{paths(fleet).dir}/up.log")
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def _run_launcher(fleet: FleetSpec, args: list[str], log_name: str, timeout_s: float) -> None:
@@ -164,7 +171,10 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
         missing = sorted(expected - alive)
         if progress:
             progress(f"head alive, config unchanged: restarting Ray on {', '.join(missing)}")
-        _restart_workers(fleet, missing, timeout_s)
+        errors = _start_workers(fleet, missing, timeout_s)
+        if errors:
+            raise ClusterError("Could not restart Ray on: " + "; ".join(errors),
+                               hint="See 'rayfleet logs HOST', fix the node, and run 'rayfleet up' again.")
         _wait_alive(fleet, expected, timeout_s, progress)
         return nodes(fleet)
     p.launcher_yaml.write_text(text)
@@ -172,26 +182,70 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
         progress("starting the head through Ray's cluster launcher")
     _run_launcher(fleet, ["up", "-y", "--no-config-cache", "--disable-usage-stats", str(p.launcher_yaml)],
                   "up.log", timeout_s)
+    if _fast_start(fleet):
+        # The head is up. Start Ray on the workers now, with the launcher's own commands,
+        # instead of waiting for the v1 autoscaler to launch them (15-20 s later); its updater
+        # then finds them started (launcher.py: the one-shot mark) and does not restart them.
+        # A worker where this fails twice is left to the autoscaler, as with plain `ray up`.
+        if progress:
+            progress("head up: starting Ray on the workers")
+        t0 = time.monotonic()
+        workers = sorted(expected - {fleet.head.host})
+        errors = _start_workers(fleet, workers, timeout_s)
+        if errors:  # e.g. a raylet that timed out registering on a loaded machine: once more
+            errors = _start_workers(fleet, [h for h in workers if any(e.startswith(f"{h}: ") for e in errors)]
+                                    or workers, timeout_s)
+        with open(p.dir / "up.log", "a") as log:
+            log.write(f"rayfleet: started Ray on the workers itself in {time.monotonic() - t0:.1f} s"
+                      + (f"; left to the autoscaler: {'; '.join(errors)}\n" if errors else "\n"))
     _wait_alive(fleet, expected, timeout_s, progress)
     return nodes(fleet)
 
 
-def _restart_workers(fleet: FleetSpec, hosts: list[str], timeout_s: float) -> None:
-    commands = "; ".join(render(fleet, paths(fleet).token)["worker_start_ray_commands"])
+def _fast_start(fleet: FleetSpec) -> bool:
+    """rayfleet starts the workers itself only when the autoscaler would start every one of
+    them at once (no autoscaling) and no user setup_commands would then run twice."""
+    return bool(fleet.workers) and fleet.min_workers == len(fleet.workers) and not fleet.setup_commands
+
+
+def _head_session(fleet: FleetSpec, timeout_s: float = 30) -> str:
+    """The session name of the Ray running on the head (every node of it shares it)."""
+    tmp = shlex.quote(fleet.temp_dir)
+    r = runner_for(fleet, fleet.head, paths(fleet).known_hosts).run(
+        f"basename \"$(readlink {tmp}/session_latest)\"", timeout_s=timeout_s)
+    return r.stdout.strip()
+
+
+def _start_workers(fleet: FleetSpec, hosts: list[str], timeout_s: float, session: str | None = None) -> list[str]:
+    """Start Ray on these workers for the head's session (default: its current one;
+    launcher.worker_start_command), in parallel, with the token and setup the launcher
+    would ship first. Returns the errors."""
+    if not hosts:
+        return []
+    p = paths(fleet)
+    try:
+        command = worker_start_command(fleet, session or _head_session(fleet))
+    except (SSHError, ValueError) as e:
+        return [f"can't read the head's Ray session: {e}"]
+    setup = render(fleet, p.token)["setup_commands"][len(fleet.setup_commands):]  # rayfleet's own only
+    token = p.token.read_text() if fleet.auth_enabled else None
+    if token is not None:
+        path = remote_token_path(fleet)
+        ship = (f"umask 077; mkdir -p $(dirname {path}) && cat > {path}.tmp && mv {path}.tmp {path}")
+        command = " && ".join([ship, *setup]) + "; " + command
+    else:
+        command = " && ".join(setup) + "; " + command
     by_host = {n.host: n for n in fleet.workers}
 
     def one(host: str) -> str | None:
         try:
-            r = runner_for(fleet, by_host[host], paths(fleet).known_hosts).run(commands, timeout_s=timeout_s)
+            r = runner_for(fleet, by_host[host], p.known_hosts).run(command, timeout_s=timeout_s, input=token)
         except SSHError as e:
-            return e.message
+            return f"{host}: {e.message}"
         return None if r.ok else f"{host}: {(r.stderr or r.stdout).strip()[-300:]}"
 
-    with ThreadPoolExecutor(max(1, len(hosts))) as pool:
-        errors = [e for e in pool.map(one, hosts) if e]
-    if errors:
-        raise ClusterError("Could not restart Ray on: " + "; ".join(errors),
-                           hint="See 'rayfleet logs HOST', fix the node, and run 'rayfleet up' again.")
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        return [e for e in pool.map(one, hosts) if e]
 
 
 def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:
@@ -215,9 +269,12 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     name = shlex.quote(fleet.name)
     ray = shlex.quote(f"{fleet.python}/bin/ray")
     tmp = shlex.quote(fleet.temp_dir)
-    stop_cmd = (f"{ray} stop --force >/dev/null 2>&1; "
-                f"rm -f /tmp/ray/cluster-{name}.state /tmp/ray/cluster-{name}.lock "
-                f"{tmp}/cluster-{name}.state {tmp}/cluster-{name}.lock; true")
+    # The head's autoscaler keeps its provider state in $RAY_TMPDIR/ray (= temp_dir/ray);
+    # /tmp/ray and temp_dir itself are where older setups and Ray's defaults put it.
+    stop_cmd = (f"{ray} stop --force >/dev/null 2>&1; rm -f "
+                + " ".join(f"{d}/cluster-{name}.{ext}" for d in ("/tmp/ray", tmp, f"{tmp}/ray")
+                           for ext in ("state", "lock"))
+                + f" {shlex.quote(started_mark(fleet))}; true")
     if progress:
         progress(f"stopping Ray on {len(fleet.nodes)} nodes")
 
@@ -232,8 +289,9 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     # workers to linger ~60 s; `ray stop --force` on each node ends them at once.
     with ThreadPoolExecutor(len(fleet.nodes)) as pool:
         errors = [e for e in pool.map(stop, fleet.nodes) if e]
-    for f in p.ray_tmp.glob(f"cluster-{fleet.name}.*"):
-        f.unlink()
+    for d in (p.ray_tmp, p.ray_tmp / "ray"):  # the launcher's own state (RAY_TMPDIR/ray)
+        for f in d.glob(f"cluster-{fleet.name}.*"):
+            f.unlink()
     deadline = time.monotonic() + 20
     while True:
         left = {h: procs for h, procs in ray_processes(fleet).items() if procs}

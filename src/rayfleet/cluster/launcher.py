@@ -16,6 +16,7 @@ The v1 autoscaler (``RAY_UP_enable_autoscaler_v2=0``) is chosen where
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ import yaml
 from rayfleet.config.fleet import FleetSpec, NodeSpec, ResourcesSpec
 from rayfleet.errors import ConfigError
 
-__all__ = ["render", "render_yaml", "remote_token_path", "NODE_IP"]
+__all__ = ["render", "render_yaml", "remote_token_path", "NODE_IP", "worker_start_command", "started_mark",
+           "STARTED_MARK_TTL_S"]
 
 # The address the node was reached at: ssh sets SSH_CONNECTION="client cport server sport".
 NODE_IP = "$(echo $SSH_CONNECTION | cut -d' ' -f3)"
@@ -88,6 +90,59 @@ def _common_flags(fleet: FleetSpec) -> list[str]:
     ]
 
 
+# ``rayfleet up`` starts Ray on the workers itself, as soon as the head is up, with the
+# same commands (fleet.py, _start_workers), instead of waiting ~15-20 s for the v1
+# autoscaler to launch them. So that the autoscaler's updater, when it comes, does not
+# restart those workers a second time, rayfleet leaves a one-shot mark on the worker
+# (the session name of the Ray it started, under a lock both take): the launcher's
+# worker start command skips the restart only when that mark is fresh and a raylet of
+# exactly that session and head is running; it always removes the mark. Without a mark
+# (plain `ray up`, autoscaling, recovery) it is Ray's usual `ray stop` + `ray start`.
+STARTED_MARK_TTL_S = 180
+
+
+def started_mark(fleet: FleetSpec) -> str:
+    return f"{fleet.temp_dir}/rayfleet-started-{fleet.name}"
+
+
+def _raylet_of(fleet: FleetSpec, session: str) -> str:
+    """A shell test: a raylet of this head and of session ``session`` runs here. ``session``
+    is shell text that expands to a session name inside double quotes."""
+    gcs = f"{fleet.head.host}:{fleet.ports.gcs}"
+    # [r]: the pattern must not match the command line of the shell that runs it
+    return (f"pgrep -af '[r]aylet/raylet' | grep -F -- {shlex.quote(f'--gcs-address={gcs} ')} "
+            f'| grep -qE -- "--session-name={session}( |\\$)"')
+
+
+def _worker_start(fleet: FleetSpec) -> str:
+    ray = f"{fleet.python}/bin/ray"
+    p = fleet.ports
+    return " && ".join([
+        f"IP={NODE_IP}", _per_node_resources(fleet, fleet.nodes), _env(fleet), "ulimit -n 65536 || true",
+        # 9>&-: the lock's descriptor must not live on in Ray's daemons
+        " ".join([f"{ray} start", f"--address={fleet.head.host}:{p.gcs}", *_common_flags(fleet), "9>&-"]),
+    ])
+
+
+def _locked(fleet: FleetSpec) -> str:
+    lock = shlex.quote(started_mark(fleet) + ".lock")
+    return f"mkdir -p {shlex.quote(fleet.temp_dir)} && exec 9>>{lock}; flock -w 300 9 2>/dev/null; "
+
+
+def worker_start_command(fleet: FleetSpec, session: str) -> str:
+    """What rayfleet runs on a worker to start Ray for the head's session ``session``: nothing
+    if a raylet of that session already runs there, else ``ray stop`` (when any Ray runs) and
+    the launcher's start command; then the one-shot mark for the autoscaler's updater."""
+    if not re.fullmatch(r"session_[\w.-]+", session):
+        raise ValueError(f"not a Ray session name: {session!r}")
+    ray = f"{fleet.python}/bin/ray"
+    mark = shlex.quote(started_mark(fleet))
+    return (_locked(fleet)
+            + f"if {_raylet_of(fleet, session)}; then echo 'Ray of this session already runs here'; exit 0; fi; "
+            + f"if pgrep -f '[r]aylet|[g]cs_server|[r]ay::' >/dev/null; then {ray} stop --force 9>&-; fi; "
+            + f"{_worker_start(fleet)} && echo {session} > {mark}")
+
+
 def _check_single_auth(fleet: FleetSpec) -> tuple[str, str, int]:
     auths = {fleet.ssh_for(n) for n in fleet.nodes}
     if len(auths) > 1:
@@ -125,12 +180,13 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
                       "--autoscaling-config=~/ray_bootstrap_config.yaml", *_common_flags(fleet)]),
         ]),
     ]
+    mark = shlex.quote(started_mark(fleet))
+    fresh = f"[ $(( $(date +%s) - $(stat -c %Y {mark}) )) -lt {STARTED_MARK_TTL_S} ]"
     worker_start = [
-        f"{ray} stop --force",
-        " && ".join([
-            ip, res, _env(fleet), "ulimit -n 65536 || true",
-            " ".join([f"{ray} start", f"--address={fleet.head.host}:{p.gcs}", *_common_flags(fleet)]),
-        ]),
+        _locked(fleet)
+        + f"if [ -f {mark} ] && {fresh} && {_raylet_of(fleet, f'$(cat {mark})')}; then rm -f {mark}; "
+        + "echo 'rayfleet up started Ray here moments ago for this head: not restarting it'; "
+        + f"else rm -f {mark}; {ray} stop --force 9>&-; {_worker_start(fleet)}; fi",
     ]
     return {
         "cluster_name": fleet.name,

@@ -7,19 +7,35 @@ SSH and '-' (not checked) elsewhere; it never hangs the check.
 Checks, in the words the table uses:
   ssh        log in with the fleet's user and key
   python     the venv's Python runs and has the head's version
-  ray        ``ray --version`` equals the head's
+  ray        ``ray --version`` equals the head's (read from the package metadata it prints
+             when bin/ray is pip's launcher for the venv's Python, else run)
   rayfleet   rayfleet is installed in the venv, same version as the head's
   ports      every port the node needs is free, and reachable from the other nodes
   disk       free space in the temp dir
   gpus       nvidia-smi sees num_gpus GPUs (only where num_gpus > 0)
   storage    the storage path exists, is writable, and a file written on one node is seen on every node
   clock      clock skew vs the head < 1 s
+
+How (one SSH session per host, two rounds): rayfleet logs in to every host at
+once and runs one probe script there (the venv's Python). Round 1, on its own:
+Python and rayfleet versions, free disk, Ray's version (``bin/ray --version``, see
+RAY_VERSION_FROM_METADATA) and ``nvidia-smi -L`` started in the background, every port bound (free?) and then held
+listening on the node's address, the storage test file written. When every
+host has answered, round 2 (one line sent down each session): the clock is
+read (the line's round trip is milliseconds, not an SSH login), every other
+node's held ports are connected to, the storage directory is listed for the
+other nodes' files, and the version outputs are collected. Closing the session
+frees the ports and removes the test file. A host whose venv Python does not
+run gets the same checks from plain shell commands instead.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import shlex
+import subprocess
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +50,17 @@ __all__ = ["CheckResult", "Report", "CHECKS", "run_checks", "runner_for"]
 CHECKS = ["ssh", "python", "ray", "rayfleet", "ports", "disk", "gpus", "storage", "clock"]
 MIN_FREE_DISK_GIB = 2.0
 MAX_SKEW_S = 1.0
+
+LOGIN_TIMEOUT_S = 15      # SSH login (the original per-command budget of the login check)
+PROBE_TIMEOUT_S = 60      # round 1 after login
+ROUND2_TIMEOUT_S = 90     # round 2: connects (3 s each, in parallel), ray --version (60 s at most)
+HOLD_S = 300              # the probe exits by itself after this, whatever happens to rayfleet
+_LOGIN_MARK = "rayfleet-check-login"
+# `bin/ray --version` costs ~3 s of CPU per host (it imports Ray's whole CLI) and was most
+# of the check's time. When bin/ray is pip's launcher for the venv's own Python, what it
+# prints is known without running it: click's version_option prints the version of the
+# 'ray' distribution that Python sees. Any other bin/ray (a wrapper, another Python) is run.
+RAY_VERSION_FROM_METADATA = True
 
 
 @dataclass(frozen=True)
@@ -77,299 +104,525 @@ def _ports_for(fleet: FleetSpec, node: NodeSpec) -> dict[str, int]:
     return ports
 
 
+# The probe: runs on each host with the venv's Python, talks to rayfleet over the
+# SSH session's stdin/stdout, one JSON object per line.
 _PROBE = r"""
-import json, socket, sys, platform
+import json, os, platform, selectors, socket, subprocess, sys, threading, time
+cfg = json.loads(sys.argv[1])
+mark = None
+def bye():
+    if mark:
+        try:
+            os.unlink(mark)
+        except OSError:
+            pass
+    os._exit(0)
+threading.Timer(cfg["hold_s"], bye).start()
+def start(args):
+    try:
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True)
+    except OSError as e:
+        return str(e)
+def collect(p, timeout):
+    if p is None:
+        return None
+    if isinstance(p, str):
+        return {"rc": 127, "out": p}
+    if isinstance(p, dict):
+        return p
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return {"rc": -1, "out": f"timed out after {timeout} s"}
+    return {"rc": p.returncode, "out": out}
+def ray_version():
+    # What `bin/ray --version` prints, without its ~3 s CPU of imports, when bin/ray is pip's
+    # launcher for this Python: click's version_option prints the 'ray' distribution's version.
+    try:
+        import importlib.metadata, importlib.util
+        with open(cfg["ray"]) as f:
+            text = f.read(4096)
+        first, _, body = text.partition("\n")
+        if not (first.startswith("#!") and os.path.samefile(first[2:].strip(), sys.executable)):
+            return None
+        if "from ray.scripts.scripts import main" not in body or not os.access(cfg["ray"], os.X_OK):
+            return None
+        spec = importlib.util.find_spec("ray")
+        if spec is None or not os.path.isfile(os.path.join(os.path.dirname(spec.origin), "scripts", "scripts.py")):
+            return None
+        return {"rc": 0, "out": "ray, version " + importlib.metadata.version("ray"), "how": "metadata"}
+    except Exception:
+        return None
+ray_fast = ray_version() if cfg.get("ray_fast", True) else None
+ray_p = ray_fast or start([cfg["ray"], "--version"])
+gpu_p = start(["nvidia-smi", "-L"]) if cfg["gpus"] else None
 out = {"python": platform.python_version()}
 try:
-    import rayfleet; out["rayfleet"] = rayfleet.__version__
+    import rayfleet
+    out["rayfleet"] = rayfleet.__version__
 except Exception as e:
     out["rayfleet_error"] = repr(e)
-taken = []
-for name, port in json.loads(sys.argv[1]).items():
-    for addr in ("0.0.0.0", sys.argv[2]):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+d = cfg["temp_dir"]
+while not os.path.isdir(d):
+    d = os.path.dirname(d)
+st = os.statvfs(d)
+out["disk_free_kib"] = st.f_bavail * st.f_frsize // 1024
+taken, socks = [], []
+for name, port in cfg["ports"].items():
+    free = True
+    for addr in ("0.0.0.0", cfg["ip"]):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((addr, port))
         except OSError:
-            taken.append(f"{name} {port}"); s.close(); break
+            free = False
+        s.close()
+        if not free:
+            break
+    if not free:
+        taken.append(f"{name} {port}")
+        continue
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((cfg["ip"], port))
+        s.listen(128)
+        socks.append(s)
+    except OSError:
         s.close()
 out["taken"] = taken
-print(json.dumps(out))
-"""
-
-_LISTEN = r"""
-import socket, sys, time, os
-socks = []
-for port in map(int, sys.argv[2].split(",")):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind((sys.argv[1], port)); s.listen(16); socks.append(s)
-    except OSError:
-        pass
-print("ready", flush=True)
-# Hold the ports until rayfleet closes the session (stdin EOF), at most argv[3] seconds.
-import threading
-threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
-time.sleep(float(sys.argv[3]))
-"""
-
-_CONNECT = r"""
-import json, socket, sys
-bad = []
-for host, port in json.loads(sys.argv[1]):
+out["listening"] = [s.getsockname()[1] for s in socks]
+def serve():
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    while socks:
+        for key, _ in sel.select():
+            try:
+                key.fileobj.accept()[0].close()
+            except OSError:
+                pass
+threading.Thread(target=serve, daemon=True).start()
+if cfg["storage"]:
+    if not os.path.isdir(cfg["storage"]):
+        out["storage"] = "does not exist"
+    else:
+        try:
+            with open(os.path.join(cfg["storage"], cfg["mark"]), "w") as f:
+                f.write(cfg["nonce"] + "\n")
+            mark = os.path.join(cfg["storage"], cfg["mark"])
+            out["storage"] = ""
+        except OSError:
+            out["storage"] = "not writable"
+print(json.dumps(out), flush=True)
+line = sys.stdin.readline()
+if not line:
+    bye()
+print(json.dumps({"clock": time.time()}), flush=True)
+go = json.loads(line)
+bad = {}
+def connect(i, host, port):
     try:
         socket.create_connection((host, port), timeout=3).close()
     except OSError as e:
-        bad.append(f"{host}:{port} ({e.strerror or e})")
-print(json.dumps(bad))
+        bad[i] = f"{host}:{port} ({e.strerror or e})"
+ts = [threading.Thread(target=connect, args=(i, h, p)) for i, (h, p) in enumerate(go["targets"])]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+res = {"unreachable": [bad[i] for i in sorted(bad)]}
+if mark:
+    try:
+        seen = set(os.listdir(cfg["storage"]))
+        res["seen"] = [m for m in go["marks"] if m in seen]
+    except OSError as e:
+        res["storage_error"] = f"can't list it: {e}"
+res["ray"] = collect(ray_p, 60)
+res["gpus"] = collect(gpu_p, 30)
+print(json.dumps(res), flush=True)
+sys.stdin.read()
+bye()
 """
 
 
-class _HostCheck:
-    """The checks of one host; each method returns CheckResults and never raises."""
+class _Session:
+    """One SSH session to one host running the probe; lines are read by a thread."""
 
-    def __init__(self, fleet: FleetSpec, node: NodeSpec, runner: SSHRunner):
+    def __init__(self, runner: SSHRunner, command: str):
+        self.r = runner
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: list[str] = []
+        self.proc = subprocess.Popen(runner.args() + ["bash -c " + shlex.quote(command)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        threading.Thread(target=self._read_out, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put((time.time(), line.rstrip("\n")))
+        self.lines.put((time.time(), None))
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def read(self, deadline: float) -> tuple[float, str | None] | None:
+        """The next stdout line and when it arrived; (t, None) at EOF; None on timeout."""
+        try:
+            return self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+
+    def send(self, obj: dict) -> bool:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(obj) + "\n")
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def exit_code(self, timeout: float = 5) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def err_text(self) -> str:
+        return "".join(self.stderr).strip()
+
+    def close(self) -> None:
+        """Closing stdin ends the probe (ports freed, test file removed), then the session."""
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _HostCheck:
+    """The checks of one host; never raises. ``rows`` holds its results by check name."""
+
+    def __init__(self, fleet: FleetSpec, node: NodeSpec, runner: SSHRunner, nonce: str):
         self.fleet, self.node, self.r = fleet, node, runner
         self.py = f"{fleet.python}/bin/python"
+        self.ray = f"{fleet.python}/bin/ray"
         self.facts: dict = {}
         self.reachable = False
+        self.python_runs = False
+        self.listening: list[int] = []
+        self.mark = f".rayfleet-check-{nonce}-{node.host}"
+        self.nonce = nonce
+        self.wrote: str | None = None           # "" written, else why not; None: no storage / not tried
+        self.offset: float | None = None        # remote clock - local clock
+        self.clock_error = ""
+        self.rows: dict[str, CheckResult] = {}
+        self.session: _Session | None = None
+        self.gpus_wanted = self.fleet.resources_for(self.node).num_gpus or 0
 
     def res(self, check: str, ok: bool | None, detail: str = "", fix: str = "") -> CheckResult:
         return CheckResult(self.node.host, check, ok, detail, fix)
 
-    def login(self) -> CheckResult:
-        try:
-            r = self.r.run("true", timeout_s=15)
-        except SSHError as e:
-            return self.res("ssh", False, e.message.split(": ", 1)[-1],
-                            f"check that sshd runs on {self.node.host} and accepts the key for {self.r.user}")
-        self.reachable = r.ok
-        return self.res("ssh", r.ok, "" if r.ok else r.stderr.strip()[-200:])
+    def put(self, row: CheckResult) -> None:
+        self.rows[row.check] = row
 
-    def probe(self) -> list[CheckResult]:
-        ports = _ports_for(self.fleet, self.node)
-        cmd = (f"{shlex.quote(self.py)} -c {shlex.quote(_PROBE)} {shlex.quote(json.dumps(ports))} "
-               f"{shlex.quote(self.node.host)}; echo; {shlex.quote(self.fleet.python)}/bin/ray --version")
+    # -- round 1 -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = {"ip": self.node.host, "ports": _ports_for(self.fleet, self.node), "temp_dir": self.fleet.temp_dir,
+               "ray": self.ray, "ray_fast": RAY_VERSION_FROM_METADATA, "gpus": self.gpus_wanted, "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
+               "storage": self.fleet.storage.path if self.fleet.storage else None}
+        cmd = (f"echo {_LOGIN_MARK}; exec {shlex.quote(self.py)} -c {shlex.quote(_PROBE)} "
+               f"{shlex.quote(json.dumps(cfg))}")
         try:
-            r = self.r.run(cmd, timeout_s=60)
-        except SSHError as e:
-            return [self.res(c, False, e.message) for c in ("python", "ray", "rayfleet", "ports")]
-        lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-        probe = next((json.loads(ln) for ln in lines if ln.startswith("{")), None)
-        ray_line = next((ln for ln in lines if ln.startswith("ray, version")), None)
-        out = []
+            self.session = _Session(self.r, cmd)
+        except OSError as e:
+            self.put(self.res("ssh", False, f"can't run ssh: {e}", "install the OpenSSH client"))
+
+    def round1(self, t0: float) -> None:
+        s = self.session
+        if s is None:
+            return
+        got = s.read(t0 + LOGIN_TIMEOUT_S)
+        while got is not None and got[1] is not None and got[1] != _LOGIN_MARK:  # a chatty shell rc file
+            got = s.read(t0 + LOGIN_TIMEOUT_S)
+        if got is None or got[1] != _LOGIN_MARK:
+            if got is None:
+                s.proc.kill()
+                detail = f"no login after {LOGIN_TIMEOUT_S} s"
+            else:
+                rc = s.exit_code()
+                err = s.err_text()
+                detail = (err.splitlines()[-1] if err else "connection failed") if rc == 255 else err[-200:]
+            s.close()
+            self.session = None
+            self.put(self.res("ssh", False, detail,
+                              f"check that sshd runs on {self.node.host} and accepts the key for {self.r.user}"))
+            return
+        self.reachable = True
+        self.put(self.res("ssh", True))
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        probe = None
+        while probe is None:
+            got = s.read(deadline)
+            if got is None or got[1] is None:
+                break
+            if got[1].startswith("{"):
+                try:
+                    probe = json.loads(got[1])
+                except ValueError:
+                    pass
         if probe is None:
-            fix = f"create the venv at {self.fleet.python} on {self.node.host} (python -m venv) and install rayfleet"
-            return [self.res("python", False, f"{self.py} does not run", fix),
-                    self.res("ray", None), self.res("rayfleet", None), self.res("ports", None)]
-        self.facts = {"python": probe["python"], "rayfleet": probe.get("rayfleet"),
-                      "ray": ray_line.split()[2] if ray_line else None, "taken": probe["taken"]}
-        out.append(self.res("python", True, probe["python"]))
-        out.append(self.res("ray", self.facts["ray"] is not None, self.facts["ray"] or "ray is not installed",
-                            "" if self.facts["ray"] else f"pip install 'ray[default]' into {self.fleet.python}"))
-        out.append(self.res("rayfleet", self.facts["rayfleet"] is not None,
-                            self.facts["rayfleet"] or "rayfleet is not installed",
-                            "" if self.facts["rayfleet"] else f"pip install rayfleet into {self.fleet.python}"))
+            s.close()
+            self.session = None
+            if got is None:  # it runs but never answered: don't guess what works
+                for c in ("python", "ray", "rayfleet", "ports", "disk", "gpus"):
+                    self.put(self.res(c, False, f"the check's probe did not answer in {PROBE_TIMEOUT_S} s"))
+                return
+            self._without_python()
+            return
+        self.python_runs = True
+        self.facts = {"python": probe["python"], "rayfleet": probe.get("rayfleet"), "taken": probe["taken"]}
+        self.listening = probe["listening"]
+        self.put(self.res("python", True, probe["python"]))
+        self.put(self.res("rayfleet", self.facts["rayfleet"] is not None,
+                          self.facts["rayfleet"] or "rayfleet is not installed",
+                          "" if self.facts["rayfleet"] else f"pip install rayfleet into {self.fleet.python}"))
         taken = probe["taken"]
-        out.append(self.res("ports", not taken, ("taken: " + ", ".join(taken)) if taken else "free",
-                            "stop what uses them (a Ray already running? 'rayfleet down'), or change 'ports:'"
-                            if taken else ""))
-        return out
+        self.put(self.res("ports", not taken, ("taken: " + ", ".join(taken)) if taken else "free",
+                          "stop what uses them (a Ray already running? 'rayfleet down'), or change 'ports:'"
+                          if taken else ""))
+        self.put(self._disk_row(probe["disk_free_kib"] / 2**20))
+        if "storage" in probe:
+            self.wrote = probe["storage"]
 
-    def disk(self) -> CheckResult:
-        t = shlex.quote(self.fleet.temp_dir)
-        cmd = f"d={t}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -1"
-        try:
-            r = self.r.run(cmd, timeout_s=20)
-            free_gib = int(r.stdout.split()[3]) / 2**20
-        except (SSHError, IndexError, ValueError) as e:
-            return self.res("disk", False, f"could not read free space: {e}")
+    def _disk_row(self, free_gib: float) -> CheckResult:
         ok = free_gib >= MIN_FREE_DISK_GIB
         return self.res("disk", ok, f"{free_gib:.1f} GiB free in {self.fleet.temp_dir}",
                         "" if ok else f"free at least {MIN_FREE_DISK_GIB} GiB, or set temp_dir elsewhere")
 
-    def gpus(self) -> CheckResult:
-        want = self.fleet.resources_for(self.node).num_gpus or 0
-        if want == 0:
-            return self.res("gpus", None, "none asked")
-        try:
-            r = self.r.run("nvidia-smi -L", timeout_s=30)
-        except SSHError as e:
-            return self.res("gpus", False, e.message)
-        have = sum(1 for ln in r.stdout.splitlines() if ln.startswith("GPU "))
-        ok = r.ok and have >= want
-        return self.res("gpus", ok, f"{have} GPU(s) visible, {want} asked",
+    def _gpus_row(self, rc: int, out: str) -> CheckResult:
+        have = sum(1 for ln in out.splitlines() if ln.startswith("GPU "))
+        ok = rc == 0 and have >= self.gpus_wanted
+        return self.res("gpus", ok, f"{have} GPU(s) visible, {self.gpus_wanted} asked",
                         "" if ok else "install the NVIDIA driver, or lower num_gpus")
 
-    def clock(self, head_offset: float | None) -> tuple[CheckResult, float | None]:
+    def _without_python(self) -> None:
+        """The venv's Python does not run here: report it, and check what needs no Python by shell."""
+        fix = f"create the venv at {self.fleet.python} on {self.node.host} (python -m venv) and install rayfleet"
+        self.put(self.res("python", False, f"{self.py} does not run", fix))
+        for c in ("ray", "rayfleet", "ports"):
+            self.put(self.res(c, None))
+        t = shlex.quote(self.fleet.temp_dir)
+        try:
+            r = self.r.run(f"d={t}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -1",
+                           timeout_s=20)
+            self.put(self._disk_row(int(r.stdout.split()[3]) / 2**20))
+        except (SSHError, IndexError, ValueError) as e:
+            self.put(self.res("disk", False, f"could not read free space: {e}"))
+        if self.gpus_wanted:
+            try:
+                r = self.r.run("nvidia-smi -L", timeout_s=30)
+                self.put(self._gpus_row(r.rc, r.stdout))
+            except SSHError as e:
+                self.put(self.res("gpus", False, e.message))
+        if self.fleet.storage is not None:
+            q = shlex.quote(self.fleet.storage.path)
+            try:
+                r = self.r.run(f"test -d {q} || {{ echo 'does not exist'; exit 3; }}; "
+                               f"echo {self.nonce} > {q}/{self.mark} || {{ echo 'not writable'; exit 4; }}",
+                               timeout_s=20)
+                self.wrote = "" if r.ok else (r.stdout.strip() or r.stderr.strip())
+            except SSHError as e:
+                self.wrote = e.message
+
+    # -- round 2 -------------------------------------------------------------------------------
+
+    def round2(self, targets: list[tuple[str, int]], marks: list[str]) -> tuple[list[str], list[str] | None]:
+        """Clock, connects to the other nodes, storage listing, ray/gpus outputs.
+
+        Returns (unreachable targets, storage marks seen or None when not listed)."""
+        if self.session is None:
+            return self._round2_shell(marks)
+        s = self.session
+        t0 = time.time()
+        if not s.send({"targets": targets, "marks": marks}):
+            self._round2_lost("the session ended")
+            return [], None
+        got = s.read(time.monotonic() + LOGIN_TIMEOUT_S)
+        if got is None or got[1] is None:
+            self._round2_lost("no answer")
+            return [], None
+        try:
+            self.offset = float(json.loads(got[1])["clock"]) - (t0 + got[0]) / 2
+        except (ValueError, KeyError) as e:
+            self.clock_error = f"could not read the clock: {e}"
+        got = s.read(time.monotonic() + ROUND2_TIMEOUT_S)
+        if got is None or got[1] is None:
+            self._round2_lost(f"no answer in {ROUND2_TIMEOUT_S} s")
+            return [], None
+        res = json.loads(got[1])
+        ray = res.get("ray") or {"rc": 127, "out": ""}
+        ray_line = next((ln for ln in ray["out"].splitlines() if ln.startswith("ray, version")), None)
+        self.facts["ray"] = ray_line.split()[2] if ray_line and ray["rc"] == 0 else None
+        self.put(self.res("ray", self.facts["ray"] is not None, self.facts["ray"] or "ray is not installed",
+                          "" if self.facts["ray"] else f"pip install 'ray[default]' into {self.fleet.python}"))
+        if self.gpus_wanted:
+            g = res.get("gpus") or {"rc": 127, "out": ""}
+            self.put(self._gpus_row(g["rc"], g["out"]))
+        if "storage_error" in res:
+            self.wrote = res["storage_error"]
+        return res.get("unreachable", []), res.get("seen")
+
+    def _round2_lost(self, why: str) -> None:
+        for c in ("ray", "ports", "storage", "clock"):
+            if c not in self.rows or self.rows[c].ok is not False:
+                self.put(self.res(c, False, f"the check's session to this host was lost ({why})"))
+        if self.gpus_wanted and "gpus" not in self.rows:
+            self.put(self.res("gpus", False, f"the check's session to this host was lost ({why})"))
+
+    def _round2_shell(self, marks: list[str]) -> tuple[list[str], list[str] | None]:
+        """Round 2 for a host without a working venv Python: clock and storage by shell."""
         try:
             t0 = time.time()
             r = self.r.run("date +%s.%N", timeout_s=15)
             t1 = time.time()
-            offset = float(r.stdout.strip()) - (t0 + t1) / 2
+            self.offset = float(r.stdout.strip()) - (t0 + t1) / 2
         except (SSHError, ValueError) as e:
-            return self.res("clock", False, f"could not read the clock: {e}"), None
-        return self.res("clock", None), offset
-
-
-def _storage(fleet: FleetSpec, checks: list[_HostCheck]) -> list[CheckResult]:
-    live = [c for c in checks if c.reachable]
-    if fleet.storage is None:
-        return [c.res("storage", None, "no storage configured") for c in checks]
-    path = fleet.storage.path
-    nonce = uuid.uuid4().hex[:8]
-    name = lambda c: f".rayfleet-check-{nonce}-{c.node.host}"  # noqa: E731
-    wrote: dict[str, str] = {}
-
-    def write(c: _HostCheck) -> None:
-        q = shlex.quote(path)
-        try:
-            r = c.r.run(f"test -d {q} || {{ echo 'does not exist'; exit 3; }}; "
-                        f"echo {nonce} > {q}/{name(c)} || {{ echo 'not writable'; exit 4; }}", timeout_s=20)
-            wrote[c.node.host] = "" if r.ok else (r.stdout.strip() or r.stderr.strip())
-        except SSHError as e:
-            wrote[c.node.host] = e.message
-
-    with ThreadPoolExecutor(max(1, len(live))) as pool:
-        list(pool.map(write, live))
-    results = []
-    writers = [c for c in live if wrote.get(c.node.host) == ""]
-
-    def read(c: _HostCheck) -> CheckResult:
-        if wrote.get(c.node.host):
-            return c.res("storage", False, f"{path} {wrote[c.node.host]}",
-                         f"mount the shared storage at {path} on {c.node.host} (writable by {c.r.user})")
-        try:
-            r = c.r.run(f"ls -a {shlex.quote(path)}", timeout_s=20)
-        except SSHError as e:
-            return c.res("storage", False, e.message)
-        seen = set(r.stdout.split())
-        missing = [w.node.host for w in writers if name(w) not in seen]
-        if missing:
-            return c.res("storage", False, f"{path} is not shared: files written on {', '.join(missing)} are not seen here",
-                         f"mount the same shared directory (NFS or similar) at {path} on every node")
-        return c.res("storage", True, f"{path} shared")
-
-    with ThreadPoolExecutor(max(1, len(live))) as pool:
-        results = list(pool.map(read, live))
-
-    def clean(c: _HostCheck) -> None:
-        try:
-            c.r.run(f"rm -f {shlex.quote(path)}/{name(c)}", timeout_s=20)
-        except SSHError:
-            pass
-
-    with ThreadPoolExecutor(max(1, len(writers))) as pool:
-        list(pool.map(clean, writers))
-    return results
-
-
-def _reachability(fleet: FleetSpec, checks: list[_HostCheck], hold_s: float = 20) -> dict[str, list[str]]:
-    """Listen on each node's free ports, connect from every other node; host -> unreachable targets."""
-    live = [c for c in checks if c.reachable and c.facts]
-    if len(live) < 2:
-        return {}
-    listening: dict[str, list[int]] = {}
-    procs = []
-    import subprocess
-
-    starting = []
-    for c in live:  # start every listener first, then wait for them together
-        taken = {int(t.split()[1]) for t in c.facts.get("taken", [])}
-        ports = [p for p in _ports_for(fleet, c.node).values() if p not in taken]
-        if not ports:
-            continue
-        cmd = (f"{shlex.quote(c.py)} -c {shlex.quote(_LISTEN)} {shlex.quote(c.node.host)} "
-               f"{','.join(map(str, ports))} {hold_s}")
-        p = subprocess.Popen(c.r.args() + ["bash -c " + shlex.quote(cmd)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, stdin=subprocess.PIPE, text=True)
-        procs.append(p)
-        starting.append((c, ports, p))
-    for c, ports, p in starting:
-        if p.stdout is not None and p.stdout.readline().strip() == "ready":
-            listening[c.node.host] = ports
-    bad: dict[str, list[str]] = {}
-    try:
-        def probe(c: _HostCheck) -> None:
-            targets = [(h, port) for h, ports in listening.items() if h != c.node.host for port in ports]
-            if not targets:
-                return
+            self.clock_error = f"could not read the clock: {e}"
+        seen = None
+        if self.wrote == "":
             try:
-                r = c.r.run(f"{shlex.quote(c.py)} -c {shlex.quote(_CONNECT)} {shlex.quote(json.dumps(targets))}",
-                            timeout_s=60)
-                failed = json.loads(r.stdout.strip().splitlines()[-1]) if r.ok else [r.stderr.strip()]
-            except (SSHError, ValueError, IndexError) as e:
-                failed = [str(e)]
-            for f in failed:
-                target_host = f.split(":")[0]
-                bad.setdefault(target_host, []).append(f"{f} from {c.node.host}")
+                r = self.r.run(f"ls -a {shlex.quote(self.fleet.storage.path)}", timeout_s=20)  # type: ignore[union-attr]
+                names = set(r.stdout.split())
+                seen = [m for m in marks if m in names]
+            except SSHError as e:
+                self.wrote = e.message
+        return [], seen
 
-        with ThreadPoolExecutor(len(live)) as pool:
-            list(pool.map(probe, live))
-    finally:
-        for p in procs:  # closing stdin ends the remote listener, then the ssh session
-            if p.stdin:
-                p.stdin.close()
-        for p in procs:
+    def finish(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        elif self.wrote == "" and self.fleet.storage is not None:
             try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    return bad
+                self.r.run(f"rm -f {shlex.quote(self.fleet.storage.path)}/{self.mark}", timeout_s=20)
+            except SSHError:
+                pass
 
 
 def run_checks(fleet: FleetSpec, known_hosts: Path | None = None) -> Report:
     """Run every check on every host, in parallel. Never raises for a host problem."""
-    checks = [_HostCheck(fleet, n, runner_for(fleet, n, known_hosts)) for n in fleet.nodes]
-    results: dict[tuple[str, str], CheckResult] = {}
+    nonce = uuid.uuid4().hex[:8]
+    checks = [_HostCheck(fleet, n, runner_for(fleet, n, known_hosts), nonce) for n in fleet.nodes]
+    try:
+        return _run(fleet, checks)
+    finally:
+        for c in checks:  # whatever happened: no probe, port or test file is left behind
+            if c.session is not None:
+                c.session.close()
 
-    def per_host(c: _HostCheck) -> list[CheckResult]:
-        login = c.login()
-        if not login.ok:
-            return [login] + [c.res(k, None, "host not reachable") for k in CHECKS if k not in ("ssh",)]
-        return [login, *c.probe(), c.disk(), c.gpus()]
 
+def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
+    t0 = time.monotonic()
+    for c in checks:  # every login at once
+        c.start()
     with ThreadPoolExecutor(len(checks)) as pool:
-        for rows in pool.map(per_host, checks):
-            for row in rows:
-                results[(row.host, row.check)] = row
+        list(pool.map(lambda c: c.round1(t0), checks))
+
+    live = [c for c in checks if c.reachable]
+    # Round 2: each node connects to the ports the others hold, and looks for their storage files.
+    listening = {c.node.host: c.listening for c in live if c.listening}
+    marks = [c.mark for c in live if c.wrote == ""]
+    out: dict[str, tuple[list[str], list[str] | None]] = {}
+
+    def round2(c: _HostCheck) -> None:
+        targets = [(h, p) for h, ports in listening.items() if h != c.node.host for p in ports]
+        out[c.node.host] = c.round2(targets if c.python_runs else [], marks)
+
+    try:
+        with ThreadPoolExecutor(max(1, len(live))) as pool:
+            list(pool.map(round2, live))
+    finally:
+        with ThreadPoolExecutor(len(checks)) as pool:
+            list(pool.map(lambda c: c.finish(), checks))
 
     head = checks[0]
+    by_host = {c.node.host: c for c in checks}
     # Versions must equal the head's.
     for c in checks[1:]:
         for key in ("python", "ray", "rayfleet"):
             mine, theirs = c.facts.get(key), head.facts.get(key)
-            cur = results.get((c.node.host, key))
+            cur = c.rows.get(key)
             if cur and cur.ok and theirs and mine != theirs:
-                results[(c.node.host, key)] = c.res(
-                    key, False, f"{mine} here, {theirs} on the head",
-                    f"install {key} {theirs} in {fleet.python} on {c.node.host} (same version everywhere)")
+                c.put(c.res(key, False, f"{mine} here, {theirs} on the head",
+                            f"install {key} {theirs} in {fleet.python} on {c.node.host} (same version everywhere)"))
 
     # Ports reachable from the other nodes.
-    for host, failed in _reachability(fleet, checks).items():
-        cur = results.get((host, "ports"))
-        if cur and cur.ok:
-            results[(host, "ports")] = CheckResult(host, "ports", False, "unreachable: " + "; ".join(failed[:4]),
-                                                   "open these ports in the firewall between the nodes")
+    bad: dict[str, list[str]] = {}
+    for c in live:
+        for f in out.get(c.node.host, ([], None))[0]:
+            bad.setdefault(f.split(":")[0], []).append(f"{f} from {c.node.host}")
+    for host, failed in bad.items():
+        c = by_host.get(host)
+        cur = c.rows.get("ports") if c else None
+        if c and cur and cur.ok:
+            c.put(c.res("ports", False, "unreachable: " + "; ".join(failed[:4]),
+                        "open these ports in the firewall between the nodes"))
 
-    for r in _storage(fleet, checks):
-        results[(r.host, "storage")] = r
+    # Storage: exists, writable, and every node sees every other node's file.
+    path = fleet.storage.path if fleet.storage else ""
+    writers = [c for c in live if c.wrote == ""]
+    for c in live:
+        if fleet.storage is None:
+            c.put(c.res("storage", None, "no storage configured"))
+        elif c.rows.get("storage") is not None:
+            continue  # the session was lost: already reported
+        elif c.wrote:
+            c.put(c.res("storage", False, f"{path} {c.wrote}",
+                        f"mount the shared storage at {path} on {c.node.host} (writable by {c.r.user})"))
+        else:
+            seen = set(out.get(c.node.host, ([], []))[1] or [])
+            missing = [w.node.host for w in writers if w.mark not in seen]
+            if missing:
+                c.put(c.res("storage", False,
+                            f"{path} is not shared: files written on {', '.join(missing)} are not seen here",
+                            f"mount the same shared directory (NFS or similar) at {path} on every node"))
+            else:
+                c.put(c.res("storage", True, f"{path} shared"))
 
     # Clocks vs the head.
-    live = [c for c in checks if c.reachable]
-    with ThreadPoolExecutor(max(1, len(live))) as pool:
-        offsets = dict(zip([c.node.host for c in live], pool.map(lambda c: c.clock(None), live)))
-    head_offset = offsets.get(head.node.host, (None, None))[1]
     for c in live:
-        row, off = offsets[c.node.host]
-        if off is None or head_offset is None:
-            results[(c.node.host, "clock")] = row if off is None else c.res("clock", None, "head not reachable")
+        if c.rows.get("clock") is not None:
             continue
-        skew = abs(off - head_offset)
-        ok = skew < MAX_SKEW_S
-        results[(c.node.host, "clock")] = c.res("clock", ok, f"skew {skew:.2f} s vs the head",
-                                                "" if ok else "run NTP (chrony or systemd-timesyncd) on every node")
-    hosts = [c.node.host for c in checks]
-    ordered = [results[(h, k)] for h in hosts for k in CHECKS if (h, k) in results]
-    return Report(hosts=hosts, results=ordered)
+        if c.offset is None:
+            c.put(c.res("clock", False, c.clock_error or "could not read the clock"))
+        elif head.offset is None:
+            c.put(c.res("clock", None, "head not reachable"))
+        else:
+            skew = abs(c.offset - head.offset)
+            ok = skew < MAX_SKEW_S
+            c.put(c.res("clock", ok, f"skew {skew:.2f} s vs the head",
+                        "" if ok else "run NTP (chrony or systemd-timesyncd) on every node"))
+
+    results: list[CheckResult] = []
+    for c in checks:
+        if not c.reachable:
+            login = c.rows.get("ssh") or c.res("ssh", False, "not reached")
+            results += [login] + [c.res(k, None, "host not reachable") for k in CHECKS if k != "ssh"]
+            continue
+        if not c.gpus_wanted and "gpus" not in c.rows:
+            c.put(c.res("gpus", None, "none asked"))
+        results += [c.rows[k] for k in CHECKS if k in c.rows]
+    return Report(hosts=[c.node.host for c in checks], results=results)

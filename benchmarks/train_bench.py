@@ -108,7 +108,6 @@ eval: {{every_steps: {args.steps}, max_samples: 100}}
         wall = time.monotonic() - t0
     finally:
         local.stop()
-        shutil.rmtree(home, ignore_errors=True)
     ray_sps = float(result["metrics"]["train_samples_per_s"])
     print(f"  {ray_sps:.0f} samples/s in the training loop; {wall:.0f} s end to end "
           f"(start-up, data, final eval and registration included)", flush=True)
@@ -116,6 +115,7 @@ eval: {{every_steps: {args.steps}, max_samples: 100}}
     print("plain PyTorch loop again ...", flush=True)
     plain_after = _plain_loop(files.train, tok_dir, args.steps, args.batch_size)
     print(f"  {plain_after:.0f} samples/s", flush=True)
+    shutil.rmtree(home, ignore_errors=True)  # the second plain loop still needs the data and tokenizer
     plain = (plain_before + plain_after) / 2
     overhead = plain / ray_sps - 1
     print(f"\nplain loop {plain:.0f} samples/s (mean of {plain_before:.0f} and {plain_after:.0f}), "

@@ -118,12 +118,17 @@ def test_check_other_ray_version(lab, fleet_file, tmp_path):
 def test_check_port_taken(lab, fleet_file):
     h = lab.hosts[1]
     code = "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 6380)); s.listen(); time.sleep(300)"
-    pid = h.exec(f"{VENV}/bin/python -c \"{code}\" >/dev/null 2>&1 & echo $!", check=True).stdout.strip()
+    pid = h.exec(f"{VENV}/bin/python -c \"{code}\" >/tmp/holder.log 2>&1 & echo $!", check=True).stdout.strip()
     try:
-        time.sleep(1)
+        for _ in range(100):  # until it listens (the venv's Python can take a while to start)
+            if ":6380 " in h.exec("ss -ltn").stdout:
+                break
+            assert h.exec(f"kill -0 {pid}").returncode == 0, (
+                h.exec("cat /tmp/holder.log; ss -ltnp; ps -ef").stdout)
+            time.sleep(0.1)
         r = _check(fleet_file)
     finally:
-        h.exec(f"kill {pid}", check=True)
+        h.exec(f"kill {pid}")
     assert r.returncode == 1
     assert _fail_rows(r.stdout) == [
         f"✗ {h.ip} ports: taken: node_manager 6380 — fix: stop what uses them (a Ray already running? "
@@ -151,12 +156,22 @@ def test_check_storage_not_shared(lab, fleet_file):
     ]
 
 
+def _raylet_pid(host) -> str:
+    return host.exec("pgrep -f '[r]aylet/raylet'").stdout.strip()
+
+
+# Worker raylet PIDs right after `up`: the autoscaler's updater, which gets to the workers
+# after rayfleet started them, must not restart them (test_translator_on_the_fleet checks).
+_RAYLETS_AFTER_UP: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def fleet_up(lab, fleet_file):
     t0 = time.monotonic()
     r = rayfleet_cli("up", "-f", str(fleet_file), timeout=600)
     _timed("up (check included, to all nodes alive)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
+    _RAYLETS_AFTER_UP.update({h.ip: _raylet_pid(h) for h in lab.hosts[1:]})
     yield fleet_file
     t0 = time.monotonic()
     r = rayfleet_cli("down", "-f", str(fleet_file), timeout=300)
@@ -326,6 +341,16 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
     assert f"translate: http://{head}:8000/translate" in r.stdout
     resp = httpx.post(f"http://{head}:8000/translate", json={"text": "The cat sleeps."}, timeout=60)
     assert resp.status_code == 200 and resp.json()["translation"].strip()
+    # Minutes after `up`: the workers rayfleet started are the ones still running, and the
+    # autoscaler's updater left them alone (once per worker) without failing.
+    assert all(_RAYLETS_AFTER_UP.values())
+    assert {h.ip: _raylet_pid(h) for h in lab.hosts[1:]} == _RAYLETS_AFTER_UP
+    temp = _spec(fleet_up).temp_dir
+    monitor = lab.hosts[0].exec(f"cat {temp}/session_latest/logs/monitor.out").stdout
+    skipped = [ln for ln in monitor.splitlines()
+               if ln.strip() == "rayfleet up started Ray here moments ago for this head: not restarting it"]
+    assert len(skipped) == 2, monitor[-3000:]
+    assert "update-failed" not in monitor
 
 
 def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):

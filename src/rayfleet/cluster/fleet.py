@@ -171,7 +171,7 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
         missing = sorted(expected - alive)
         if progress:
             progress(f"head alive, config unchanged: restarting Ray on {', '.join(missing)}")
-        errors = _start_workers(fleet, missing, timeout_s)
+        errors = _start_workers_twice(fleet, missing, timeout_s)
         if errors:
             raise ClusterError("Could not restart Ray on: " + "; ".join(errors),
                                hint="See 'rayfleet logs HOST', fix the node, and run 'rayfleet up' again.")
@@ -191,10 +191,7 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
             progress("head up: starting Ray on the workers")
         t0 = time.monotonic()
         workers = sorted(expected - {fleet.head.host})
-        errors = _start_workers(fleet, workers, timeout_s)
-        if errors:  # e.g. a raylet that timed out registering on a loaded machine: once more
-            errors = _start_workers(fleet, [h for h in workers if any(e.startswith(f"{h}: ") for e in errors)]
-                                    or workers, timeout_s)
+        errors = _start_workers_twice(fleet, workers, timeout_s)
         with open(p.dir / "up.log", "a") as log:
             log.write(f"rayfleet: started Ray on the workers itself in {time.monotonic() - t0:.1f} s"
                       + (f"; left to the autoscaler: {'; '.join(errors)}\n" if errors else "\n"))
@@ -214,6 +211,16 @@ def _head_session(fleet: FleetSpec, timeout_s: float = 30) -> str:
     r = runner_for(fleet, fleet.head, paths(fleet).known_hosts).run(
         f"basename \"$(readlink {tmp}/session_latest)\"", timeout_s=timeout_s)
     return r.stdout.strip()
+
+
+def _start_workers_twice(fleet: FleetSpec, hosts: list[str], timeout_s: float) -> list[str]:
+    """``_start_workers``, and once more on the hosts where it failed (on a loaded machine a
+    raylet sometimes times out registering: "The current node timed out during startup")."""
+    errors = _start_workers(fleet, hosts, timeout_s)
+    if errors:
+        errors = _start_workers(fleet, [h for h in hosts if any(e.startswith(f"{h}: ") for e in errors)]
+                                or hosts, timeout_s)
+    return errors
 
 
 def _start_workers(fleet: FleetSpec, hosts: list[str], timeout_s: float, session: str | None = None) -> list[str]:

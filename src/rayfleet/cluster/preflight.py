@@ -195,14 +195,18 @@ for name, port in cfg["ports"].items():
         s.close()
 out["taken"] = taken
 out["listening"] = [s.getsockname()[1] for s in socks]
+conns = []
 def serve():
+    # Accepted connections stay open until the probe exits: the connecting side closes
+    # first, so TIME_WAIT lands on its ephemeral port, not on the Ray port checked here
+    # (a later bind of that port without SO_REUSEADDR would fail for a minute).
     sel = selectors.DefaultSelector()
     for s in socks:
         sel.register(s, selectors.EVENT_READ)
     while socks:
         for key, _ in sel.select():
             try:
-                key.fileobj.accept()[0].close()
+                conns.append(key.fileobj.accept()[0])
             except OSError:
                 pass
 threading.Thread(target=serve, daemon=True).start()

@@ -110,7 +110,7 @@ def _raylet_of(fleet: FleetSpec, session: str) -> str:
     is shell text that expands to a session name inside double quotes."""
     gcs = f"{fleet.head.host}:{fleet.ports.gcs}"
     # [r]: the pattern must not match the command line of the shell that runs it
-    return (f"pgrep -af '[r]aylet/raylet' | grep -F -- {shlex.quote(f'--gcs-address={gcs} ')} "
+    return (f"pgrep -af '[r]aylet/[r]aylet' | grep -F -- {shlex.quote(f'--gcs-address={gcs} ')} "
             f'| grep -qE -- "--session-name={session}( |\\$)"')
 
 

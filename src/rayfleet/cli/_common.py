@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, ProgressColumn
 
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
@@ -21,7 +22,7 @@ from rayfleet.config.loader import load_model
 from rayfleet.errors import ClusterNotRunning, ConfigError
 from rayfleet.serve.deploy import ServeTarget
 
-__all__ = ["console", "err_console", "FLEET_OPTION", "Target", "target_for", "fleet_target",
+__all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "Target", "target_for", "fleet_target",
            "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET"]
 
 console = Console(highlight=False, soft_wrap=True)
@@ -90,3 +91,36 @@ def local_target() -> tuple[LocalCluster, ServeTarget]:
     """The running local cluster and its Serve target (ClusterNotRunning otherwise)."""
     cluster = local.current()
     return cluster, target_for(cluster)
+
+
+class JobProgress:
+    """A followed job's live display: a spinner until the job starts, then a progress bar.
+
+    Subclasses give the bar's columns and turn events into updates (``__call__``);
+    ``start_bar`` switches from the spinner to the bar.
+    """
+
+    def __init__(self, quiet: bool, *columns: ProgressColumn):
+        self.quiet = quiet
+        self.progress = Progress(*columns, console=console, transient=False, disable=quiet)
+        self.task = None
+        self.status = console.status("Submitted; waiting for the job to start ...")
+
+    def __enter__(self):
+        if not self.quiet:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.status.stop()
+        self.progress.stop()
+
+    def start_bar(self, description: str, **fields) -> None:
+        self.status.stop()
+        self.progress.start()
+        self.task = self.progress.add_task(description, **fields)
+
+    def phase(self, ev: dict) -> None:
+        """A ``phase`` event before the bar: shown on the spinner."""
+        if self.task is None and not self.quiet:
+            self.status.update(f"{ev['name'].capitalize()} ...")

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from rayfleet.cli._common import FLEET_OPTION, console, resolve_target
+from rayfleet.cli._common import FLEET_OPTION, JobProgress, console, resolve_target
 from rayfleet.config.service import DEFAULT_MODEL
 
 __all__ = ["register"]
@@ -16,40 +16,23 @@ __all__ = ["register"]
 _BAD_SHOWN = 10
 
 
-class _Follower:
+class _Follower(JobProgress):
     """Turns the job's events into a live progress bar (lines done / total, lines/s, ETA)."""
 
     def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("translating"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
-            TextColumn("{task.fields[lps]} lines/s"), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False, disable=quiet)
-        self.task = None
-        self.status = console.status("Submitted; waiting for the job to start ...")
-
-    def __enter__(self):
-        if not self.quiet:
-            self.status.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.status.stop()
-        self.progress.stop()
+        super().__init__(quiet, TextColumn("translating"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
+                         TextColumn("{task.fields[lps]} lines/s"), TextColumn("ETA"), TimeRemainingColumn())
 
     def __call__(self, ev: dict[str, Any]) -> None:
         kind = ev["event"]
-        if kind == "phase" and self.task is None and not self.quiet:
-            self.status.update(f"{ev['name'].capitalize()} ...")
+        if kind == "phase":
+            self.phase(ev)
         elif kind == "start":
             if ev["parts_done"]:
                 console.print(f"Resuming: {ev['parts_done']} of {ev['parts']} parts ({ev['lines_done']} of "
                               f"{ev['lines']} lines) are done already and are skipped.")
             if ev["parts_done"] < ev["parts"]:
-                self.status.stop()
-                self.progress.start()
-                self.task = self.progress.add_task("translate", total=ev["lines"], completed=ev["lines_done"],
-                                                   lps="-")
+                self.start_bar("translate", total=ev["lines"], completed=ev["lines_done"], lps="-")
         elif kind == "progress" and self.task is not None:
             self.progress.update(self.task, completed=ev["lines_done"], lps=f"{ev['lines_per_s']:.0f}")
 

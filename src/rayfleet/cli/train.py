@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rayfleet.cli._common import DEFAULT_FLEET, FLEET_OPTION, console, load_fleet, resolve_target
+from rayfleet.cli._common import DEFAULT_FLEET, FLEET_OPTION, JobProgress, console, load_fleet, resolve_target
 from rayfleet.jobs.submit import JobsClient
 
 __all__ = ["register", "registry_storage"]
@@ -57,39 +57,23 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-class _Follower:
+class _Follower(JobProgress):
     """Turns job events into a live progress bar and a few printed lines."""
 
     def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
-            TextColumn("step"), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"), TextColumn("ETA"),
-            TimeRemainingColumn(), console=console, transient=False, disable=quiet)
-        self.task = None
-        self.status = console.status("Submitted; waiting for the job to start ...")
-
-    def __enter__(self):
-        if not self.quiet:
-            self.status.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.status.stop()
-        self.progress.stop()
+        super().__init__(quiet, TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                         TextColumn("step"), MofNCompleteColumn(),
+                         TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"), TextColumn("ETA"),
+                         TimeRemainingColumn())
 
     def _ensure_task(self, ev: dict[str, Any]) -> None:
         if self.task is None:
-            self.status.stop()
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=ev.get("total_steps"), epoch=1, epochs="?",
-                                               loss="-", sps="-")
+            self.start_bar("train", total=ev.get("total_steps"), epoch=1, epochs="?", loss="-", sps="-")
 
     def __call__(self, ev: dict[str, Any]) -> None:
         kind = ev["event"]
-        if kind == "phase" and self.task is None and not self.quiet:
-            self.status.update(f"{ev['name'].capitalize()} ...")
+        if kind == "phase":
+            self.phase(ev)
         elif kind == "start":
             if ev.get("resumed_from") is not None:
                 console.print(f"Worker group restarted: resuming from the checkpoint at step {ev['resumed_from']}.")

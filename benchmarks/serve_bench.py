@@ -306,10 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 rounds of 15 s per variant (default: 3 rounds of 30 s)")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--duration", type=float, help="seconds per variant per round")
-    ap.add_argument("--concurrency", type=int, default=64, help="clients for the rayfleet variants (default 64)")
+    ap.add_argument("--concurrency", type=int,
+                    help="clients for the rayfleet variants (default 1.5 x replicas x batch: while a replica runs "
+                         "a full batch, its next one is already queued)")
     ap.add_argument("--blog-concurrency", type=int, default=8,
                     help="clients for the blog-style variant (default 8; it serves one request at a time)")
-    ap.add_argument("--batch", type=int, default=32, help="rayfleet max_batch_size and the ceiling's batch (32)")
+    ap.add_argument("--batch", type=int, default=64, help="rayfleet max_batch_size and the ceiling's batch (64)")
     ap.add_argument("--replicas", type=int, default=2, help="replicas of each rayfleet variant (default 2)")
     ap.add_argument("--cpus", type=int, default=1, help="CPUs (= model threads) per rayfleet replica (default 1)")
     ap.add_argument("--worker-niceness", type=int, default=0,
@@ -319,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 3)
+    args.concurrency = args.concurrency or (3 * args.replicas * args.batch + 1) // 2
     duration = args.duration or (15.0 if args.quick else 30.0)
 
     cpu_model, flags = _cpu()
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     b = args.port_base + 790
     ports = LocalPorts(gcs=b, dashboard=b + 1, serve=b + 2, client_server=b + 3, dashboard_agent=b + 4,
-                       min_worker=b + 10, max_worker=b + 209)
+                       min_worker=b + 10, max_worker=b + 209, min_replica=b + 210, max_replica=b + 409)
     print(f"CPU: {cpu_model}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; AVX-512: {avx512}; VNNI: "
           f"{bool(flags & {'avx512_vnni', 'avx_vnni'})}; CT2_FORCE_CPU_ISA={os.environ.get('CT2_FORCE_CPU_ISA', '-')}",
           flush=True)

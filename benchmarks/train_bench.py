@@ -97,7 +97,7 @@ eval: {{every_steps: {args.steps}, max_samples: 100}}
 
     b = args.port_base + 790
     ports = LocalPorts(gcs=b, dashboard=b + 1, serve=b + 2, client_server=b + 3, dashboard_agent=b + 4,
-                       min_worker=b + 10, max_worker=b + 209)
+                       min_worker=b + 10, max_worker=b + 209, min_replica=b + 210, max_replica=b + 409)
     cluster = local.start(ports=ports, num_cpus=4).cluster
     try:
         client = JobsClient(cluster.dashboard_url, local.auth_headers(cluster))

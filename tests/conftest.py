@@ -24,16 +24,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Port sets: gcs, dashboard, serve, client, agent, worker range; all below the
-# kernel's ephemeral range (32768). RAYFLEET_TEST_PORT_BASE moves them all, so two
-# test runs can share a machine (base 23000 uses 23790-25999; 26000 and 29000 fit too).
+# Port sets: gcs, dashboard, serve, client, agent, worker range, Serve replica range
+# (HTTP + gRPC; ports stay quarantined ~150 s after a replica stops, so 100 each); all
+# below the kernel's ephemeral range (32768). RAYFLEET_TEST_PORT_BASE moves them all, so
+# two test runs can share a machine (base 23000 uses 23790-26199; 26000 and 29000 fit too).
 _BASE = int(os.environ.get("RAYFLEET_TEST_PORT_BASE", "23000"))
 
 
 def _ports(offset: int) -> dict[str, int]:
     b = _BASE + offset
     return dict(gcs=b, dashboard=b + 1, serve=b + 2, client_server=b + 3, dashboard_agent=b + 4,
-                min_worker=b + 10, max_worker=b + 209)
+                min_worker=b + 10, max_worker=b + 209, min_replica=b + 210, max_replica=b + 409)
 
 
 SESSION_PORTS = _ports(790)
@@ -46,7 +47,8 @@ def up_flags(p: dict) -> list[str]:
     return ["--port", str(p["gcs"]), "--dashboard-port", str(p["dashboard"]),
             "--serve-port", str(p["serve"]), "--client-port", str(p["client_server"]),
             "--agent-port", str(p["dashboard_agent"]), "--min-worker-port", str(p["min_worker"]),
-            "--max-worker-port", str(p["max_worker"])]
+            "--max-worker-port", str(p["max_worker"]), "--min-replica-port", str(p["min_replica"]),
+            "--max-replica-port", str(p["max_replica"])]
 
 
 def rayfleet_cli(*args: str, env: dict | None = None, timeout: float = 600,

@@ -67,7 +67,10 @@ def fleet_target(fleet: FleetSpec) -> ServeTarget:
     return ServeTarget(
         dashboard_url=fleet_mod.dashboard_url(fleet),
         headers=fleet_mod.auth_headers(fleet),
-        serve_host=host,
+        # Serve's HAProxy mode (cluster/serving.py) binds HAProxy and every replica's own
+        # HTTP server to this address, and HAProxy reaches a replica on its own node at
+        # 127.0.0.1 and on the others at their address: only all interfaces works.
+        serve_host="0.0.0.0",
         serve_port=fleet.ports.serve,
         public_host=fleet.head.host if host == "0.0.0.0" else host,
         proxy_location="EveryNode" if host == "0.0.0.0" else "HeadOnly",

@@ -55,6 +55,10 @@ def up(
     agent_port: int = typer.Option(52365, "--agent-port", help="Dashboard agent HTTP port."),
     min_worker_port: int = typer.Option(10002, "--min-worker-port", help="Lowest worker port."),
     max_worker_port: int = typer.Option(19999, "--max-worker-port", help="Highest worker port."),
+    min_replica_port: int = typer.Option(30000, "--min-replica-port",
+                                         help="Lowest port of the Serve replicas' own HTTP/gRPC servers."),
+    max_replica_port: int = typer.Option(31999, "--max-replica-port",
+                                         help="Highest port of the Serve replicas' own HTTP/gRPC servers."),
     dashboard_host: str = typer.Option("127.0.0.1", "--dashboard-host",
                                        help="Address the dashboard binds to; 0.0.0.0 exposes it to the network."),
     serve_host: str = typer.Option("127.0.0.1", "--serve-host",
@@ -69,7 +73,8 @@ def up(
         _fleet_up(fleet_file, skip_check)
         return
     ports = LocalPorts(gcs=port, dashboard=dashboard_port, serve=serve_port, client_server=client_port,
-                       dashboard_agent=agent_port, min_worker=min_worker_port, max_worker=max_worker_port)
+                       dashboard_agent=agent_port, min_worker=min_worker_port, max_worker=max_worker_port,
+                       min_replica=min_replica_port, max_replica=max_replica_port)
     with console.status("Starting Ray (head node) ..."):
         result = local.start(ports=ports, num_cpus=num_cpus, dashboard_host=dashboard_host,
                              serve_host=serve_host)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from rayfleet.cluster.serving import serve_env
 from rayfleet.config.fleet import FleetSpec, NodeSpec, ResourcesSpec
 from rayfleet.errors import ConfigError
 
@@ -65,6 +66,9 @@ def _env(fleet: FleetSpec) -> str:
     # The venv first on PATH: job entrypoints ('python ...') must find Ray and rayfleet.
     parts = [f"PATH={shlex.quote(fleet.python)}/bin:$PATH", "RAY_USAGE_STATS_ENABLED=0",
              f"RAY_TMPDIR={shlex.quote(fleet.temp_dir)}"]
+    # Serve with HAProxy in front and the replicas as their own ingress (cluster/serving.py).
+    env = serve_env(fleet.ports.min_replica, fleet.ports.max_replica)
+    parts += [f"{k}={shlex.quote(v)}" for k, v in env.items()]
     if fleet.auth_enabled:
         parts += ["RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={remote_token_path(fleet)}"]
     else:

@@ -26,6 +26,7 @@ from pathlib import Path
 import requests
 
 from rayfleet.cluster import processes
+from rayfleet.cluster.serving import serve_env
 from rayfleet.cluster.state import (
     LocalCluster,
     LocalPorts,
@@ -170,6 +171,8 @@ def start(
     env.update(auth_env(token_path))
     env[processes.MARKER_ENV] = cluster_id
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    for key, value in serve_env(ports.min_replica, ports.max_replica).items():  # HAProxy + direct ingress
+        env.setdefault(key, value)  # a variable set by the user wins (e.g. RAY_SERVE_ENABLE_HA_PROXY=0)
     # Jobs' entrypoints ('python ...') must find this venv's Python, with Ray and rayfleet.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     log_path = directory / "ray-start.log"

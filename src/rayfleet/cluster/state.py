@@ -44,10 +44,14 @@ class LocalPorts:
     dashboard_agent: int = 52365
     min_worker: int = 10002
     max_worker: int = 19999
+    # HAProxy's stats and metrics, then the Serve replicas' own HTTP and gRPC ports: cluster/serving.py.
+    min_replica: int = 30000
+    max_replica: int = 31999
 
     def check(self) -> None:
         """Raise ClusterError when two components would share a port."""
-        named = {k: v for k, v in asdict(self).items() if k not in ("min_worker", "max_worker")}
+        ranges = ("min_worker", "max_worker", "min_replica", "max_replica")
+        named = {k: v for k, v in asdict(self).items() if k not in ranges}
         for name, port in named.items():
             if not 1 <= port <= 65535:
                 raise ClusterError(
@@ -58,6 +62,12 @@ class LocalPorts:
                     f"The {name} port {port} lies inside the worker port range "
                     f"{self.min_worker}-{self.max_worker}.",
                     hint="Pick another port, or move the range with --min-worker-port/--max-worker-port.",
+                )
+            if self.min_replica <= port <= self.max_replica:
+                raise ClusterError(
+                    f"The {name} port {port} lies inside the Serve replica port range "
+                    f"{self.min_replica}-{self.max_replica}.",
+                    hint="Pick another port, or move the range with --min-replica-port/--max-replica-port.",
                 )
         seen: dict[int, str] = {}
         for name, port in named.items():
@@ -70,6 +80,18 @@ class LocalPorts:
             raise ClusterError(
                 f"Worker port range {self.min_worker}-{self.max_worker} is empty; "
                 "--min-worker-port must not exceed --max-worker-port."
+            )
+        if self.max_replica - self.min_replica + 1 < 4:
+            raise ClusterError(
+                f"Serve replica port range {self.min_replica}-{self.max_replica} needs at least 4 ports "
+                "(HAProxy's stats and metrics, replica HTTP, replica gRPC); widen "
+                "--min-replica-port/--max-replica-port."
+            )
+        if self.min_replica <= self.max_worker and self.min_worker <= self.max_replica:
+            raise ClusterError(
+                f"The Serve replica port range {self.min_replica}-{self.max_replica} overlaps the worker "
+                f"port range {self.min_worker}-{self.max_worker}.",
+                hint="Move one of them (--min/max-replica-port, --min/max-worker-port).",
             )
 
 

@@ -74,10 +74,13 @@ class PortsSpec(Model):
     dashboard_agent_grpc: Port = Field(default=6384, description="Dashboard agent gRPC on every node.")
     min_worker: Port = Field(default=10002, description="Lowest worker port.")
     max_worker: Port = Field(default=10999, description="Highest worker port.")
+    min_replica: Port = Field(default=30000, description="Lowest port of the Serve range on every node: HAProxy's "
+                              "stats, its metrics, then the replicas' HTTP and gRPC ports.")
+    max_replica: Port = Field(default=31999, description="Highest Serve replica port on every node.")
 
     @model_validator(mode="after")
     def _distinct(self) -> "PortsSpec":
-        named = {k: v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")}
+        named = self.fixed()
         seen: dict[int, str] = {}
         for name, port in named.items():
             if port in seen:
@@ -85,13 +88,22 @@ class PortsSpec(Model):
             seen[port] = name
             if self.min_worker <= port <= self.max_worker:
                 raise ValueError(f"{name} ({port}) lies inside the worker range {self.min_worker}-{self.max_worker}")
+            if self.min_replica <= port <= self.max_replica:
+                raise ValueError(f"{name} ({port}) lies inside the replica range {self.min_replica}-{self.max_replica}")
         if self.min_worker > self.max_worker:
             raise ValueError("min_worker must not exceed max_worker")
+        if self.max_replica - self.min_replica + 1 < 4:
+            raise ValueError("the replica range needs at least 4 ports (HAProxy's stats and metrics, replica "
+                             "HTTP, replica gRPC): widen min_replica-max_replica")
+        if self.min_replica <= self.max_worker and self.min_worker <= self.max_replica:
+            raise ValueError(f"the replica range {self.min_replica}-{self.max_replica} overlaps the worker range "
+                             f"{self.min_worker}-{self.max_worker}; move one of them")
         return self
 
     def fixed(self) -> dict[str, int]:
-        """Every single port (not the worker range)."""
-        return {k: v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")}
+        """Every single port (not the worker or replica ranges)."""
+        ranges = ("min_worker", "max_worker", "min_replica", "max_replica")
+        return {k: v for k, v in self.model_dump().items() if k not in ranges}
 
 
 class AutoscaleSpec(Model):
@@ -123,7 +135,8 @@ class SecuritySpec(Model):
     dashboard_host: str | None = Field(
         default=None, description="Address the dashboard binds to (default: the head's address).")
     serve_host: str | None = Field(
-        default=None, description="Address Serve's HTTP proxy binds to (default: each node's address).")
+        default=None, description="Where clients reach the services (default: the head's address, one HTTP "
+                                   "proxy on the head); 0.0.0.0 runs a proxy on every node.")
 
 
 class FleetSpec(Model):

@@ -1,9 +1,10 @@
-"""The translation service: two Ray Serve deployments.
+"""The translation service: one Ray Serve deployment, ``Translator``.
 
-``Ingress`` (FastAPI, no CPU reserved) validates requests, checks API keys and
-passes texts to ``Translator`` (the model, one backend per replica) through a
-deployment handle. A call that was running on a model replica that died or was
-replaced mid-update is sent again, so a lost replica fails no request.
+Each replica is the HTTP ingress and the model at once: FastAPI validates the
+request and checks API keys, and every text of every concurrent request goes
+through one continuous-batching queue (serve/batcher.py): while the model runs,
+texts queue up; when it is free, everything queued becomes the next batch. The
+model call runs in a worker thread, so the replica keeps taking requests meanwhile.
 
 Routes (under the service's route prefix):
   POST /translate   {"text": "..."} -> {"translation": "..."}
@@ -12,16 +13,17 @@ Routes (under the service's route prefix):
   GET  /info        model, backend, version, batching statistics
   GET  /docs        OpenAPI UI
 
-In each model replica, every text of every concurrent request goes through one
-continuous-batching queue (serve/batcher.py): while the model runs, texts queue up; when it is
-free, everything queued becomes the next batch. The model call runs in a
-worker thread, so the replica keeps taking requests meanwhile.
+rayfleet's clusters run Serve with HAProxy in front and direct ingress
+(cluster/serving.py): HAProxy sends each request straight to a replica's own
+HTTP port, and sends it again to another replica when the one it was on died
+before answering (translation is idempotent). There is no second hop, so a
+request costs one Python process instead of three (Serve's proxy, an ingress
+replica and the model replica): see benchmarks/README.md.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress.
 import asyncio
 import hmac
-import logging
 import os
 import time
 from typing import Any
@@ -31,9 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from ray import serve
-from ray.exceptions import RayActorError
 from ray.serve import Application
-from ray.serve.handle import DeploymentHandle
 
 from rayfleet import __version__
 from rayfleet.config.service import ServiceSpec
@@ -42,9 +42,8 @@ from rayfleet.serve.batcher import ContinuousBatcher
 from rayfleet.serve.deploy import MODEL_DEPLOYMENT
 from rayfleet.serve.keys import hash_key
 
-__all__ = ["build_app", "Translator", "Ingress", "TranslateRequest", "hash_key", "VERSION_HEADER", "MODEL_DEPLOYMENT"]
+__all__ = ["build_app", "Translator", "TranslateRequest", "hash_key", "VERSION_HEADER", "MODEL_DEPLOYMENT"]
 
-logger = logging.getLogger("rayfleet.serve")
 
 VERSION_HEADER = "X-Model-Version"
 
@@ -120,11 +119,15 @@ def _check_key(request: Request, hashes: list[str]) -> None:
 
 
 @serve.deployment
+@serve.ingress(app)
 class Translator:
-    """The model: one backend per replica, fed by a continuous batcher."""
+    """HTTP (validation, limits, API keys) and the model: one backend per replica, fed by a continuous batcher."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: dict[str, Any], key_hashes: list[str]):
+        # Per replica, on the instance: Serve copies the FastAPI app into the replica,
+        # so module-level state would not be what the routes see.
         self.spec = ServiceSpec.model_validate(spec)
+        self._key_hashes = list(key_hashes)
         threads = max(1, int(self.spec.resources.num_cpus))
         os.environ["OMP_NUM_THREADS"] = str(threads)
         self.backend = load_backend(self.spec.backend, BackendSettings(
@@ -140,56 +143,6 @@ class Translator:
         self._batcher = ContinuousBatcher(self.backend.translate, self.spec.batching.max_batch_size,
                                           self.spec.batching.batch_wait_timeout_s)
         self._started = time.time()
-
-    async def translate(self, texts: list[str]) -> dict[str, Any]:
-        """Every text joins the replica's batch queue; answers in input order, with the version that made them."""
-        results = await asyncio.gather(*(self._batcher.submit(t) for t in texts))
-        return {"translations": list(results), "version": self.version}
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "model": self.spec.model,
-            "version": self.version,
-            "generation": self.spec.generation.model_dump(),
-            "batching": {**self.spec.batching.model_dump(), **self._batcher.stats.as_dict()},
-            "replica_pid": os.getpid(),
-            "uptime_s": round(time.time() - self._started, 1),
-            **self.backend.info(),
-        }
-
-    def check_health(self) -> None:
-        """Serve's health check: the replica is healthy while its backend is loaded."""
-        if self.backend is None:
-            raise RuntimeError("backend not loaded")
-
-
-# A call that was running on a model replica that died (killed, node lost) or was
-# stopped mid-update is sent again: translation is idempotent, and Serve's router
-# only retries requests it has not yet handed to a replica.
-_RETRIES = 3
-
-
-@serve.deployment
-@serve.ingress(app)
-class Ingress:
-    """HTTP: validation, limits, API keys; passes texts to the model replicas."""
-
-    def __init__(self, spec: dict[str, Any], key_hashes: list[str], model: DeploymentHandle):
-        # Per replica, on the instance: Serve copies the FastAPI app into the replica,
-        # so module-level state would not be what the routes see.
-        self.spec = ServiceSpec.model_validate(spec)
-        self._key_hashes = list(key_hashes)
-        self._model = model
-
-    async def _call(self, method: str, *args: Any) -> Any:
-        for attempt in range(_RETRIES + 1):
-            try:
-                return await getattr(self._model, method).remote(*args)
-            except RayActorError as e:
-                if attempt == _RETRIES:
-                    raise HTTPException(503, "the model replicas keep failing; try again shortly") from e
-                logger.warning("model replica lost during a %s call (%s); retrying", method, type(e).__name__)
-                await asyncio.sleep(0.2 * (attempt + 1))
 
     @app.post("/translate", openapi_extra=_REQUEST_BODY_DOC,
               responses={413: {"description": "Too many texts, a text too long, or the body too large"},
@@ -207,10 +160,10 @@ class Ingress:
             if len(t) > limits.max_chars:
                 where = "text" if payload.text is not None else f"texts[{i}]"
                 raise HTTPException(413, f"{where} has {len(t)} characters; the limit is {limits.max_chars}")
-        out = await self._call("translate", texts)
-        results = out["translations"]
-        body = {"translation": results[0]} if payload.text is not None else {"translations": results}
-        return JSONResponse(body, headers={VERSION_HEADER: out["version"]})
+        # Every text joins the replica's batch queue; answers come back in input order.
+        results = await asyncio.gather(*(self._batcher.submit(t) for t in texts))
+        body = {"translation": results[0]} if payload.text is not None else {"translations": list(results)}
+        return JSONResponse(body, headers={VERSION_HEADER: self.version})
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -218,15 +171,29 @@ class Ingress:
 
     @app.get("/info")
     async def info(self, request: Request) -> JSONResponse:
-        """One model replica's settings and batching statistics."""
+        """This replica's settings and batching statistics."""
         _check_key(request, self._key_hashes)
-        info = await self._call("info")
-        body = {"service": self.spec.name, "rayfleet": __version__, **info}
-        return JSONResponse(body, headers={VERSION_HEADER: info["version"]})
+        body = {
+            "service": self.spec.name,
+            "rayfleet": __version__,
+            "model": self.spec.model,
+            "version": self.version,
+            "generation": self.spec.generation.model_dump(),
+            "batching": {**self.spec.batching.model_dump(), **self._batcher.stats.as_dict()},
+            "replica_pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started, 1),
+            **self.backend.info(),
+        }
+        return JSONResponse(body, headers={VERSION_HEADER: self.version})
+
+    def check_health(self) -> None:
+        """Serve's health check: the replica is healthy while its backend is loaded."""
+        if self.backend is None:
+            raise RuntimeError("backend not loaded")
 
 
 def deployment_options(spec: ServiceSpec) -> dict[str, Any]:
-    """Options of the model deployment (``Translator``)."""
+    """Options of the service's one deployment (``Translator``)."""
     opts: dict[str, Any] = {
         "name": MODEL_DEPLOYMENT,
         "max_ongoing_requests": spec.max_ongoing_requests,
@@ -251,14 +218,7 @@ def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder (``import_path: rayfleet.serve.app:build_app``).
 
     args: ``{"spec": <ServiceSpec as JSON>, "key_hashes": [sha256 hex, ...]}``.
-    Two deployments: ``Ingress`` (HTTP, no CPU reserved) and ``Translator`` (the model).
     """
     spec = ServiceSpec.model_validate(args["spec"])
-    model = Translator.options(**deployment_options(spec)).bind(spec.model_dump(mode="json"))
-    # The ingress does little work per request; two replicas when the model has more than one,
-    # so losing one process never leaves the service without an HTTP entry point.
-    ingress = Ingress.options(
-        name="Ingress", num_replicas=1 if spec.replicas.max == 1 else 2, max_surge_percent=100,
-        max_ongoing_requests=max(1000, 4 * spec.max_ongoing_requests * spec.replicas.max),
-        ray_actor_options={"num_cpus": 0})
-    return ingress.bind(spec.model_dump(mode="json"), list(args.get("key_hashes", [])), model)
+    return Translator.options(**deployment_options(spec)).bind(
+        spec.model_dump(mode="json"), list(args.get("key_hashes", [])))

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from rayfleet.config.service import ServiceSpec
 from rayfleet.errors import ServeError
 
-# The Serve deployment that runs the model (serve/app.py); its RUNNING replicas are the service's replicas.
+# The service's one Serve deployment (serve/app.py); its RUNNING replicas are the service's replicas.
 MODEL_DEPLOYMENT = "Translator"
 
 __all__ = ["ServeTarget", "ServiceStatus", "deploy", "list_services", "delete_service", "model_replicas",
@@ -103,7 +103,7 @@ def _app_config(spec: ServiceSpec, key_hashes: list[str]) -> dict[str, Any]:
 def _replica_count(app: dict[str, Any]) -> int:
     total = 0
     for name, dep in (app.get("deployments") or {}).items():
-        if name == MODEL_DEPLOYMENT:  # model replicas; the ingress is not counted
+        if name == MODEL_DEPLOYMENT:
             total += sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
     return total
 

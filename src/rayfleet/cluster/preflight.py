@@ -119,7 +119,8 @@ class _Session:
         self.proc = subprocess.Popen(runner.args() + ["bash -c " + shlex.quote(command)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
 
     def _read_out(self) -> None:
         assert self.proc.stdout is not None
@@ -155,6 +156,9 @@ class _Session:
             return None
 
     def err_text(self) -> str:
+        """What ssh wrote to stderr; all of it once the session has ended (the reader thread may lag behind)."""
+        if self.proc.poll() is not None:
+            self._err_reader.join(timeout=5)
         return "".join(self.stderr).strip()
 
     def close(self) -> None:

@@ -16,6 +16,11 @@ high-throughput mode (Ray >= 2.55, see "Enable High Throughput on Ray Serve"):
   (the connection closed with no response) is sent again to another replica, as
   well as one that could not connect. Translation is idempotent, so this is safe
   for rayfleet's services; Serve's default retries connection failures only.
+  HAProxy can resend a request only when its body arrived with its headers: Serve's
+  template has no ``option http-buffer-request``, so a request whose body came in a
+  later packet (httpx writes it separately) is not resent (checked against the
+  bundled HAProxy with a server that closes unanswered: 3 of 6 split requests got
+  502, none with the option). README, "A replica dies".
 - The node's replica port range: its first two ports are HAProxy's stats page and
   Prometheus metrics (Serve's defaults, 8404 and 9101, would clash between two
   clusters on one machine), then the replicas' direct-ingress ports: the rest of

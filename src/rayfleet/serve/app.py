@@ -16,7 +16,8 @@ Routes (under the service's route prefix):
 rayfleet's clusters run Serve with HAProxy in front and direct ingress
 (cluster/serving.py): HAProxy sends each request straight to a replica's own
 HTTP port, and sends it again to another replica when the one it was on died
-before answering (translation is idempotent). There is no second hop, so a
+before answering (translation is idempotent; the limits are in README.md, "A
+replica dies"). There is no second hop, so a
 request costs one Python process instead of three (Serve's proxy, an ingress
 replica and the model replica): see benchmarks/README.md.
 """

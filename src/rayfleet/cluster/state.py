@@ -15,6 +15,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rayfleet.cluster.serving import MIN_REPLICA_PORTS
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
 __all__ = [
@@ -81,9 +82,10 @@ class LocalPorts:
                 f"Worker port range {self.min_worker}-{self.max_worker} is empty; "
                 "--min-worker-port must not exceed --max-worker-port."
             )
-        if self.max_replica - self.min_replica + 1 < 4:
+        if self.max_replica - self.min_replica + 1 < MIN_REPLICA_PORTS:
             raise ClusterError(
-                f"Serve replica port range {self.min_replica}-{self.max_replica} needs at least 4 ports "
+                f"Serve replica port range {self.min_replica}-{self.max_replica} needs at least "
+                f"{MIN_REPLICA_PORTS} ports "
                 "(HAProxy's stats and metrics, replica HTTP, replica gRPC); widen "
                 "--min-replica-port/--max-replica-port."
             )

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from rayfleet.cluster.serving import MIN_REPLICA_PORTS
 from rayfleet.config.base import Model
 
 __all__ = [
@@ -92,9 +93,9 @@ class PortsSpec(Model):
                 raise ValueError(f"{name} ({port}) lies inside the replica range {self.min_replica}-{self.max_replica}")
         if self.min_worker > self.max_worker:
             raise ValueError("min_worker must not exceed max_worker")
-        if self.max_replica - self.min_replica + 1 < 4:
-            raise ValueError("the replica range needs at least 4 ports (HAProxy's stats and metrics, replica "
-                             "HTTP, replica gRPC): widen min_replica-max_replica")
+        if self.max_replica - self.min_replica + 1 < MIN_REPLICA_PORTS:
+            raise ValueError(f"the replica range needs at least {MIN_REPLICA_PORTS} ports (HAProxy's stats and "
+                             "metrics, replica HTTP, replica gRPC): widen min_replica-max_replica")
         if self.min_replica <= self.max_worker and self.min_worker <= self.max_replica:
             raise ValueError(f"the replica range {self.min_replica}-{self.max_replica} overlaps the worker range "
                              f"{self.min_worker}-{self.max_worker}; move one of them")

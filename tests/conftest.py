@@ -70,6 +70,16 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def short_model() -> Path:
+    """A model of another shape than ``tiny_model``: 24 positions, a generation config with
+    max_length 20, random weights that never emit </s> (every output runs to the cap)."""
+    from rayfleet.testing.tiny_model import build_tiny_marian
+
+    return build_tiny_marian(_SESSION_HOME / "short-marian", seed=3, max_positions=24, generation_max_length=20,
+                             d_model=16, train=False, never_eos=True)
+
+
+@pytest.fixture(scope="session")
 def local_cluster():
     """A real single-node Ray cluster started through rayfleet (token auth on).
 

@@ -63,7 +63,13 @@ class ServeError(RayfleetError):
 
 
 class ClientError(RayfleetError):
-    """A request to a running translation service failed."""
+    """A request to a running translation service failed. ``status`` is the HTTP status the
+    service answered with, or None when no answer came (unreachable, connection lost)."""
+
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None,
+                 context: str | None = None):
+        super().__init__(message, hint=hint, context=context)
+        self.status = status
 
 
 # Training, jobs and the model registry:

@@ -2,12 +2,13 @@
 
 ``ChunkTranslator`` is a callable class, so Ray Data runs it as an actor pool
 (``map_batches(..., compute=ActorPoolStrategy(...))``): the model is loaded
-once per actor, with the same backends as the translation service. Each call
-gets a batch of chunk rows (see ``plan.Chunk``), reads those byte ranges of the
-input itself (the input is on storage every node sees), checks every line,
-translates the good ones in model batches of ``batch_size`` texts, and returns
-one row per input line: ``part``, ``line`` (1-based), ``output`` (the output
-JSON line, or "" for a bad line) and ``error`` ("" for a good line).
+once per actor, with the same backends as the translation service and the same
+``TextTranslator`` (long texts split into sentences; a model failure stays with
+its line). Each call gets a batch of chunk rows (see ``plan.Chunk``), reads those
+byte ranges of the input itself (the input is on storage every node sees), checks
+every line, translates the good ones in model batches of ``batch_size`` inputs,
+and returns one row per input line: ``part``, ``line`` (1-based), ``output`` (the
+output JSON line, or "" for a bad line) and ``error`` ("" for a good line).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from rayfleet.bulk.plan import check_line, output_line
+from rayfleet.serve.segment import Failed
 
 __all__ = ["ChunkTranslator"]
 
@@ -25,12 +27,13 @@ class ChunkTranslator:
     def __init__(self, *, input_path: str, field: str, output_field: str, backend: str,
                  settings: dict[str, Any], batch_size: int):
         from rayfleet.serve.backends.base import BackendSettings, load_backend
+        from rayfleet.serve.segment import TextTranslator
 
         self.input_path = input_path
         self.field = field
         self.output_field = output_field
-        self.batch_size = batch_size
-        self.backend = load_backend(backend, BackendSettings(**settings))
+        self.translator = TextTranslator(load_backend(backend, BackendSettings(**settings)),
+                                         max_batch_size=batch_size)
 
     def _read(self, start: int, end: int, count: int) -> list[bytes]:
         with open(self.input_path, "rb") as f:
@@ -43,19 +46,6 @@ class ChunkTranslator:
             raise RuntimeError(f"{self.input_path} changed while it was being translated: expected {count} "
                                f"lines at bytes {start}-{end}, found {len(lines)}")
         return lines
-
-    def _translate(self, texts: list[str]) -> list[str]:
-        """Model batches of texts of similar length (less padding); results in input order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: list[str] = [""] * len(texts)
-        for i in range(0, len(order), self.batch_size):
-            idx = order[i:i + self.batch_size]
-            got = self.backend.translate([texts[k] for k in idx])
-            if len(got) != len(idx):  # the backend contract; never hand out misaligned results
-                raise RuntimeError(f"backend returned {len(got)} outputs for {len(idx)} inputs")
-            for k, t in zip(idx, got):
-                out[k] = t
-        return out
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         parts: list[int] = []
@@ -75,7 +65,10 @@ class ChunkTranslator:
                 if reason is None:
                     good.append((len(outputs) - 1, obj))
                     texts.append(text)
-        for (row, obj), translation in zip(good, self._translate(texts)):
-            outputs[row] = output_line(obj, self.output_field, translation)
+        for (row, obj), outcome in zip(good, self.translator.translate(texts) if texts else []):
+            if isinstance(outcome, Failed):
+                errors[row] = f"the model failed on this line: {outcome.reason}"
+            else:
+                outputs[row] = output_line(obj, self.output_field, outcome.text)
         return pa.table({"part": pa.array(parts, pa.int64()), "line": pa.array(numbers, pa.int64()),
                          "output": pa.array(outputs, pa.string()), "error": pa.array(errors, pa.string())})

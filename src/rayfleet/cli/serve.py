@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from rayfleet import client
-from rayfleet.cli._common import FLEET_OPTION, console, resolve_target
+from rayfleet.cli._common import FLEET_OPTION, console, err_console, resolve_target
 from rayfleet.cli.train import registry_storage
 from rayfleet.config.loader import load_model, validate_data
 from rayfleet.config.service import ServiceSpec
@@ -64,7 +64,8 @@ def serve(
     target = resolve_target(fleet_file).serve
     with console.status(f"Deploying {spec.name} ({spec.model}) ...") as s:
         result = deploy(target, spec, [hash_key(k) for k in keys], timeout_s=timeout,
-                        progress=lambda st: s.update(f"Deploying {spec.name}: {st} ..."))
+                        progress=lambda st: s.update(f"Deploying {spec.name}: {st} ..."),
+                        api_key=keys[0] if keys else None)
     url = result.url
     console.print(f"Service {result.name} is up: {result.replicas} replica(s), model {result.model}")
     console.print(f"  translate: {url}/translate")
@@ -129,8 +130,13 @@ def translate(
             url = resolve_target(fleet_file).serve.url("/")
         except ClusterNotRunning:
             url = "http://127.0.0.1:8000"
-    for line in client.translate(url, list(text), api_key=os.environ.get(API_KEY_ENV) or None, timeout_s=timeout):
+    result = client.translate_detailed(url, list(text), api_key=os.environ.get(API_KEY_ENV) or None,
+                                       timeout_s=timeout)
+    for line in result.translations:
         console.print(line, markup=False)
+    for i in result.truncated:
+        err_console.print(f"note: text {i + 1} has a sentence longer than the model can read; it was cut.",
+                          markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -20,10 +20,14 @@ __all__ = [
     "CTranslate2Spec",
     "DEFAULT_MODEL",
     "BACKENDS",
+    "SENTENCE_LANGUAGES",
 ]
 
 DEFAULT_MODEL = "Helsinki-NLP/opus-mt-en-fr"
 BACKENDS = ("auto", "transformers", "ctranslate2")
+# Source languages whose sentences the service can split (pysbd's languages, ISO 639-1).
+SENTENCE_LANGUAGES = ("am", "ar", "bg", "da", "de", "el", "en", "es", "fa", "fr", "hi", "hy", "it", "ja", "kk",
+                      "mr", "my", "nl", "pl", "ru", "sk", "ur", "zh")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -117,6 +121,9 @@ class ServiceSpec(Model):
     route_prefix: str = Field(default="/", description="URL prefix, e.g. /en-fr.")
     model: str = Field(default=DEFAULT_MODEL, description="Hugging Face hub id or local directory.")
     version: str | None = Field(default=None, description="Label shown in /info and the X-Model-Version header.")
+    source_language: str = Field(
+        default="en", description="Language of the input texts (ISO 639-1): texts longer than the model's window "
+                                  "are split into sentences by this language's rules.")
     backend: Literal["auto", "transformers", "ctranslate2"] = Field(
         default="auto",
         description="Inference library; auto = ctranslate2 when it can load the model, else transformers.")
@@ -145,6 +152,14 @@ class ServiceSpec(Model):
             raise ValueError(f"must not end with '/', e.g. '{v.rstrip('/')}'")
         if any(c in v for c in "{}?#"):
             raise ValueError("must be a plain path without '{', '}', '?' or '#'")
+        return v
+
+    @field_validator("source_language")
+    @classmethod
+    def _language(cls, v: str) -> str:
+        if v not in SENTENCE_LANGUAGES:
+            raise ValueError(f"Got {v!r}; expected an ISO 639-1 code with a sentence splitter: "
+                             f"{', '.join(SENTENCE_LANGUAGES)}")
         return v
 
     @field_validator("model")

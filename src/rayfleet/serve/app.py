@@ -9,6 +9,7 @@ model call runs in a worker thread, so the replica keeps taking requests meanwhi
 Routes (under the service's route prefix):
   POST /translate   {"text": "..."} -> {"translation": "..."}
                     {"texts": [...]} -> {"translations": [...]}  (input order)
+                    plus "truncated": [indexes] when a sentence was longer than the model's window
   GET  /healthz     liveness
   GET  /info        model, backend, version, batching statistics
   GET  /docs        OpenAPI UI
@@ -25,6 +26,8 @@ replica and the model replica): see benchmarks/README.md.
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's ingress.
 import asyncio
 import hmac
+import importlib
+import logging
 import os
 import time
 from typing import Any
@@ -32,19 +35,23 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray import serve
 from ray.serve import Application
 
 from rayfleet import __version__
 from rayfleet.config.service import ServiceSpec
+from rayfleet.errors import ModelError
 from rayfleet.serve.backends.base import BackendSettings, load_backend
 from rayfleet.serve.batcher import ContinuousBatcher
-from rayfleet.serve.deploy import MODEL_DEPLOYMENT
+from rayfleet.serve.deploy import MODEL_DEPLOYMENT, PROBE_TEXT
 from rayfleet.serve.keys import hash_key
+from rayfleet.serve.segment import Failed, TextTranslator, Translated
 
-__all__ = ["build_app", "Translator", "TranslateRequest", "hash_key", "VERSION_HEADER", "MODEL_DEPLOYMENT"]
+__all__ = ["build_app", "Translator", "TranslateRequest", "TranslateResponse", "hash_key", "VERSION_HEADER",
+           "MODEL_DEPLOYMENT"]
 
+logger = logging.getLogger("ray.serve")
 
 VERSION_HEADER = "X-Model-Version"
 
@@ -95,14 +102,60 @@ def _parse(body: bytes, limit: int) -> TranslateRequest:
         raise RequestValidationError(errors) from None
 
 
-_REQUEST_BODY_DOC = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": TranslateRequest.model_json_schema()}}}}
+class TranslateResponse(BaseModel):
+    """``translation`` for a ``text`` request, ``translations`` (input order) for ``texts``."""
+
+    translation: str | None = None
+    translations: list[str] | None = None
+    truncated: list[int] | None = Field(
+        default=None, description="Indexes of the texts in which a sentence longer than the model's window was "
+                                  "cut (0 for a single text); absent when nothing was cut.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class _ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    detail: list[_ValidationErrorItem]
+
+
+# Exactly one of the two, and no blank text (the request model says the same, with messages).
+_NON_BLANK = {"type": "string", "pattern": r"\S"}
+_REQUEST_BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "title": "TranslateRequest",
+    "type": "object",
+    "properties": {
+        "text": {**_NON_BLANK, "description": "One text."},
+        "texts": {"type": "array", "items": _NON_BLANK, "minItems": 1, "description": "Several texts."},
+    },
+    "additionalProperties": False,
+    "oneOf": [{"required": ["text"]}, {"required": ["texts"]}],
+}}}}}
 
 app = FastAPI(
     title="rayfleet translator",
     description="Machine translation served by rayfleet on Ray Serve.",
     version=__version__,
 )
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A failure of ours is still JSON with a reason, never a plain-text error page."""
+    logger.exception("request %s %s failed", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def _load_wrapper(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _check_key(request: Request, hashes: list[str]) -> None:
@@ -124,7 +177,9 @@ def _check_key(request: Request, hashes: list[str]) -> None:
 class Translator:
     """HTTP (validation, limits, API keys) and the model: one backend per replica, fed by a continuous batcher."""
 
-    def __init__(self, spec: dict[str, Any], key_hashes: list[str]):
+    def __init__(self, spec: dict[str, Any], key_hashes: list[str], backend_wrapper: str | None = None):
+        """``backend_wrapper``: optional ``module:function`` applied to the loaded backend (a function
+        backend -> backend), e.g. to instrument it or, in tests, to inject faults."""
         # Per replica, on the instance: Serve copies the FastAPI app into the replica,
         # so module-level state would not be what the routes see.
         self.spec = ServiceSpec.model_validate(spec)
@@ -140,15 +195,38 @@ class Translator:
             compute_type=self.spec.ctranslate2.compute_type,
             inter_threads=self.spec.ctranslate2.inter_threads,
         ))
+        if backend_wrapper:
+            self.backend = _load_wrapper(backend_wrapper)(self.backend)
+        self.translator = TextTranslator(self.backend, language=self.spec.source_language,
+                                         max_batch_size=self.spec.batching.max_batch_size)
+        self._check_translates()
         self.version = self.spec.version or self.spec.model
-        self._batcher = ContinuousBatcher(self.backend.translate, self.spec.batching.max_batch_size,
+        self._batcher = ContinuousBatcher(self.translator.translate, self.spec.batching.max_batch_size,
                                           self.spec.batching.batch_wait_timeout_s)
         self._started = time.time()
 
-    @app.post("/translate", openapi_extra=_REQUEST_BODY_DOC,
-              responses={413: {"description": "Too many texts, a text too long, or the body too large"},
-                         401: {"description": "Missing or wrong API key (when the service has keys)"},
-                         422: {"description": "Malformed JSON, wrong types or empty text"}})
+    def _check_translates(self) -> None:
+        """A model that loads but can't translate fails the replica (so the deploy) with its own error."""
+        try:
+            outcome = self.translator.translate([PROBE_TEXT])[0]
+        except Exception as e:  # noqa: BLE001 - the tokenizer or the model, whatever it raises
+            outcome = Failed(f"{type(e).__name__}: {e}")
+        if isinstance(outcome, Failed):
+            raise ModelError(f"Model {self.spec.model!r} loaded but can't translate {PROBE_TEXT!r}: {outcome.reason}",
+                             hint="Check that it is a seq2seq translation model that works with its backend "
+                                  "(try backend: transformers).")
+
+    @app.post("/translate", openapi_extra=_REQUEST_BODY_DOC, response_model=TranslateResponse,
+              response_model_exclude_none=True,
+              responses={413: {"model": ErrorResponse,
+                               "description": "Too many texts, a text too long, or the body too large"},
+                         401: {"model": ErrorResponse,
+                               "description": "Missing or wrong API key (when the service has keys)"},
+                         422: {"model": ValidationErrorResponse,
+                               "description": "Malformed JSON, wrong types or empty text"},
+                         500: {"model": ErrorResponse,
+                               "description": "The model failed on a text of this request (other requests "
+                                              "and texts are not affected)"}})
     async def translate(self, request: Request) -> JSONResponse:
         """Translate ``text`` or ``texts``. The body is JSON whatever the Content-Type says."""
         _check_key(request, self._key_hashes)
@@ -162,8 +240,17 @@ class Translator:
                 where = "text" if payload.text is not None else f"texts[{i}]"
                 raise HTTPException(413, f"{where} has {len(t)} characters; the limit is {limits.max_chars}")
         # Every text joins the replica's batch queue; answers come back in input order.
-        results = await asyncio.gather(*(self._batcher.submit(t) for t in texts))
-        body = {"translation": results[0]} if payload.text is not None else {"translations": list(results)}
+        outcomes = await asyncio.gather(*(self._batcher.submit(t) for t in texts))
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, Failed):
+                where = "text" if payload.text is not None else f"texts[{i}]"
+                raise HTTPException(500, f"the model failed to translate {where}: {outcome.reason}")
+        results: list[Translated] = outcomes
+        body: dict[str, Any] = ({"translation": results[0].text} if payload.text is not None
+                                else {"translations": [r.text for r in results]})
+        truncated = [i for i, r in enumerate(results) if r.truncated]
+        if truncated:
+            body["truncated"] = truncated
         return JSONResponse(body, headers={VERSION_HEADER: self.version})
 
     @app.get("/healthz")
@@ -180,6 +267,7 @@ class Translator:
             "model": self.spec.model,
             "version": self.version,
             "generation": self.spec.generation.model_dump(),
+            "source_language": self.spec.source_language,
             "batching": {**self.spec.batching.model_dump(), **self._batcher.stats.as_dict()},
             "replica_pid": os.getpid(),
             "uptime_s": round(time.time() - self._started, 1),
@@ -218,8 +306,9 @@ def deployment_options(spec: ServiceSpec) -> dict[str, Any]:
 def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder (``import_path: rayfleet.serve.app:build_app``).
 
-    args: ``{"spec": <ServiceSpec as JSON>, "key_hashes": [sha256 hex, ...]}``.
+    args: ``{"spec": <ServiceSpec as JSON>, "key_hashes": [sha256 hex, ...]}``, optionally
+    ``"backend_wrapper": "module:function"`` (see ``Translator``).
     """
     spec = ServiceSpec.model_validate(args["spec"])
     return Translator.options(**deployment_options(spec)).bind(
-        spec.model_dump(mode="json"), list(args.get("key_hashes", [])))
+        spec.model_dump(mode="json"), list(args.get("key_hashes", [])), args.get("backend_wrapper"))

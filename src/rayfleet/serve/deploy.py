@@ -18,9 +18,11 @@ from rayfleet.errors import ServeError
 
 # The service's one Serve deployment (serve/app.py); its RUNNING replicas are the service's replicas.
 MODEL_DEPLOYMENT = "Translator"
+# Translated by every replica at start and through the service before a deploy is called done.
+PROBE_TEXT = "Hello."
 
 __all__ = ["ServeTarget", "ServiceStatus", "deploy", "list_services", "delete_service", "model_replicas",
-           "IMPORT_PATH", "MODEL_DEPLOYMENT"]
+           "IMPORT_PATH", "MODEL_DEPLOYMENT", "PROBE_TEXT"]
 
 IMPORT_PATH = "rayfleet.serve.app:build_app"
 
@@ -91,12 +93,12 @@ def _put(client, target: ServeTarget, apps: list[dict[str, Any]]) -> None:
         raise ServeError(f"Serve refused the config: {e}") from e
 
 
-def _app_config(spec: ServiceSpec, key_hashes: list[str]) -> dict[str, Any]:
+def _app_config(spec: ServiceSpec, key_hashes: list[str], extra_args: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "name": spec.name,
         "route_prefix": spec.route_prefix,
         "import_path": IMPORT_PATH,
-        "args": {"spec": spec.model_dump(mode="json"), "key_hashes": key_hashes},
+        "args": {"spec": spec.model_dump(mode="json"), "key_hashes": key_hashes, **(extra_args or {})},
     }
 
 
@@ -118,9 +120,39 @@ def _failure_message(app: dict[str, Any]) -> str:
     return "\n".join(lines[-25:])
 
 
+def _probe(url: str, api_key: str | None, deadline: float) -> None:
+    """The service translates ``PROBE_TEXT`` through its public URL. HAProxy may need a moment
+    to take new replicas and routes in: connection failures, 404 (route not there yet) and 5xx
+    are retried until ``deadline``; another answer (401: a wrong key) fails at once."""
+    from rayfleet import client
+    from rayfleet.errors import ClientError
+
+    last = ""
+    while True:
+        try:
+            out = client.translate(url, [PROBE_TEXT], api_key=api_key, timeout_s=60)
+            if out and out[0] is not None:
+                return
+        except ClientError as e:
+            last = e.message
+            if e.status is not None and e.status < 500:
+                break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise ServeError(f"The service is deployed but does not translate: {last}",
+                     hint="Fix the cause above, then run 'rayfleet serve' again.")
+
+
 def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, timeout_s: float = 600,
-           progress: Callable[[str], None] | None = None) -> ServiceStatus:
-    """Deploy or update ``spec`` and wait until it serves. Other apps stay as they are."""
+           progress: Callable[[str], None] | None = None, api_key: str | None = None,
+           extra_args: dict[str, Any] | None = None) -> ServiceStatus:
+    """Deploy or update ``spec`` and wait until it serves: its replicas are RUNNING (each
+    translated a probe text at start) and a probe translation through the service's URL
+    answered (with ``api_key`` when the service has keys). Other apps stay as they are.
+
+    ``extra_args`` go to ``build_app`` next to the spec (e.g. ``backend_wrapper``).
+    """
     client = _client(target)
     details = _details(client, target)
     apps = _app_configs(details)
@@ -129,7 +161,7 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
             raise ServeError(f"Route prefix {spec.route_prefix!r} is already used by service {other['name']!r}.",
                              hint="Give this service another route_prefix, or delete the other one.")
     previous = (details.get("applications") or {}).get(spec.name, {}).get("last_deployed_time_s", 0)
-    new_apps = [a for a in apps if a["name"] != spec.name] + [_app_config(spec, key_hashes)]
+    new_apps = [a for a in apps if a["name"] != spec.name] + [_app_config(spec, key_hashes, extra_args)]
     _put(client, target, new_apps)
     deadline = time.monotonic() + timeout_s
     last = None
@@ -141,7 +173,11 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
             progress(status)
             last = status
         if fresh and status == "RUNNING":
-            return _status(target, spec.name, app)
+            result = _status(target, spec.name, app)
+            if progress:
+                progress("translating a probe text")
+            _probe(result.url, api_key, max(deadline, time.monotonic() + 30))
+            return result
         if fresh and status in ("DEPLOY_FAILED", "UNHEALTHY"):
             raise ServeError(f"Service {spec.name!r} failed to deploy ({status}).",
                              context=_failure_message(app) or None,

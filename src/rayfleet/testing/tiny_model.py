@@ -30,7 +30,7 @@ import torch
 from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 from transformers.utils import logging as hf_logging
 
-__all__ = ["SAMPLE_TEXTS", "build_tiny_marian"]
+__all__ = ["SAMPLE_TEXTS", "build_tiny_marian", "greedy_translations"]
 
 # English -> French word lists. Nouns carry their French article so that sentences
 # translate word for word (with the French adjective after the noun).
@@ -166,7 +166,7 @@ def _write_tokenizer_files(out_dir: Path, spm_model: bytes, vocab: dict[str, int
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
-def _load_tokenizer(out_dir: Path) -> MarianTokenizer:
+def _load_tokenizer(out_dir: Path, max_positions: int = _MAX_POSITIONS) -> MarianTokenizer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Recommended: pip install sacremoses."
         return MarianTokenizer(
@@ -175,23 +175,23 @@ def _load_tokenizer(out_dir: Path) -> MarianTokenizer:
             vocab=str(out_dir / "vocab.json"),
             source_lang="en",
             target_lang="fr",
-            model_max_length=_MAX_POSITIONS,
+            model_max_length=max_positions,
         )
 
 
-def _marian_config(vocab: dict[str, int]) -> MarianConfig:
+def _marian_config(vocab: dict[str, int], max_positions: int = _MAX_POSITIONS, d_model: int = 32) -> MarianConfig:
     pad_id, eos_id = vocab[_PAD], vocab[_EOS]
     return MarianConfig(
         vocab_size=len(vocab),
         decoder_vocab_size=len(vocab),
-        d_model=32,
+        d_model=d_model,
         encoder_layers=2,
         decoder_layers=2,
         encoder_attention_heads=4,
         decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=_MAX_POSITIONS,
+        encoder_ffn_dim=2 * d_model,
+        decoder_ffn_dim=2 * d_model,
+        max_position_embeddings=max_positions,
         activation_function="swish",
         scale_embedding=True,
         dropout=0.0,
@@ -206,14 +206,14 @@ def _marian_config(vocab: dict[str, int]) -> MarianConfig:
     )
 
 
-def _generation_config(config: MarianConfig) -> GenerationConfig:
+def _generation_config(config: MarianConfig, max_length: int = 32) -> GenerationConfig:
     return GenerationConfig(
         bad_words_ids=[[config.pad_token_id]],
         decoder_start_token_id=config.decoder_start_token_id,
         eos_token_id=config.eos_token_id,
         forced_eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
-        max_length=32,
+        max_length=max_length,
         num_beams=1,
         do_sample=False,
     )
@@ -241,14 +241,23 @@ def _train_model(model: MarianMTModel, tokenizer: MarianTokenizer, pairs: list[t
     model.eval()
 
 
-def _build_model(tokenizer: MarianTokenizer, vocab: dict[str, int], pairs: list[tuple[str, str]], seed: int) -> MarianMTModel:
+def _build_model(tokenizer: MarianTokenizer, vocab: dict[str, int], pairs: list[tuple[str, str]], seed: int,
+                 *, max_positions: int = _MAX_POSITIONS, generation_max_length: int = 32, d_model: int = 32,
+                 train: bool = True, never_eos: bool = False) -> MarianMTModel:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # fixed reduction order: same weights on any machine
     try:
         torch.manual_seed(seed)
-        model = MarianMTModel(_marian_config(vocab))
-        model.generation_config = _generation_config(model.config)
-        _train_model(model, tokenizer, pairs, seed)
+        model = MarianMTModel(_marian_config(vocab, max_positions, d_model))
+        model.generation_config = _generation_config(model.config, generation_max_length)
+        if train:
+            _train_model(model, tokenizer, pairs, seed)
+        if never_eos:
+            # A bias of -1e4 on </s> in the output layer (CTranslate2 converts it too): greedy
+            # decoding never ends by itself, so every output runs to the length cap.
+            bias = model.final_logits_bias.clone()
+            bias[0, model.config.eos_token_id] = -1e4
+            model.register_buffer("final_logits_bias", bias)
     finally:
         torch.set_num_threads(threads)
     return model
@@ -266,19 +275,43 @@ def _progress_bars_disabled() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_tiny_marian(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 200) -> Path:
+def build_tiny_marian(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 200,
+                      max_positions: int = _MAX_POSITIONS, generation_max_length: int = 32, d_model: int = 32,
+                      train: bool = True, never_eos: bool = False) -> Path:
     """Build a tiny MarianMT EN->FR model (briefly trained on a synthetic corpus, deterministic by seed) + MarianTokenizer into out_dir,
     saved with save_pretrained, so that AutoTokenizer.from_pretrained(out_dir) and
-    AutoModelForSeq2SeqLM.from_pretrained(out_dir) load it exactly like Helsinki-NLP/opus-mt-en-fr. Returns out_dir."""
+    AutoModelForSeq2SeqLM.from_pretrained(out_dir) load it exactly like Helsinki-NLP/opus-mt-en-fr. Returns out_dir.
+
+    The keywords build other shapes: fewer ``max_positions``, a generation config with another
+    ``max_length``, random weights (``train=False``), or weights that never emit ``</s>``
+    (``never_eos=True``: every output runs to the length cap)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = _sentence_pairs(seed, _CORPUS_SIZE)
     spm_model = _train_sentencepiece(pairs, vocab_size)
     vocab = _marian_vocab(spm_model)
     _write_tokenizer_files(out_dir, spm_model, vocab)
-    tokenizer = _load_tokenizer(out_dir)
-    model = _build_model(tokenizer, vocab, pairs, seed)
+    tokenizer = _load_tokenizer(out_dir, max_positions)
+    model = _build_model(tokenizer, vocab, pairs, seed, max_positions=max_positions,
+                         generation_max_length=generation_max_length, d_model=d_model, train=train,
+                         never_eos=never_eos)
     with _progress_bars_disabled():
         tokenizer.save_pretrained(out_dir)
         model.save_pretrained(out_dir)
     return out_dir
+
+
+def greedy_translations(model_dir: str | Path, texts: list[str], *, max_new_tokens: int) -> dict[str, str]:
+    """The ground truth a served model must give: in-process greedy ``generate``, one text at
+    a time (no padding), decoded without special tokens. Keyed by text."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    out = {}
+    for text in texts:
+        with torch.inference_mode():
+            ids = model.generate(**tok([text], return_tensors="pt"), num_beams=1, do_sample=False,
+                                 max_new_tokens=max_new_tokens)
+        out[text] = tok.decode(ids[0], skip_special_tokens=True)
+    return out

@@ -44,7 +44,7 @@ from pathlib import Path
 import ctranslate2
 
 from rayfleet.errors import ModelError
-from rayfleet.serve.backends.base import BackendSettings
+from rayfleet.serve.backends.base import BackendSettings, count_tokens, model_limits
 
 __all__ = [
     "CTranslate2Backend",
@@ -302,8 +302,9 @@ def convert_cached(model: str, quantization: str, *, weight_bits: int = 8,
 def _decoding_lengths(model_dir: Path, max_new_tokens: int) -> tuple[int, int]:
     """(min, max) decoding lengths that match transformers' ``generate`` for this model.
 
-    With ``forced_eos_token_id`` set (opus-mt), transformers spends the last of
-    ``max_new_tokens`` on ``</s>``; CTranslate2 counts only the other tokens.
+    ``max_new_tokens`` is already bounded by ``model_limits``. With ``forced_eos_token_id``
+    set (opus-mt), transformers spends the last of ``max_new_tokens`` on ``</s>``;
+    CTranslate2 counts only the other tokens.
     """
     from transformers import AutoConfig, GenerationConfig
 
@@ -334,8 +335,15 @@ class CTranslate2Backend:
         self.cached = convert_cached(settings.model, settings.compute_type, weight_bits=self.weight_bits or 8,
                                      cache_dir=settings.cache_dir)
         try:
+            from transformers import AutoConfig
+
             self.tokenizer = AutoTokenizer.from_pretrained(self.cached.source)
-            self._min_len, self._max_len = _decoding_lengths(self.cached.source, settings.max_new_tokens)
+            # CTranslate2 decodes past the decoder's positions with a RuntimeError: bound it as transformers is.
+            limits = model_limits(settings.model, AutoConfig.from_pretrained(self.cached.source), self.tokenizer,
+                                  self.cached.source, settings.max_new_tokens)
+            self.max_input_tokens = limits.max_input_tokens
+            self.max_new_tokens = limits.max_new_tokens
+            self._min_len, self._max_len = _decoding_lengths(self.cached.source, self.max_new_tokens)
             self.translator = ctranslate2.Translator(
                 str(self.cached.path), device=self.device, compute_type=settings.compute_type,
                 intra_threads=max(1, settings.num_threads), inter_threads=max(1, settings.inter_threads))
@@ -346,7 +354,7 @@ class CTranslate2Backend:
         """Target tokens (no ``</s>``) for each text, in input order. Blocking."""
         if not texts or self._max_len <= 0:  # max_len 0: only the forced </s> fits (transformers: "")
             return [[] for _ in texts]
-        ids = self.tokenizer(list(texts), truncation=True)["input_ids"]
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_input_tokens)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         results = self.translator.translate_batch(
             [self.tokenizer.convert_ids_to_tokens(ids[i]) for i in order],
@@ -360,6 +368,9 @@ class CTranslate2Backend:
             out[i] = results[position].hypotheses[0]
         return out
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return count_tokens(self.tokenizer, texts)
+
     def translate(self, texts: list[str]) -> list[str]:
         tokens = self.translate_tokens(texts)
         return self.tokenizer.batch_decode([self.tokenizer.convert_tokens_to_ids(t) for t in tokens],
@@ -370,6 +381,8 @@ class CTranslate2Backend:
             "backend": self.name,
             "device": self.device,
             "threads": max(1, self.settings.num_threads),
+            "max_input_tokens": self.max_input_tokens,
+            "max_new_tokens": self.max_new_tokens,
             "inter_threads": self.settings.inter_threads,
             "compute_type": self.settings.compute_type,
             "int8_weight_bits": self.weight_bits,

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from rayfleet.errors import ModelError
-from rayfleet.serve.backends.base import BackendSettings
+from rayfleet.serve.backends.base import BackendSettings, count_tokens, model_limits
 
 __all__ = ["TransformersBackend", "pick_device"]
 
@@ -43,19 +43,23 @@ class TransformersBackend:
                              hint="Pass a local directory saved with save_pretrained, "
                                   "e.g. --model /path/to/opus-mt-en-fr") from e
         self.model.to(self.device).eval()
-        # generate() indexes past the decoder's position table beyond this (IndexError): cap, and say so.
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        self.max_new_tokens = settings.max_new_tokens
-        if positions and settings.max_new_tokens >= positions:
-            self.max_new_tokens = positions - 1
-            logger.warning("max_new_tokens %d is more than model %s can generate; using %d",
-                           settings.max_new_tokens, settings.model, self.max_new_tokens)
+        # generate() indexes past the position tables beyond these (IndexError): bound both.
+        limits = model_limits(settings.model, self.model.config, self.tokenizer, settings.model,
+                              settings.max_new_tokens)
+        self.max_input_tokens = limits.max_input_tokens
+        self.max_new_tokens = limits.max_new_tokens
+        # max_new_tokens (bounded by it) replaces the config's max_length: no "both set" warning per call.
+        self.model.generation_config.max_length = None
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return count_tokens(self.tokenizer, texts)
 
     @torch.inference_mode()
     def translate(self, texts: list[str]) -> list[str]:
         if not texts:
             return []
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                               max_length=self.max_input_tokens)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = self.model.generate(
             **batch,
@@ -70,5 +74,7 @@ class TransformersBackend:
             "backend": self.name,
             "device": self.device,
             "threads": torch.get_num_threads(),
+            "max_input_tokens": self.max_input_tokens,
+            "max_new_tokens": self.max_new_tokens,
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }

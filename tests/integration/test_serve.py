@@ -84,8 +84,9 @@ def test_32_concurrent_requests_batched_and_paired(translator, reference):
     texts_done = after["texts"] - before["texts"]
     assert texts_done == 32
     mean = texts_done / batches
-    print(f"32 concurrent requests -> {batches} model calls, mean batch {mean:.1f}")
-    assert mean > 1
+    print(f"32 concurrent requests -> {batches} model calls, mean batch {mean:.1f}, "
+          f"largest {after['max_batch_size_seen']}")
+    assert after["max_batch_size_seen"] >= 8
 
 
 def test_info_and_health(translator, tiny_model):
@@ -149,7 +150,7 @@ def test_api_keys(serve_target, tiny_model, monkeypatch):
     spec = ServiceSpec(name="secure", route_prefix="/secure", model=str(tiny_model),
                        auth={"api_keys_env": "RF_TEST_KEYS"}, generation={"max_new_tokens": 32})
     keys = load_api_keys(spec.auth)
-    status = deploy(serve_target, spec, [hash_key(k) for k in keys], timeout_s=300)
+    status = deploy(serve_target, spec, [hash_key(k) for k in keys], timeout_s=300, api_key=keys[0])
     try:
         url = status.url
         assert url.endswith("/secure")

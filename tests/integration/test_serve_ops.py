@@ -1,7 +1,9 @@
 """Operating a service under load: in-place updates, autoscaling, a killed replica.
 
 Each test runs a bounded closed-loop load (a few client threads on loopback) and
-asserts that not one request failed while the service changed under it.
+asserts that not one request failed while the service changed under it; next to the
+load, rayfleet's own client runs in a loop (``rayfleet translate`` in a subprocess, and
+``rayfleet.client`` in a thread) and must not fail either.
 
 The clients behave like Python's standard ``http.client``/``requests``: a request is
 one write (headers and body), and a request whose keep-alive connection was closed
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from rayfleet import client
 from rayfleet.config.service import ServiceSpec
 from rayfleet.serve.app import VERSION_HEADER
 from rayfleet.serve.deploy import delete_service, deploy, model_replicas
@@ -109,6 +112,54 @@ class Load:
             time.sleep(0.1)
 
 
+@dataclass
+class OwnClient:
+    """rayfleet's own client in a loop: ``rayfleet translate --url`` (the CLI, a new process each
+    time) in one thread, ``rayfleet.client.translate_detailed`` back to back in another."""
+
+    url: str
+    cli_runs: list[tuple[int, str]] = field(default_factory=list)   # (exit code, output)
+    calls: int = 0
+    resent: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _cli(self) -> None:
+        while not self._stop.is_set():
+            r = rayfleet_cli("translate", "--url", self.url, SAMPLE_TEXTS[len(self.cli_runs) % 8], timeout=180)
+            self.cli_runs.append((r.returncode, (r.stdout + r.stderr).strip()))
+
+    def _python(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = client.translate_detailed(self.url, SAMPLE_TEXTS[:2], timeout_s=120)
+                self.resent += result.resent
+            except Exception as e:  # noqa: BLE001 - every failure counts, whatever it is
+                self.errors.append(f"{type(e).__name__}: {e}")
+            self.calls += 1
+
+    def __enter__(self) -> "OwnClient":
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._cli, self._python)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=200)
+
+    def check(self) -> None:
+        failed = [out for code, out in self.cli_runs if code != 0]
+        print(f"rayfleet translate: {len(self.cli_runs)} runs, {len(failed)} failed; python client: "
+              f"{self.calls} calls, {len(self.errors)} failed, {self.resent} resent after a connection "
+              "closed unanswered")
+        assert failed == [] and self.errors == [], (failed[:3], self.errors[:3])
+        assert len(self.cli_runs) >= 2 and self.calls >= 5
+        assert self.resent <= self.calls
+
+
 def _wait(what: str, predicate, timeout: float, interval: float = 1.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -147,7 +198,7 @@ def test_update_in_place_under_load_fails_nothing(local_cluster, serve_target, t
         yaml = tmp_path / "upd.yaml"
         yaml.write_text(f"name: upd\nroute_prefix: /upd\nmodel: {second_model}\nversion: b\n"
                         "generation: {max_new_tokens: 32}\n")
-        with Load(url, clients=4) as load:
+        with Load(url, clients=4) as load, OwnClient(url) as own:
             load.wait_for(20)
             t0 = time.monotonic()
             r = rayfleet_cli("serve", str(yaml))
@@ -155,6 +206,7 @@ def test_update_in_place_under_load_fails_nothing(local_cluster, serve_target, t
             assert r.returncode == 0, r.stdout + r.stderr
             load.wait_for(20)  # the new version serves the load, too
         assert load.errors == [], load.errors[:5]
+        own.check()
         print(f"{load.count()} requests, 0 failed; {load.resent} resent after their connection closed unanswered")
         versions = [v for _, _, v, _ in sorted(load.results)]
         print(f"{len(versions)} requests during the update, by version: {Counter(versions)}")
@@ -182,7 +234,7 @@ def test_autoscaling_and_a_killed_replica_under_load(local_cluster, serve_target
     url = deploy(serve_target, spec, [], timeout_s=300).url
     try:
         assert len(_running(serve_target, "auto")) == 1
-        with Load(url, clients=6, texts_per_request=8) as load:
+        with Load(url, clients=6, texts_per_request=8) as load, OwnClient(url) as own:
             t0 = time.monotonic()
             two = _wait("a second replica under load", lambda: (lambda rs: rs if len(rs) == 2 else None)(
                 _running(serve_target, "auto")), timeout=120)
@@ -201,6 +253,7 @@ def test_autoscaling_and_a_killed_replica_under_load(local_cluster, serve_target
             load.wait_for(10)
         assert load.count() > killed_at + 10
         assert load.errors == [], load.errors[:5]
+        own.check()
         print(f"{load.count()} requests, 0 failed; {load.resent} resent after their connection closed unanswered")
         t0 = time.monotonic()
         _wait("back to one replica when idle",

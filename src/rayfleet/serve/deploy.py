@@ -153,6 +153,8 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
 
     ``extra_args`` go to ``build_app`` next to the spec (e.g. ``backend_wrapper``).
     """
+    if key_hashes and not api_key:
+        raise ValueError("a service with API keys is probed with one of them: pass api_key")
     client = _client(target)
     details = _details(client, target)
     apps = _app_configs(details)

@@ -1,9 +1,13 @@
-"""The README's main command, end to end in a subprocess: ./run, the printed curl line, ./run stop."""
+"""The README's main command, end to end in a subprocess: ./run, the printed curl line, ./run stop;
+and bare ./run (the default hub model) where the Hugging Face Hub can't be reached."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +16,9 @@ import pytest
 
 from conftest import E2E_PORTS, ROOT, up_flags
 from rayfleet.cluster import local
+from rayfleet.config.service import ServiceSpec
+from rayfleet.errors import ClusterNotRunning
+from rayfleet.testing.tiny_model import greedy_translations
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +43,12 @@ def test_run_serves_then_stop_leaves_nothing(tiny_model, tmp_path):
         curl = re.search(r"^  try:\s+(curl .*)$", r.stdout, re.M).group(1)
         answer = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
         assert answer.returncode == 0, answer.stderr
-        assert re.fullmatch(r'\{"translation":".+"\}', answer.stdout), answer.stdout
+        # ./run deploys the default service spec with --model: its max_new_tokens.
+        body = json.loads(shlex.split(curl)[-1])
+        expected = greedy_translations(tiny_model, [body["text"]],
+                                       max_new_tokens=ServiceSpec().generation.max_new_tokens)[body["text"]]
+        assert expected.strip()
+        assert json.loads(answer.stdout) == {"translation": expected}, answer.stdout
 
         # Again while up: harmless, same cluster, still serving.
         r2 = _run("--model", str(tiny_model), *up_flags(E2E_PORTS), env=env)
@@ -57,6 +69,48 @@ def test_run_serves_then_stop_leaves_nothing(tiny_model, tmp_path):
         t0 = time.monotonic()
         stop = _run("stop", env=env, timeout=300)
         print(f"./run stop took {time.monotonic() - t0:.0f} s")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "no Ray process of it is left" in stop.stdout
+    assert [p for p in pids if Path(f"/proc/{p}").exists() and local.processes.is_running(p)] == []
+
+
+def test_bare_run_without_the_hub_is_one_clear_error_within_seconds(tmp_path):
+    """What a new user without network access gets from plain ``./run``: the cluster starts, then
+    one error line naming the default model and why, a hint, exit 1, within seconds, no traceback.
+
+    Offline mode is off (conftest sets HF_HUB_OFFLINE for every other test) and the Hugging Face
+    cache is empty. The hub endpoint is a loopback port that refuses connections, so the test
+    contacts nothing off this machine and the reason in the message is always the same (against
+    huggingface.co with no network it reads "huggingface.co: Name or service not known")."""
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        hub = f"127.0.0.1:{closed.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_ENDPOINT")}
+        env.update(RAYFLEET_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"),
+                   HF_ENDPOINT=f"http://{hub}", COLUMNS="250")
+        t0 = time.monotonic()
+        r = _run(*up_flags(E2E_PORTS), env=env, timeout=300)
+        took = time.monotonic() - t0
+    print(f"bare ./run took {took:.1f} s (cluster start included)")
+    home = Path(env["RAYFLEET_HOME"])
+    try:
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "Cluster started." in r.stdout
+        assert r.stderr.splitlines() == [
+            "error: Model 'Helsinki-NLP/opus-mt-en-fr' is not in the local cache and the Hugging Face Hub "
+            "can't be reached (127.0.0.1: Connection refused).",
+            "hint: Pass a local directory that holds a model saved with save_pretrained (config.json, tokenizer "
+            "files, weights), e.g. --model /models/opus-mt-en-fr or 'model: /models/opus-mt-en-fr' in service.yaml.",
+        ]
+        assert took < 60, f"bare ./run took {took:.0f} s"
+    finally:
+        try:
+            pids = local.pids(local.current(home))
+        except ClusterNotRunning:
+            pids = []
+        stop = _run("stop", env=env, timeout=300)
+    assert pids, "./run did not start the cluster"
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert "no Ray process of it is left" in stop.stdout
     assert [p for p in pids if Path(f"/proc/{p}").exists() and local.processes.is_running(p)] == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import rayfleet_cli
-from rayfleet.testing.tiny_model import SAMPLE_TEXTS
+from rayfleet.testing.tiny_model import SAMPLE_TEXTS, greedy_translations
 
 pytestmark = pytest.mark.integration
 
@@ -16,12 +16,15 @@ def test_services_lists_the_translator(translator):
     assert "translator" in r.stdout and "RUNNING" in r.stdout and translator[1] in r.stdout
 
 
-def test_translate_command(translator):
-    _, url = translator
-    r = rayfleet_cli("translate", SAMPLE_TEXTS[0], SAMPLE_TEXTS[1], "--url", url)
+def test_translate_command(translator, tiny_model):
+    """One line per text, in order, each the in-process greedy translation (the service's limits)."""
+    spec, url = translator
+    texts = SAMPLE_TEXTS[:2]
+    expected = greedy_translations(tiny_model, texts, max_new_tokens=spec.generation.max_new_tokens)
+    assert expected[texts[0]] != expected[texts[1]] and all(expected.values())  # the check can tell them apart
+    r = rayfleet_cli("translate", *texts, "--url", url)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert len(lines) == 2 and all(line.strip() for line in lines)
+    assert r.stdout.splitlines() == [expected[t] for t in texts]
 
 
 def test_translate_error_is_one_line(translator):

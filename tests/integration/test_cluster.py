@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import time
@@ -20,8 +21,47 @@ def test_token_file_is_private(local_cluster):
     assert stat.S_IMODE(os.stat(local_cluster.token_path).st_mode) == 0o600
 
 
+def _listeners(port: int) -> dict[str, set[int]]:
+    """Address -> socket inodes of the TCP sockets listening on ``port`` in this network
+    namespace, IPv4 and IPv6, as the kernel lists them (/proc/net/tcp, /proc/net/tcp6)."""
+    found: dict[str, set[int]] = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            addr_hex, port_hex = fields[1].split(":")
+            if fields[3] != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(addr_hex)  # 32-bit words in host (little-endian) order
+            addr = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+            found.setdefault(str(addr), set()).add(int(fields[9]))
+    return found
+
+
+def _socket_inodes(pids: list[int]) -> set[int]:
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:["):-1]))
+    return inodes
+
+
 def test_dashboard_bound_to_loopback(local_cluster):
-    assert local_cluster.dashboard_url == f"http://127.0.0.1:{SESSION_PORTS['dashboard']}"
+    """The sockets the kernel has, not the URL we print: 127.0.0.1 only (no 0.0.0.0, no ::),
+    and held by a process of this cluster."""
+    port = SESSION_PORTS["dashboard"]
+    assert local_cluster.dashboard_url == f"http://127.0.0.1:{port}"
+    listeners = _listeners(port)
+    assert list(listeners) == ["127.0.0.1"], listeners
+    assert listeners["127.0.0.1"] <= _socket_inodes(local.pids(local_cluster)), listeners
 
 
 def test_jobs_api_refuses_requests_without_the_token(local_cluster):

@@ -257,9 +257,14 @@ def test_jobs_api_refuses_requests_without_the_token(lab, fleet_up):
     url = f"http://{lab.hosts[0].ip}:8265/api/jobs/"
     assert requests.get(url, timeout=10).status_code == 401
     assert requests.post(url, json={"entrypoint": "id"}, timeout=10).status_code == 401
-    # the dashboard is bound to the head's address, not 0.0.0.0: not on loopback inside the head
-    r = lab.hosts[0].exec("python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8265), 2)\"")
-    assert r.returncode != 0
+    # the dashboard is bound to the head's address, not 0.0.0.0: inside the head it answers on that
+    # address and refuses connections on loopback
+    connect = "python3 -c \"import socket; socket.create_connection(('{}', 8265), 2)\""
+    r = lab.hosts[0].exec(connect.format(lab.hosts[0].ip))
+    assert r.returncode == 0, r.stderr
+    r = lab.hosts[0].exec(connect.format("127.0.0.1"))
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == "ConnectionRefusedError: [Errno 111] Connection refused", r.stderr
 
 
 FLEET_MODEL = "en-fr-fleet"
@@ -353,34 +358,69 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
     assert "update-failed" not in monitor
 
 
+def _attempts(folder: Path) -> dict[int, list[tuple[str, str, float]]]:
+    """Task index -> (node IP, Ray node id, start time) of each of its attempts, in order."""
+    out = {}
+    for f in folder.iterdir():
+        rows = [ln.split() for ln in f.read_text().splitlines()]
+        out[int(f.name)] = [(ip, node, float(t)) for ip, node, t in (r for r in rows if len(r) == 3)]
+    return out
+
+
 def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
+    """A worker's raylet is killed while a task runs there: that task is retried on another Ray
+    node, the job gets every result; the node is marked dead and `up` brings every host back."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from rayfleet.cluster import fleet as fl
 
-    victim = lab.hosts[2]
-    shared = lab_shared(fleet_up)
-    script = """
+    # Each attempt of a task appends where and when it started to a file on the shared storage.
+    attempts = lab_shared(fleet_up) / f"attempts-{time.monotonic_ns()}"
+    attempts.mkdir()
+    script = f"""
         import ray, time
         ray.init()
         @ray.remote(num_cpus=1, max_retries=5)
         def work(i):
-            time.sleep(2)
+            where = f"{{ray.util.get_node_ip_address()}} {{ray.get_runtime_context().get_node_id()}}"
+            with open(f"{attempts}/{{i}}", "a") as f:
+                f.write(f"{{where}} {{time.time():.3f}}\\n")
+            time.sleep(3)
             return i
         out = ray.get([work.remote(i) for i in range(24)])
         print("DONE", len(out), sum(out))
     """
-    from concurrent.futures import ThreadPoolExecutor
-
+    workers = {h.ip: h for h in lab.hosts[1:]}
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(_run_job, fleet_up, script, 400)
-        time.sleep(8)
-        pid = victim.exec("pgrep -x raylet").stdout.split()
-        assert pid, "no raylet on the victim"
-        victim.exec(f"kill -9 {pid[0]}", check=True)
+        # The victim: the first worker a task is seen running on (a Serve replica may hold the
+        # only CPU of the other one). Its raylet is killed at once, while that task sleeps.
+        deadline = time.monotonic() + 180
+        while not (running := [(i, a[-1]) for i, a in _attempts(attempts).items() if a and a[-1][0] in workers]):
+            assert not fut.done(), f"the job ended before a task ran on a worker: {fut.result()}"
+            assert time.monotonic() < deadline, f"no task on a worker after 180 s: {_attempts(attempts)}"
+            time.sleep(0.05)
+        task, (victim_ip, victim_node, _) = running[0]
+        r = workers[victim_ip].exec("pid=$(pgrep -x raylet) && kill -9 $pid && echo $pid")
+        killed_at = time.time()
+        assert r.returncode == 0 and r.stdout.strip(), f"no raylet killed on {victim_ip}: {r.stdout}{r.stderr}"
         logs = fut.result()
     assert "DONE 24 276" in logs
+    tried = _attempts(attempts)
+    assert sorted(tried) == list(range(24)) and all(tried.values())
+    retried = {i: a for i, a in tried.items() if len(a) > 1}
+    print(f"[multihost] killed the raylet of {victim_ip} (node {victim_node[:8]}) during task {task}; retried: "
+          + "; ".join(f"task {i}: " + ", ".join(f"{ip} {node[:8]} at {t - killed_at:+.1f} s" for ip, node, t in a)
+                      for i, a in sorted(retried.items())))
+    # The task that was running there ran again, after the kill, on another Ray node (perhaps on the
+    # same host, if Ray was restarted there meanwhile); only tasks cut short there were retried.
+    assert task in retried
+    for i, (first, *again) in retried.items():
+        assert first[1] == victim_node, (i, retried[i])
+        assert all(node != victim_node and t > killed_at for _, node, t in again), (i, retried[i])
     spec = _spec(fleet_up)
     deadline = time.monotonic() + 90
-    while not any(n["node_ip"] == victim.ip and n["state"] == "DEAD" for n in fl.nodes(spec)):
+    while not any(n["node_id"] == victim_node and n["state"] == "DEAD" for n in fl.nodes(spec)):
         assert time.monotonic() < deadline, "the killed node was never marked dead"
         time.sleep(2)
     r = rayfleet_cli("status", "-f", str(fleet_up))
@@ -391,7 +431,6 @@ def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
     assert r.returncode == 0, r.stdout + r.stderr
     alive = {n["node_ip"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
     assert alive == {h.ip for h in lab.hosts}
-    _ = shared
 
 
 def test_changed_fleet_yaml_is_applied(lab, fleet_up):

@@ -41,12 +41,27 @@ def _bash(cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
 
 
+def _posing_as(args: str, timeout_s: float = 10) -> subprocess.Popen:
+    """A process whose command line is ``args``; returns once pgrep can see it so (bash has
+    exec'd sleep under that name), and not later than ``timeout_s``."""
+    p = subprocess.Popen(["bash", "-c", f'exec -a "{args}" sleep 60'])
+    cmdline = Path(f"/proc/{p.pid}/cmdline")
+    deadline = time.monotonic() + timeout_s
+    while not cmdline.read_bytes().startswith(args.encode() + b"\0"):
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            p.wait()
+            raise AssertionError(f"no process posing as {args!r} within {timeout_s} s "
+                                 f"(exit status {p.returncode})")
+        time.sleep(0.01)
+    return p
+
+
 @pytest.fixture
 def fake_raylet(fleet):
     """A process whose command line looks like a raylet of this head and session."""
     args = f"/x/raylet/raylet --gcs-address={fleet.head.host}:{fleet.ports.gcs} --session-name={SESSION} --y=1"
-    p = subprocess.Popen(["bash", "-c", f'exec -a "{args}" sleep 60'])
-    time.sleep(0.3)
+    p = _posing_as(args)
     yield p
     p.kill()
     p.wait()
@@ -98,9 +113,8 @@ def test_rayfleet_start_writes_the_mark_and_leaves_a_running_session_alone(fleet
     assert _calls(tmp_path) == (["stop", "start"] if ray_here else ["start"])
     assert Path(started_mark(fleet)).read_text().strip() == SESSION
     args = f"/x/raylet/raylet --gcs-address={fleet.head.host}:{fleet.ports.gcs} --session-name={SESSION}"
-    p = subprocess.Popen(["bash", "-c", f'exec -a "{args}" sleep 60'])
+    p = _posing_as(args)
     try:
-        time.sleep(0.3)
         r = _bash(worker_start_command(fleet, SESSION))
         assert "already runs here" in r.stdout
         first = _calls(tmp_path)

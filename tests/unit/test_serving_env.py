@@ -7,6 +7,8 @@ from rayfleet.cluster.state import LocalPorts
 from rayfleet.config.fleet import PortsSpec
 from rayfleet.errors import ClusterError
 
+pytestmark = pytest.mark.unit
+
 
 def _used(env: dict) -> list[int]:
     ports = [int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])]

@@ -198,9 +198,10 @@ def submit(client: JobsClient, job: BulkJob) -> str:
 
 
 def follow(client: JobsClient, job_id: str, *, on_event: Callable[[dict[str, Any]], None] | None = None,
-           poll_s: float = 0.5) -> dict[str, Any]:
+           poll_s: float = 0.5, on_poll: Callable[[], None] | None = None,
+           on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Follow the job to its end; return its ``result`` event, or raise BulkError with the job's error."""
-    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s)
+    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s, on_poll=on_poll, on_log=on_log)
     if out.succeeded:
         return out.result
     if out.error is not None:

@@ -150,7 +150,7 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     actors = _actors(job, len(chunks))
-    emit("phase", name=f"translating with up to {actors} actor(s)")
+    emit("phase", name=f"translating with up to {actors} actor(s)", waits_for_resources=True)
     threads = max(1, int(job.cpus_per_actor))
     settings = {"model": job.model, "device": "cuda" if job.gpus_per_actor > 0 else "auto",
                 "num_threads": threads, "max_new_tokens": job.max_new_tokens}

@@ -6,6 +6,7 @@ local cluster when one runs; otherwise on ``./fleet.yaml`` when it exists.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,7 @@ from rayfleet.errors import ClusterNotRunning, ConfigError
 from rayfleet.serve.deploy import ServeTarget
 
 __all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "Target", "target_for", "fleet_target",
-           "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET"]
+           "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET", "job_holders"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -96,21 +97,45 @@ def local_target() -> tuple[LocalCluster, ServeTarget]:
     return cluster, target_for(cluster)
 
 
-class JobProgress:
-    """A followed job's live display: a spinner until the job starts, then a progress bar.
+def job_holders(client, serve_target: ServeTarget, job_id: str):
+    """``() -> [str]``: who holds the cluster's resources besides job ``job_id`` (other running
+    jobs, the services with replicas), for a waiting line."""
+    def holders() -> list[str]:
+        from rayfleet.serve.deploy import list_services
 
-    Subclasses give the bar's columns and turn events into updates (``__call__``);
-    ``start_bar`` switches from the spinner to the bar.
+        out = [f"job {j.id} ({j.kind})" for j in client.list()
+               if j.id != job_id and j.status in ("PENDING", "RUNNING")]
+        out += [f"service {s.name} ({s.replicas} replica(s))" for s in list_services(serve_target) if s.replicas]
+        return out
+    return holders
+
+
+class JobProgress:
+    """A followed job's display: a spinner until the job starts, then a progress bar.
+
+    When stdout is not a terminal (CI, nohup, a pipe) there is no live display: every
+    phase, every evaluation and a heartbeat (``describe()``: step and rate) at least every
+    ``HEARTBEAT_S`` are printed as plain lines instead, so a job is never silent.
+
+    Subclasses give the bar's columns, turn events into updates (``__call__``) and say
+    where the job is (``describe``); ``start_bar`` switches from the spinner to the bar.
+    ``guard`` (a ``StallGuard``) reports waiting for resources and stops a job whose
+    demand can't be placed; ``tick`` runs it and the heartbeat, once per poll.
     """
 
-    def __init__(self, quiet: bool, *columns: ProgressColumn):
+    HEARTBEAT_S = 30.0
+
+    def __init__(self, quiet: bool, *columns: ProgressColumn, guard=None):
         self.quiet = quiet
-        self.progress = Progress(*columns, console=console, transient=False, disable=quiet)
+        self.plain = not quiet and not console.is_terminal
+        self.progress = Progress(*columns, console=console, transient=False, disable=quiet or self.plain)
         self.task = None
         self.status = console.status("Submitted; waiting for the job to start ...")
+        self.guard = guard
+        self._last_line = time.monotonic()
 
     def __enter__(self):
-        if not self.quiet:
+        if not self.quiet and not self.plain:
             self.status.start()
         return self
 
@@ -118,12 +143,51 @@ class JobProgress:
         self.status.stop()
         self.progress.stop()
 
+    def line(self, text: str, **kw) -> None:
+        """A printed line (also what resets the heartbeat)."""
+        console.print(text, markup=False, **kw)
+        self._last_line = time.monotonic()
+
     def start_bar(self, description: str, **fields) -> None:
         self.status.stop()
-        self.progress.start()
+        if not self.plain:
+            self.progress.start()
         self.task = self.progress.add_task(description, **fields)
 
     def phase(self, ev: dict) -> None:
-        """A ``phase`` event before the bar: shown on the spinner."""
-        if self.task is None and not self.quiet:
+        """A ``phase`` event: on the spinner, or a printed line without a terminal."""
+        if self.guard is not None and ev.get("waits_for_resources"):
+            self.guard.placing = True
+        if self.plain:
+            self.line(f"{ev['name'].capitalize()} ...")
+        elif self.task is None and not self.quiet:
             self.status.update(f"{ev['name'].capitalize()} ...")
+
+    def describe(self) -> str | None:
+        """Where the job is, for the heartbeat (None: nothing to say yet)."""
+        return None
+
+    def progressed(self, *, started: bool = False) -> None:
+        """A progress event: feeds the guard; without a terminal, a heartbeat line now and then."""
+        if self.guard is not None:
+            self.guard.progressed(started=started)
+        if self.plain and time.monotonic() - self._last_line >= self.HEARTBEAT_S / 3:
+            text = self.describe()
+            if text:
+                self.line(text)
+
+    def tick(self) -> None:
+        """Once per poll of the job: waiting lines, the guard, and the heartbeat."""
+        if self.guard is not None:
+            waiting = self.guard.tick()  # raises JobError when the job can't be placed
+            if waiting:
+                if self.plain:
+                    self.line(waiting)
+                elif not self.quiet and self.task is None:
+                    self.status.update(waiting)
+        if self.plain and time.monotonic() - self._last_line >= self.HEARTBEAT_S:
+            self.line(self.describe() or "still waiting for the job to start ...")
+
+    def log_line(self, line: str) -> None:
+        if self.guard is not None:
+            self.guard.log_line(line)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from rayfleet.cli._common import FLEET_OPTION, JobProgress, console, resolve_target
+from rayfleet.cli._common import FLEET_OPTION, JobProgress, console, job_holders, resolve_target
 from rayfleet.config.service import DEFAULT_MODEL
 
 __all__ = ["register"]
@@ -19,21 +19,33 @@ _BAD_SHOWN = 10
 class _Follower(JobProgress):
     """Turns the job's events into a live progress bar (lines done / total, lines/s, ETA)."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, guard=None):
         super().__init__(quiet, TextColumn("translating"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
-                         TextColumn("{task.fields[lps]} lines/s"), TextColumn("ETA"), TimeRemainingColumn())
+                         TextColumn("{task.fields[lps]} lines/s"), TextColumn("ETA"), TimeRemainingColumn(),
+                         guard=guard)
+        self._last: dict[str, Any] | None = None
+        self._total: int | None = None
+
+    def describe(self) -> str | None:
+        if self._last is None:
+            return None
+        return f"{self._last['lines_done']}/{self._total or '?'} lines, {self._last['lines_per_s']:.0f} lines/s"
 
     def __call__(self, ev: dict[str, Any]) -> None:
         kind = ev["event"]
         if kind == "phase":
             self.phase(ev)
         elif kind == "start":
+            self._total = ev["lines"]
+            self.progressed(started=True)
             if ev["parts_done"]:
-                console.print(f"Resuming: {ev['parts_done']} of {ev['parts']} parts ({ev['lines_done']} of "
-                              f"{ev['lines']} lines) are done already and are skipped.")
+                self.line(f"Resuming: {ev['parts_done']} of {ev['parts']} parts ({ev['lines_done']} of "
+                          f"{ev['lines']} lines) are done already and are skipped.")
             if ev["parts_done"] < ev["parts"]:
                 self.start_bar("translate", total=ev["lines"], completed=ev["lines_done"], lps="-")
         elif kind == "progress" and self.task is not None:
+            self._last = ev
+            self.progressed(started=True)
             self.progress.update(self.task, completed=ev["lines_done"], lps=f"{ev['lines_per_s']:.0f}")
 
 
@@ -92,7 +104,8 @@ def translate_file(
     Example: rayfleet translate-file in.jsonl out.jsonl --field text --backend ctranslate2
     """
     from rayfleet.bulk import launch
-    from rayfleet.errors import BulkError
+    from rayfleet.errors import BulkError, JobError
+    from rayfleet.jobs.resources import Demand, StallGuard, check_fits, cluster_usage
     from rayfleet.jobs.submit import JobsClient
     from rayfleet.serve.backends.base import BACKEND_NAMES
 
@@ -107,6 +120,9 @@ def translate_file(
                          fleet_name=fleet.name if fleet else None,
                          fleet_storage=fleet.storage.path if fleet and fleet.storage else None)
     client = JobsClient(target.serve.dashboard_url, dict(target.serve.headers))
+    demand = Demand(f"translate-file job ({input_path.name})", 1, cpus_per_actor, gpus_per_actor)
+    usage = lambda: cluster_usage(target.serve.dashboard_url, dict(target.serve.headers))  # noqa: E731
+    check_fits(demand, usage(), fix="a smaller --cpus-per-actor" + (" or --gpus-per-actor" if gpus_per_actor else ""))
     job_id = launch.submit(client, job)
     console.print(f"Submitted job {job_id} on the {target.description} (parts in {job.output}.parts).",
                   markup=False)
@@ -114,8 +130,13 @@ def translate_file(
         console.print(f"Follow it with: rayfleet jobs logs {job_id} --follow", markup=False)
         return
     try:
-        with _Follower(quiet) as follower:
-            result = launch.follow(client, job_id, on_event=follower)
+        with _Follower(quiet, StallGuard(demand, usage, job_holders(client, target.serve, job_id))) as follower:
+            try:
+                result = launch.follow(client, job_id, on_event=follower, on_poll=follower.tick,
+                                       on_log=follower.log_line)
+            except JobError:
+                launch.stop(client, job_id)
+                raise
     except KeyboardInterrupt:
         console.print(f"\nStopping job {job_id} ...", markup=False)
         status = launch.stop(client, job_id)

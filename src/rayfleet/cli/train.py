@@ -10,7 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rayfleet.cli._common import DEFAULT_FLEET, FLEET_OPTION, JobProgress, console, load_fleet, resolve_target
+from rayfleet.cli._common import (DEFAULT_FLEET, FLEET_OPTION, JobProgress, console, job_holders, load_fleet,
+                                  resolve_target)
+from rayfleet.errors import JobError
 from rayfleet.jobs.submit import JobsClient
 
 __all__ = ["register", "registry_storage"]
@@ -60,11 +62,19 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
 class _Follower(JobProgress):
     """Turns job events into a live progress bar and a few printed lines."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, guard=None):
         super().__init__(quiet, TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                          TextColumn("step"), MofNCompleteColumn(),
                          TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"), TextColumn("ETA"),
-                         TimeRemainingColumn())
+                         TimeRemainingColumn(), guard=guard)
+        self._last: dict[str, Any] | None = None
+
+    def describe(self) -> str | None:
+        ev = self._last
+        if ev is None:
+            return None
+        return (f"step {ev['step']}/{ev.get('total_steps') or '?'} (epoch {ev['epoch']}/{ev['epochs']}): "
+                f"loss {ev['loss']:.3f}, {ev['samples_per_s']:.0f} samples/s")
 
     def _ensure_task(self, ev: dict[str, Any]) -> None:
         if self.task is None:
@@ -79,20 +89,25 @@ class _Follower(JobProgress):
                 console.print(f"Worker group restarted: resuming from the checkpoint at step {ev['resumed_from']}.")
             elif ev.get("nodes"):
                 nodes = sorted(set(ev["nodes"]))
-                console.print(f"Training with {ev.get('workers', len(ev['nodes']))} worker(s) on "
-                              f"{len(nodes)} node(s): {', '.join(nodes)}", markup=False)
+                self.line(f"Training with {ev.get('workers', len(ev['nodes']))} worker(s) on "
+                          f"{len(nodes)} node(s): {', '.join(nodes)}")
+            self.progressed(started=True)
             self._ensure_task(ev)
             self.progress.update(self.task, total=ev["total_steps"], completed=ev.get("resumed_from") or 0)
         elif kind == "progress":
+            self._last = ev
+            self.progressed(started=True)
             self._ensure_task(ev)
             self.progress.update(self.task, completed=ev["step"], epoch=ev["epoch"], epochs=ev["epochs"],
                                  loss=f"{ev['loss']:.3f}", sps=f"{ev['samples_per_s']:.0f}")
         elif kind == "eval":
-            console.print(f"step {ev['step']}: {_fmt_metrics(ev)}")
+            self.progressed(started=True)
+            self.line(f"step {ev['step']}: {_fmt_metrics(ev)}")
         elif kind == "warning":
             console.print(f"warning: {ev.get('message')}", style="yellow", markup=False)
         elif kind == "trial":
-            console.print(f"trial {ev.get('trial')}: {ev.get('config')} -> {_fmt_metrics(ev.get('metrics', {}))}")
+            self.progressed()
+            self.line(f"trial {ev.get('trial')}: {ev.get('config')} -> {_fmt_metrics(ev.get('metrics', {}))}")
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -106,22 +121,48 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet: bool,
-         fleet_file: Optional[Path]) -> None:
+         fleet_file: Optional[Path], num_workers: Optional[int] = None,
+         unplaceable_timeout: float = 120) -> None:
+    from rayfleet.jobs.resources import Demand, StallGuard, check_fits, cluster_usage
     from rayfleet.train.launch import load_job, on_fleet, submit, wait_result
 
     spec = load_job(spec_file)
+    if num_workers is not None:
+        spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"num_workers": num_workers})})
     target = resolve_target(fleet_file)
     if target.fleet is not None:  # runs, checkpoints and the default registry on the fleet's shared storage
         spec = on_fleet(spec, target.fleet)
     client = JobsClient(target.serve.dashboard_url, dict(target.serve.headers))
+    s = spec.scaling
+    usage = lambda: cluster_usage(target.serve.dashboard_url, dict(target.serve.headers))  # noqa: E731
+    fits = usage()
+    if s.num_workers == "auto":
+        resource, per = ("GPU", 1.0) if s.use_gpu else ("CPU", s.cpus_per_worker)
+        free = int(fits.free(resource) // per) if per else s.max_workers
+        workers = max(1, min(s.max_workers, free))
+        console.print(f"num_workers auto: {workers} worker(s) ({fits.free(resource):g} of "
+                      f"{fits.total(resource):g} {resource}s free)", markup=False)
+        s = s.model_copy(update={"num_workers": workers})
+        spec = spec.model_copy(update={"scaling": s})
+    demand = Demand(f"{'tuning trial' if mode == 'tune' else 'training job'} {spec.name} ({s.num_workers} "
+                    f"worker(s))", s.num_workers, s.cpus_per_worker, 1.0 if s.use_gpu else 0.0)
+    most = int(fits.total("CPU") // s.cpus_per_worker) if s.cpus_per_worker else s.num_workers
+    check_fits(demand, fits, fix=f"--num-workers {most}" if most >= 1 else
+               f"scaling.cpus_per_worker at most {fits.largest_node('CPU'):g} in {spec_file}")
     launch = submit(client, spec, mode=mode, samples=samples)
     console.print(f"Submitted job {launch.job_id} (run dir {launch.run_dir}).")
     if detach:
         console.print(f"Follow it with: rayfleet jobs logs {launch.job_id} --follow")
         return
+    guard = StallGuard(demand, usage, job_holders(client, target.serve, launch.job_id), timeout_s=unplaceable_timeout)
     try:
-        with _Follower(quiet) as follower:
-            result = wait_result(client, launch.job_id, on_event=follower)
+        with _Follower(quiet, guard) as follower:
+            try:
+                result = wait_result(client, launch.job_id, on_event=follower, on_poll=follower.tick,
+                                     on_log=follower.log_line)
+            except JobError:
+                client.stop(launch.job_id)
+                raise
     except KeyboardInterrupt:
         console.print(f"\nDetached; job {launch.job_id} keeps running. Follow it: rayfleet jobs logs "
                       f"{launch.job_id} --follow; stop it: rayfleet jobs stop {launch.job_id}")
@@ -133,13 +174,22 @@ def train(
     spec_file: Path = typer.Argument(..., metavar="JOB.yaml", help="Job spec (see examples/finetune-tiny.yaml)."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Submit and return at once."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; print only the result."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1,
+                                              help="Override scaling.num_workers of the spec."),
+    unplaceable_timeout: float = typer.Option(
+        120, "--unplaceable-timeout", min=1,
+        help="Stop the job when it made no progress this many seconds and the cluster can't place it."),
     fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Submit a training job; show its progress, metrics and the registered version. Ctrl-C detaches.
 
-    Example: rayfleet train examples/finetune-tiny.yaml
+    A job that needs more CPUs/GPUs than the cluster has is refused before it is submitted;
+    one that waits for busy resources says so. Without a terminal, progress is printed as
+    plain lines (phases, evaluations, a heartbeat at least every 30 s).
+
+    Example: rayfleet train examples/finetune-tiny.yaml --num-workers 1
     """
-    _run(spec_file, "train", None, detach, quiet, fleet_file)
+    _run(spec_file, "train", None, detach, quiet, fleet_file, num_workers, unplaceable_timeout)
 
 
 def tune(
@@ -147,13 +197,18 @@ def tune(
     samples: int = typer.Option(4, "--samples", "-n", min=1, help="Trials to run."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Submit and return at once."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; print only the result."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1,
+                                              help="Override scaling.num_workers of the spec (per trial)."),
+    unplaceable_timeout: float = typer.Option(
+        120, "--unplaceable-timeout", min=1,
+        help="Stop the job when it made no progress this many seconds and the cluster can't place it."),
     fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Search the 'search:' space with Ray Tune (ASHA); register the best trial. Ctrl-C detaches.
 
     Example: rayfleet tune examples/finetune-tiny.yaml --samples 4
     """
-    _run(spec_file, "tune", samples, detach, quiet, fleet_file)
+    _run(spec_file, "tune", samples, detach, quiet, fleet_file, num_workers, unplaceable_timeout)
 
 
 jobs_app = typer.Typer(help="List jobs, show their logs, stop them.\n\nExample: rayfleet jobs; rayfleet jobs logs ID",

@@ -6,7 +6,7 @@ import requests
 
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
-__all__ = ["list_nodes"]
+__all__ = ["list_nodes", "resource_usage"]
 
 
 def list_nodes(dashboard_url: str, headers: dict[str, str], timeout_s: float = 10) -> list[dict]:
@@ -20,3 +20,29 @@ def list_nodes(dashboard_url: str, headers: dict[str, str], timeout_s: float = 1
     if r.status_code != 200:
         raise ClusterError(f"The dashboard answered {r.status_code} when asked for nodes: {r.text[:200]}")
     return r.json().get("data", {}).get("result", {}).get("result", [])
+
+
+def resource_usage(dashboard_url: str, headers: dict[str, str], timeout_s: float = 10) -> dict[str, dict]:
+    """``{"cluster": {resource: (used, total)}, "nodes": [{resource: (used, total)}, ...]}`` of the
+    alive nodes. Totals come from the node table (right from the start); what is used comes
+    from the autoscaler's load report (what ``ray status`` shows), which is empty for the
+    first seconds of a cluster: then nothing counts as used."""
+    nodes = [n for n in list_nodes(dashboard_url, headers, timeout_s) if n.get("state") == "ALIVE"]
+    try:
+        r = requests.get(f"{dashboard_url}/api/cluster_status", headers=headers, timeout=timeout_s)
+        report = (((r.json().get("data") or {}).get("clusterStatus") or {}).get("loadMetricsReport") or {}
+                  if r.status_code == 200 else {})
+    except (requests.RequestException, ValueError):
+        report = {}
+    by_node = report.get("usageByNode") or {}
+    out_nodes = []
+    for n in nodes:
+        used = by_node.get(n.get("node_id", ""), {})
+        out_nodes.append({k: (float((used.get(k) or [0.0])[0]), float(v))
+                          for k, v in (n.get("resources_total") or {}).items()})
+    cluster: dict[str, tuple[float, float]] = {}
+    for node in out_nodes:
+        for k, (u, t) in node.items():
+            cu, ct = cluster.get(k, (0.0, 0.0))
+            cluster[k] = (cu + u, ct + t)
+    return {"cluster": cluster, "nodes": out_nodes}

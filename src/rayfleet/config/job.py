@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -135,7 +135,22 @@ class TrainingSpec(Model):
 class ScalingSpec(Model):
     """How many training workers, and what each reserves."""
 
-    num_workers: Annotated[int, Field(ge=1, le=1024, description="DDP workers (processes).")] = 2
+    num_workers: int | Literal["auto"] = Field(
+        default=2, description="DDP workers (processes), or 'auto': as many as the cluster's free CPUs (GPUs with "
+                               "use_gpu) allow when the job is submitted, at least 1, at most max_workers.")
+    max_workers: Annotated[int, Field(ge=1, le=1024, description="The most workers 'num_workers: auto' picks.")] = 2
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("expected a whole number 1-1024 or 'auto'")
+        if not 1 <= v <= 1024:
+            raise ValueError("input should be greater than or equal to 1" if v < 1 else
+                             "input should be less than or equal to 1024")
+        return v
     use_gpu: bool = Field(default=False, description="One GPU per worker (nccl); else CPU (gloo).")
     cpus_per_worker: Annotated[float, Field(gt=0, le=256, description="CPUs per worker (torch threads).")] = 1
 

@@ -9,7 +9,9 @@ The client reads the job log and picks these lines out (``parse``); anything
 else in the log is shown as is. Ray may prefix worker lines with
 ``(RayTrainWorker pid=...)``, so the marker is searched anywhere in the line.
 
-Events: ``start`` (total_steps, workers, pids and nodes: each rank's process id
+Events: ``phase`` (name; ``waits_for_resources`` when the job now asks the
+cluster for its workers or actors: from then on the client reports waiting),
+``start`` (total_steps, workers, pids and nodes: each rank's process id
 and node IP, resumed_from), ``progress`` (step, epoch, loss, samples_per_s),
 ``eval`` (step, bleu, chrf, exact_match, loss), ``checkpoint`` (step),
 ``result`` (metrics, model, version, run_id), ``error`` (message, hint).

@@ -91,11 +91,15 @@ class JobsClient:
         except Exception as e:
             raise JobError(f"Can't stop job {job_id}: {e}") from e
 
-    def follow(self, job_id: str, *, poll_s: float = 0.5) -> Iterator[str]:
-        """Yield the job's log lines as they come, until the job has ended and its log is read."""
+    def follow(self, job_id: str, *, poll_s: float = 0.5,
+               on_poll: Callable[[], None] | None = None) -> Iterator[str]:
+        """Yield the job's log lines as they come, until the job has ended and its log is read.
+        ``on_poll`` is called once per poll, between the lines (for heartbeats and waiting checks)."""
         seen = 0
         partial = ""
         while True:
+            if on_poll is not None:
+                on_poll()
             status = self.info(job_id).status
             try:
                 text = self._client.get_job_logs(job_id)
@@ -142,17 +146,21 @@ class JobOutcome:
 
 
 def follow_events(client: JobsClient, job_id: str, *, on_event: Callable[[dict[str, Any]], None] | None = None,
-                  poll_s: float = 0.5) -> JobOutcome:
-    """Follow the job's log to its end, passing each event (``rayfleet.jobs.events``) to ``on_event``."""
+                  poll_s: float = 0.5, on_poll: Callable[[], None] | None = None,
+                  on_log: Callable[[str], None] | None = None) -> JobOutcome:
+    """Follow the job's log to its end, passing each event (``rayfleet.jobs.events``) to ``on_event``,
+    every other log line to ``on_log``, and calling ``on_poll`` once per poll."""
     from rayfleet.jobs import events
 
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     tail: list[str] = []
-    for line in client.follow(job_id, poll_s=poll_s):
+    for line in client.follow(job_id, poll_s=poll_s, on_poll=on_poll):
         ev = events.parse(line)
         if ev is None:
             tail = (tail + [line])[-20:]
+            if on_log is not None:
+                on_log(line)
             continue
         if on_event is not None:
             on_event(ev)

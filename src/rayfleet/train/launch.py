@@ -142,9 +142,10 @@ def watch(client: JobsClient, job_id: str, *, poll_s: float = 0.5) -> Iterator[t
         yield events.parse(line), line
 
 
-def wait_result(client: JobsClient, job_id: str, *, on_event=None, poll_s: float = 1.0) -> dict[str, Any]:
+def wait_result(client: JobsClient, job_id: str, *, on_event=None, poll_s: float = 1.0, on_poll=None,
+                on_log=None) -> dict[str, Any]:
     """Follow the job to its end; return the ``result`` event, or raise TrainError with the job's error."""
-    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s)
+    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s, on_poll=on_poll, on_log=on_log)
     if out.succeeded:
         return out.result
     if out.error is not None:

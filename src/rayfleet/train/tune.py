@@ -94,7 +94,7 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
                                         stop_last_trials=False)),
             run_config=tune.RunConfig(name=f"{run_name}-tune", storage_path=storage, verbose=0),
         )
-        emit("phase", name=f"running {job['samples']} trials")
+        emit("phase", name=f"running {job['samples']} trials", waits_for_resources=True)
         grid = tuner.fit()
         trials = []
         for i, r in enumerate(grid):

@@ -100,9 +100,13 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
     from rayfleet.train.loop import train_loop
 
     d, s = spec.data, spec.scaling
+    # Read and tokenized here, before the worker group holds its CPUs: Ray Data's read and
+    # tokenize tasks need CPUs of their own, and on a cluster the workers fill (2 workers on
+    # 2 CPUs) they would wait forever. The workers load their whole shard anyway.
     datasets = {
-        "train": tokenized_dataset(paths["train"], paths["tokenizer"], d.max_source_length, d.max_target_length),
-        "validation": text_dataset(paths["validation"]),
+        "train": tokenized_dataset(paths["train"], paths["tokenizer"], d.max_source_length,
+                                   d.max_target_length).materialize(),
+        "validation": text_dataset(paths["validation"]).materialize(),
     }
     config = {"spec": spec.to_json(), "tokenizer": paths["tokenizer"], "base": paths["base"],
               "tracking": tracking, **(extra_config or {})}
@@ -164,12 +168,13 @@ def _train(job: dict[str, Any]) -> dict[str, Any]:
         emit("mlflow_run", run_id=run_id)
     ray.init(log_to_driver=True)
     _quiet_ray_data()
-    emit("phase", name="starting workers")
+    emit("phase", name="reading and tokenizing the data")
     ok = False
     try:
         trainer = build_trainer(spec, paths, run_name=job["run_name"], storage=job["train_storage"],
                                 tracking={"uri": registry.uri, "run_id": run_id,
                                           "artifact_root": registry.artifact_root} if registry else None)
+        emit("phase", name="starting workers", waits_for_resources=True)
         result = _fit(trainer)
         if result.checkpoint is None:
             raise TrainError("Training finished without a checkpoint; nothing to register.")

@@ -1,0 +1,150 @@
+"""README's "Quick start on a small machine", as written, on a 2-CPU local cluster, through
+the CLI with stdout a pipe (not a terminal): up, serve + translate, train the tiny example
+to exact match >= 0.9 beside the translator, translate-file with the trained model, down.
+Then what a job that can't fit gets (refused before submit), and what one that waits for
+busy CPUs prints (the waiting line, then it runs once they are freed).
+
+The commands come from the README's code block; the test only adds its own ports, a
+tiny local model for the hub's, and its own output path. Cost: ~3-4 min on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import E2E_PORTS, ROOT, up_flags
+from rayfleet.cluster import local
+from rayfleet.errors import ClusterNotRunning
+from rayfleet.train.corpus import generate_pairs
+
+pytestmark = pytest.mark.e2e
+
+ANSI = re.compile(r"\x1b\[")
+
+
+def readme_quick_start() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Quick start on a small machine"):]
+    block = section[section.index("```bash\n") + 8:section.index("```", section.index("```bash\n") + 8)]
+    return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / args[0]
+    r = subprocess.run([str(exe), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout,
+                       cwd=ROOT, stdin=subprocess.DEVNULL)
+    print(f"$ {shlex.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
+    assert not ANSI.search(r.stdout + r.stderr), "terminal codes in output that is not a terminal"
+    return r
+
+
+def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
+    env = dict(os.environ, RAYFLEET_HOME=str(tmp_path / "home"), COLUMNS="200")
+    out = tmp_path / "out.jsonl"
+    commands = readme_quick_start()
+    assert [c[:2] for c in commands] == [["rayfleet", "up"], ["rayfleet", "serve"], ["rayfleet", "translate"],
+                                         ["rayfleet", "train"], ["rayfleet", "translate-file"],
+                                         ["rayfleet", "down"]]
+    up, serve, translate, train, bulk, down = commands
+    # This test's own ports (and 2 CPUs, what the README's 2-core machine has), model and output path.
+    up = up + ["--num-cpus", "2", *up_flags(E2E_PORTS)]
+    serve = [str(tiny_model) if a == "/models/opus-mt-en-fr" else a for a in serve]
+    bulk = [str(out) if a == "out.jsonl" else a for a in bulk]
+    home = Path(env["RAYFLEET_HOME"])
+    try:
+        r = _cli(up, env)
+        assert r.returncode == 0 and "Cluster started." in r.stdout
+
+        r = _cli(serve, env)
+        assert r.returncode == 0, r.stderr
+        assert f"Service translator is up: 1 replica(s), model {tiny_model}" in r.stdout
+
+        r = _cli(translate, env)
+        assert r.returncode == 0, r.stderr
+        from rayfleet.serve.backends.base import BackendSettings, load_backend
+        from rayfleet.serve.segment import TextTranslator
+
+        expected = TextTranslator(load_backend("auto", BackendSettings(model=str(tiny_model)))).translate(
+            [translate[2]])[0].text
+        assert r.stdout == expected + "\n"
+
+        t0 = time.monotonic()
+        r = _cli(train, env, timeout=900)
+        print(f"train took {time.monotonic() - t0:.0f} s")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == "num_workers auto: 1 worker(s) (1 of 2 CPUs free)"
+        assert lines[2:5] == ["Preparing data and tokenizer ...", "Reading and tokenizing the data ...",
+                              "Starting workers ..."]
+        assert re.fullmatch(r"Training with 1 worker\(s\) on 1 node\(s\): [\d.]+", lines[5]), lines
+        assert not any(line.startswith("waiting for resources") for line in lines)  # 1 CPU was free
+        final = [float(m.group(1)) for line in lines if (m := re.match(r"step 500: exact_match ([\d.]+),", line))]
+        assert final and final[0] >= 0.9, lines
+        assert "Registered en-fr-tiny version 1 (alias staging): registry://en-fr-tiny/1" in lines
+
+        r = _cli(bulk, env)
+        assert r.returncode == 0, r.stderr
+        assert "Scanning the input ..." in r.stdout
+        assert re.search(r"^Translating with up to \d actor\(s\) \.\.\.$", r.stdout, re.M), r.stdout
+        assert f"Translated 300 of 300 lines into {out}" in r.stdout
+        expected = [fr for _, fr in generate_pairs(300, seed=7)]
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [g["id"] for g in got] == list(range(1, 301))
+        exact = sum(g["translation"] == e for g, e in zip(got, expected)) / len(expected)
+        print(f"translate-file with the trained model: exact match {exact:.3f}")
+        assert exact >= 0.9
+
+        # A job that could never fit: refused before anything is submitted.
+        r = _cli(train + ["--num-workers", "3"], env)
+        assert r.returncode == 1
+        assert r.stderr.splitlines() == [
+            "error: The training job en-fr-tiny (3 worker(s)) needs 3 CPUs (3 × 1) at once; the cluster has 2 "
+            "CPUs, so it could never start.",
+            "hint: Ask for less (--num-workers 2), or give the cluster more: 'rayfleet down --local && rayfleet up "
+            "--local --num-cpus 3' on this machine, or add a node to the fleet.",
+        ]
+
+        # One that fits but waits: the translator holds 1 of the 2 CPUs it needs.
+        short = tmp_path / "short.yaml"
+        short.write_text((ROOT / "examples" / "finetune-tiny.yaml").read_text()
+                         .replace("max_steps: 500", "max_steps: 40").replace("every_steps: 100", "every_steps: 20"))
+        exe = Path(sys.executable).parent / "rayfleet"
+        job = subprocess.Popen([str(exe), "train", str(short), "--num-workers", "2"], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        seen: list[str] = []
+        waiting = ("waiting for resources: needs 2 CPUs, free 1 of 2 CPUs "
+                   "(held by: service translator (1 replica(s)))")
+        deadline = time.monotonic() + 300
+        for line in job.stdout:
+            seen.append(line.rstrip("\n"))
+            if seen[-1] == waiting:
+                break
+            assert time.monotonic() < deadline, seen
+        else:
+            pytest.fail(f"no waiting line: {seen}")
+        r = _cli(["rayfleet", "services", "delete", "translator"], env)
+        assert r.returncode == 0
+        rest, _ = job.communicate(timeout=600)
+        seen += rest.splitlines()
+        print("\n".join(seen))
+        assert job.returncode == 0, seen
+        assert any(re.fullmatch(r"Training with 2 worker\(s\) on 1 node\(s\): [\d.]+", line)
+                   for line in seen[seen.index(waiting):]), seen
+        assert "Registered en-fr-tiny version 2 (alias staging): registry://en-fr-tiny/2" in seen
+    finally:
+        try:
+            pids = local.pids(local.current(home))
+        except ClusterNotRunning:
+            pids = []
+        r = _cli(down, env, timeout=300)
+    assert r.returncode == 0 and "no Ray process of it is left" in r.stdout
+    assert pids and [p for p in pids if Path(f"/proc/{p}").exists() and local.processes.is_running(p)] == []

@@ -28,7 +28,7 @@ def _run(*args: str, env: dict, timeout: float = 900) -> subprocess.CompletedPro
                           timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL)
 
 
-def test_run_serves_then_stop_leaves_nothing(tiny_model, tmp_path):
+def test_run_serves_then_stop_leaves_nothing(tiny_model, short_model, tmp_path):
     env = dict(os.environ, RAYFLEET_HOME=str(tmp_path / "home"), COLUMNS="250")
     t0 = time.monotonic()
     r = _run("--model", str(tiny_model), "--num-cpus", "2", *up_flags(E2E_PORTS), env=env)
@@ -55,6 +55,16 @@ def test_run_serves_then_stop_leaves_nothing(tiny_model, tmp_path):
         assert r2.returncode == 0, r2.stdout + r2.stderr
         assert "Cluster already running." in r2.stdout
         assert local.current(Path(env["RAYFLEET_HOME"])).cluster_id == cluster.cluster_id
+
+        # Another model shape (24 positions, max_length 20, never emits </s>): its first curl answers.
+        r4 = _run("--model", str(short_model), *up_flags(E2E_PORTS), env=env)
+        assert r4.returncode == 0, r4.stdout + r4.stderr
+        assert f"Service translator is up: 1 replica(s), model {short_model}" in r4.stdout
+        curl = re.search(r"^  try:\s+(curl .*)$", r4.stdout, re.M).group(1)
+        answer = subprocess.run(["bash", "-c", curl + " -s -w '\\n%{http_code}'"], capture_output=True, text=True,
+                                timeout=60)
+        body, status = answer.stdout.rsplit("\n", 1)
+        assert status == "200" and json.loads(body)["translation"].strip(), answer.stdout
 
         # A model that can't be had: one clear error, exit 1, no traceback, nothing hangs.
         missing = tmp_path / "no-such-model"

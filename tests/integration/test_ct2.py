@@ -21,7 +21,7 @@ from rayfleet.errors import ModelError
 from rayfleet.serve.backends.base import BackendSettings, load_backend
 from rayfleet.testing.tiny_model import SAMPLE_TEXTS
 
-pytestmark = pytest.mark.integration
+# Every test here but the served one needs no Ray: unit; the served one: integration.
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,7 @@ def _ct2(tiny_model: Path, cache: Path, **kw):
 
 
 @pytest.mark.parametrize("max_new_tokens", [32, 6])
+@pytest.mark.unit
 def test_float32_greedy_equals_transformers_token_for_token(tiny_model, tmp_path, hf_tokens, max_new_tokens):
     backend = _ct2(tiny_model, tmp_path, compute_type="float32", max_new_tokens=max_new_tokens)
     assert backend.name == "ctranslate2"
@@ -68,11 +69,13 @@ def test_float32_greedy_equals_transformers_token_for_token(tiny_model, tmp_path
     assert got == [want[t] for t in SAMPLE_TEXTS]
 
 
+@pytest.mark.unit
 def test_float32_texts_equal_transformers_backend(tiny_model, tmp_path, hf_texts):
     backend = _ct2(tiny_model, tmp_path, compute_type="float32")
     assert backend.translate(SAMPLE_TEXTS) == [hf_texts[t] for t in SAMPLE_TEXTS]
 
 
+@pytest.mark.unit
 def test_int8_agrees_on_95_percent_of_tokens(tiny_model, tmp_path, hf_tokens):
     backend = _ct2(tiny_model, tmp_path, compute_type="int8")
     assert backend.info()["int8_weight_bits"] in (7, 8)
@@ -87,6 +90,7 @@ def test_int8_agrees_on_95_percent_of_tokens(tiny_model, tmp_path, hf_tokens):
     assert same / total >= 0.95
 
 
+@pytest.mark.unit
 def test_length_grouping_keeps_input_order(tiny_model, tmp_path, hf_texts):
     """A token budget far below the batch forces sub-batches sorted by length; outputs stay in input order."""
     backend = _ct2(tiny_model, tmp_path, compute_type="float32", max_batch_tokens=48)
@@ -105,6 +109,7 @@ def _convert_in_child(args):
     return str(result.path), result.converted
 
 
+@pytest.mark.unit
 def test_two_processes_convert_once(tiny_model, tmp_path):
     cache = tmp_path / "cache"
     ctx = multiprocessing.get_context("spawn")
@@ -118,6 +123,7 @@ def test_two_processes_convert_once(tiny_model, tmp_path):
     assert (cache / key / "model.bin").is_file()
 
 
+@pytest.mark.unit
 def test_cache_key_follows_contents_and_options(tiny_model, tmp_path):
     from rayfleet.serve.backends.ct2 import convert_cached
 
@@ -135,12 +141,14 @@ def test_cache_key_follows_contents_and_options(tiny_model, tmp_path):
     assert convert_cached(str(copy), "int8", cache_dir=cache).path != first.path
 
 
+@pytest.mark.unit
 def test_default_cache_is_under_rayfleet_home(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("RAYFLEET_HOME", str(tmp_path / "home"))
     backend = load_backend("ctranslate2", BackendSettings(model=str(tiny_model), max_new_tokens=8))
     assert Path(backend.info()["converted_model"]).parent == tmp_path / "home" / "ct2-cache"
 
 
+@pytest.mark.unit
 def test_explicit_ctranslate2_reports_unsupported_compute_type(tiny_model, tmp_path):
     with pytest.raises(ModelError) as e:
         _ct2(tiny_model, tmp_path, compute_type="float16", device="cpu")
@@ -149,12 +157,14 @@ def test_explicit_ctranslate2_reports_unsupported_compute_type(tiny_model, tmp_p
     assert e.value.hint
 
 
+@pytest.mark.unit
 def test_auto_picks_ctranslate2(tiny_model, tmp_path):
     backend = load_backend("auto", BackendSettings(model=str(tiny_model), cache_dir=str(tmp_path), max_new_tokens=8))
     assert backend.name == "ctranslate2"
     assert backend.info()["compute_type"] == "int8"
 
 
+@pytest.mark.unit
 def test_auto_falls_back_with_a_log_line_when_ct2_cannot_load(tiny_model, tmp_path, caplog):
     settings = BackendSettings(model=str(tiny_model), cache_dir=str(tmp_path), device="cpu", compute_type="float16",
                                max_new_tokens=8)
@@ -166,6 +176,7 @@ def test_auto_falls_back_with_a_log_line_when_ct2_cannot_load(tiny_model, tmp_pa
                                           "ctranslate2 can't load it (ModelError: Got 'float16'")
 
 
+@pytest.mark.unit
 def test_auto_falls_back_when_ctranslate2_is_not_installed(tiny_model, tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 -> ImportError
     monkeypatch.delitem(sys.modules, "rayfleet.serve.backends.ct2", raising=False)
@@ -177,6 +188,7 @@ def test_auto_falls_back_when_ctranslate2_is_not_installed(tiny_model, tmp_path,
     assert load_backend("auto", BackendSettings(model=str(tiny_model), cache_dir=str(tmp_path))).name == "ctranslate2"
 
 
+@pytest.mark.integration
 def test_served_auto_backend_is_ctranslate2_and_equals_transformers(serve_target, tiny_model, hf_texts):
     """backend: auto on a CPU replica pair: ctranslate2, converted once for the node."""
     from rayfleet.cluster.state import state_dir
@@ -204,6 +216,7 @@ def test_served_auto_backend_is_ctranslate2_and_equals_transformers(serve_target
         delete_service(serve_target, spec.name)
 
 
+@pytest.mark.unit
 def test_service_yaml_keys(tmp_path):
     from rayfleet.config.loader import load_model
     from rayfleet.config.service import ServiceSpec

@@ -1,11 +1,12 @@
 """README's "Quick start on a small machine", as written, on a 2-CPU local cluster, through
 the CLI with stdout a pipe (not a terminal): up, serve + translate, train the tiny example
 to exact match >= 0.9 beside the translator, translate-file with the trained model, down.
-Then what a job that can't fit gets (refused before submit), and what one that waits for
-busy CPUs prints (the waiting line, then it runs once they are freed).
+Then the README's tune (shortened) beside the translator, what a job that can't fit gets
+(refused before submit), and what one that waits for busy CPUs prints (the waiting line,
+then it runs once they are freed).
 
 The commands come from the README's code block; the test only adds its own ports, a
-tiny local model for the hub's, and its own output path. Cost: ~3-4 min on 2 cores.
+tiny local model for the hub's, and its own output path. Cost: ~4 min on 2 cores.
 """
 
 from __future__ import annotations
@@ -103,6 +104,18 @@ def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
         print(f"translate-file with the trained model: exact match {exact:.3f}")
         assert exact >= 0.9
 
+        # The README's tune, shortened (40 steps, 2 trials), beside the translator: 1 worker per trial.
+        short = tmp_path / "short.yaml"
+        short.write_text((ROOT / "examples" / "finetune-tiny.yaml").read_text()
+                         .replace("max_steps: 500", "max_steps: 40").replace("every_steps: 100", "every_steps: 20"))
+        r = _cli(["rayfleet", "tune", str(short), "--samples", "2"], env, timeout=900)
+        assert r.returncode == 0, r.stderr
+        # (translate-file's actors may still be going away: 0 or 1 CPU free; auto takes 1 either way)
+        assert re.fullmatch(r"num_workers auto: 1 worker\(s\) \([01] of 2 CPUs free\)", r.stdout.splitlines()[0])
+        assert "Running 2 trials ..." in r.stdout
+        assert len(re.findall(r"^trial \S+: \{", r.stdout, re.M)) == 2, r.stdout
+        assert "Registered en-fr-tiny version 2 (alias staging)" in r.stdout
+
         # A job that could never fit: refused before anything is submitted.
         r = _cli(train + ["--num-workers", "3"], env)
         assert r.returncode == 1
@@ -114,9 +127,6 @@ def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
         ]
 
         # One that fits but waits: the translator holds 1 of the 2 CPUs it needs.
-        short = tmp_path / "short.yaml"
-        short.write_text((ROOT / "examples" / "finetune-tiny.yaml").read_text()
-                         .replace("max_steps: 500", "max_steps: 40").replace("every_steps: 100", "every_steps: 20"))
         exe = Path(sys.executable).parent / "rayfleet"
         job = subprocess.Popen([str(exe), "train", str(short), "--num-workers", "2"], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
@@ -139,7 +149,7 @@ def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
         assert job.returncode == 0, seen
         assert any(re.fullmatch(r"Training with 2 worker\(s\) on 1 node\(s\): [\d.]+", line)
                    for line in seen[seen.index(waiting):]), seen
-        assert "Registered en-fr-tiny version 2 (alias staging): registry://en-fr-tiny/2" in seen
+        assert "Registered en-fr-tiny version 3 (alias staging): registry://en-fr-tiny/3" in seen
     finally:
         try:
             pids = local.pids(local.current(home))

@@ -84,7 +84,10 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
     ok = False
     try:
         tuner = tune.Tuner(
-            tune.with_resources(trial, {"CPU": 0.01}),  # the trial only drives its TorchTrainer
+            # The trial only drives its TorchTrainer: no CPU of its own, or on a cluster its workers fill
+            # (1 worker beside the translator on 2 cores) 0.99 CPU stays free and nothing ever starts.
+            # A placement group bundle can't be all zeros: one byte of memory stands in.
+            tune.with_resources(trial, {"CPU": 0, "memory": 1}),
             param_space=search_space(spec),
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, num_samples=job["samples"], max_concurrent_trials=s.max_concurrent,

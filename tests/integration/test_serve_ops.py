@@ -13,6 +13,7 @@ Ray 2.60's HAProxy mode needs from clients; see "A replica dies" in README.md.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -37,8 +38,30 @@ from conftest import rayfleet_cli
 pytestmark = pytest.mark.integration
 
 
+class _Threads:
+    """A context manager that runs ``_targets()`` in daemon threads until ``__exit__`` sets ``_stop``."""
+
+    _stop: threading.Event
+    _threads: list[threading.Thread]
+    _join_s = 150.0
+
+    def _targets(self) -> list:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._threads = [threading.Thread(target=t, daemon=True) for t in self._targets()]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self._join_s)
+
+
 @dataclass
-class Load:
+class Load(_Threads):
     """``clients`` threads POST to /translate back to back until stopped."""
 
     url: str
@@ -89,16 +112,8 @@ class Load:
         if conn is not None:
             conn.close()
 
-    def __enter__(self) -> "Load":
-        self._threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(self.clients)]
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=150)
+    def _targets(self) -> list:
+        return [functools.partial(self._client, k) for k in range(self.clients)]
 
     def count(self) -> int:
         with self._lock:
@@ -113,7 +128,7 @@ class Load:
 
 
 @dataclass
-class OwnClient:
+class OwnClient(_Threads):
     """rayfleet's own client in a loop: ``rayfleet translate --url`` (the CLI, a new process each
     time) in one thread, ``rayfleet.client.translate_detailed`` back to back in another."""
 
@@ -139,16 +154,10 @@ class OwnClient:
                 self.errors.append(f"{type(e).__name__}: {e}")
             self.calls += 1
 
-    def __enter__(self) -> "OwnClient":
-        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._cli, self._python)]
-        for t in self._threads:
-            t.start()
-        return self
+    _join_s = 200.0
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=200)
+    def _targets(self) -> list:
+        return [self._cli, self._python]
 
     def check(self) -> None:
         failed = [out for code, out in self.cli_runs if code != 0]

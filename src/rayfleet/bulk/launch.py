@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rayfleet.bulk.plan import BulkError, BulkJob, Layout, check_line
+from rayfleet.jobs.resources import Demand, check_fits
 from rayfleet.jobs.submit import TERMINAL, JobsClient, follow_events
 
-__all__ = ["prepare", "submit", "follow", "stop", "running_job", "KIND", "PEEK_LINES"]
+__all__ = ["prepare", "demand", "submit", "follow", "stop", "running_job", "KIND", "PEEK_LINES"]
 
 KIND = "translate-file"
 PEEK_LINES = 1000
@@ -184,8 +185,16 @@ def running_job(client: JobsClient, job: BulkJob) -> str | None:
     return holder if status not in TERMINAL else None
 
 
+def demand(job: BulkJob) -> Demand:
+    """What the job needs at least: one translator actor."""
+    return Demand(f"translate-file job ({Path(job.input).name})", 1, job.cpus_per_actor, job.gpus_per_actor)
+
+
 def submit(client: JobsClient, job: BulkJob) -> str:
-    """Start the job; return its id. Refused while another job writes the same output."""
+    """Start the job; return its id. Refused while another job writes the same output, and when
+    the cluster could never place one actor."""
+    check_fits(demand(job), client.usage(),
+               fix="a smaller --cpus-per-actor" + (" or --gpus-per-actor" if job.gpus_per_actor else ""))
     other = running_job(client, job)
     if other is not None:
         raise BulkError(f"{job.output} is being written by job {other} right now.",

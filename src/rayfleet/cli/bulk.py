@@ -105,7 +105,7 @@ def translate_file(
     """
     from rayfleet.bulk import launch
     from rayfleet.errors import BulkError, JobError
-    from rayfleet.jobs.resources import Demand, StallGuard, check_fits, cluster_usage
+    from rayfleet.jobs.resources import StallGuard
     from rayfleet.jobs.submit import JobsClient
     from rayfleet.serve.backends.base import BACKEND_NAMES
 
@@ -120,9 +120,6 @@ def translate_file(
                          fleet_name=fleet.name if fleet else None,
                          fleet_storage=fleet.storage.path if fleet and fleet.storage else None)
     client = JobsClient(target.serve.dashboard_url, dict(target.serve.headers))
-    demand = Demand(f"translate-file job ({input_path.name})", 1, cpus_per_actor, gpus_per_actor)
-    usage = lambda: cluster_usage(target.serve.dashboard_url, dict(target.serve.headers))  # noqa: E731
-    check_fits(demand, usage(), fix="a smaller --cpus-per-actor" + (" or --gpus-per-actor" if gpus_per_actor else ""))
     job_id = launch.submit(client, job)
     console.print(f"Submitted job {job_id} on the {target.description} (parts in {job.output}.parts).",
                   markup=False)
@@ -130,7 +127,8 @@ def translate_file(
         console.print(f"Follow it with: rayfleet jobs logs {job_id} --follow", markup=False)
         return
     try:
-        with _Follower(quiet, StallGuard(demand, usage, job_holders(client, target.serve, job_id))) as follower:
+        guard = StallGuard(launch.demand(job), client.usage, job_holders(client, target.serve, job_id))
+        with _Follower(quiet, guard) as follower:
             try:
                 result = launch.follow(client, job_id, on_event=follower, on_poll=follower.tick,
                                        on_log=follower.log_line)

@@ -123,7 +123,7 @@ def _print_result(result: dict[str, Any]) -> None:
 def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet: bool,
          fleet_file: Optional[Path], num_workers: Optional[int] = None,
          unplaceable_timeout: float = 120) -> None:
-    from rayfleet.jobs.resources import Demand, StallGuard, check_fits, cluster_usage
+    from rayfleet.jobs.resources import StallGuard
     from rayfleet.train.launch import load_job, on_fleet, submit, wait_result
 
     spec = load_job(spec_file)
@@ -133,28 +133,15 @@ def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet
     if target.fleet is not None:  # runs, checkpoints and the default registry on the fleet's shared storage
         spec = on_fleet(spec, target.fleet)
     client = JobsClient(target.serve.dashboard_url, dict(target.serve.headers))
-    s = spec.scaling
-    usage = lambda: cluster_usage(target.serve.dashboard_url, dict(target.serve.headers))  # noqa: E731
-    fits = usage()
-    if s.num_workers == "auto":
-        resource, per = ("GPU", 1.0) if s.use_gpu else ("CPU", s.cpus_per_worker)
-        free = int(fits.free(resource) // per) if per else s.max_workers
-        workers = max(1, min(s.max_workers, free))
-        console.print(f"num_workers auto: {workers} worker(s) ({fits.free(resource):g} of "
-                      f"{fits.total(resource):g} {resource}s free)", markup=False)
-        s = s.model_copy(update={"num_workers": workers})
-        spec = spec.model_copy(update={"scaling": s})
-    demand = Demand(f"{'tuning trial' if mode == 'tune' else 'training job'} {spec.name} ({s.num_workers} "
-                    f"worker(s))", s.num_workers, s.cpus_per_worker, 1.0 if s.use_gpu else 0.0)
-    most = int(fits.total("CPU") // s.cpus_per_worker) if s.cpus_per_worker else s.num_workers
-    check_fits(demand, fits, fix=f"--num-workers {most}" if most >= 1 else
-               f"scaling.cpus_per_worker at most {fits.largest_node('CPU'):g} in {spec_file}")
-    launch = submit(client, spec, mode=mode, samples=samples)
+    launch = submit(client, spec, mode=mode, samples=samples, workers_fix="--num-workers {n}")
+    if launch.note:
+        console.print(launch.note, markup=False)
     console.print(f"Submitted job {launch.job_id} (run dir {launch.run_dir}).")
     if detach:
         console.print(f"Follow it with: rayfleet jobs logs {launch.job_id} --follow")
         return
-    guard = StallGuard(demand, usage, job_holders(client, target.serve, launch.job_id), timeout_s=unplaceable_timeout)
+    guard = StallGuard(launch.demand, client.usage, job_holders(client, target.serve, launch.job_id),
+                       timeout_s=unplaceable_timeout)
     try:
         with _Follower(quiet, guard) as follower:
             try:

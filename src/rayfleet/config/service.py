@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pysbd.languages import LANGUAGE_CODES
 
 from rayfleet.config.base import Model
 
@@ -25,9 +26,8 @@ __all__ = [
 
 DEFAULT_MODEL = "Helsinki-NLP/opus-mt-en-fr"
 BACKENDS = ("auto", "transformers", "ctranslate2")
-# Source languages whose sentences the service can split (pysbd's languages, ISO 639-1).
-SENTENCE_LANGUAGES = ("am", "ar", "bg", "da", "de", "el", "en", "es", "fa", "fr", "hi", "hy", "it", "ja", "kk",
-                      "mr", "my", "nl", "pl", "ru", "sk", "ur", "zh")
+# Source languages whose sentences the service can split: pysbd's (ISO 639-1).
+SENTENCE_LANGUAGES = tuple(sorted(LANGUAGE_CODES))
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 

@@ -53,6 +53,10 @@ class Usage:
     def node_free(self, resource: str) -> list[float]:
         return [max(0.0, n.get(resource, (0.0, 0.0))[1] - n.get(resource, (0.0, 0.0))[0]) for n in self.nodes]
 
+    def node_totals(self) -> list[tuple[float, float]]:
+        """(CPUs, GPUs) of each node."""
+        return [(n.get("CPU", (0.0, 0.0))[1], n.get("GPU", (0.0, 0.0))[1]) for n in self.nodes]
+
     def largest_node(self, resource: str) -> float:
         return max((n.get(resource, (0.0, 0.0))[1] for n in self.nodes), default=0.0)
 
@@ -88,8 +92,7 @@ def _placeable(demand: Demand, per_node: list[tuple[float, float]]) -> bool:
 def check_fits(demand: Demand, usage: Usage, *, fix: str) -> None:
     """JobError when no state of the cluster could place ``demand``. ``fix`` names the job-side
     fix (e.g. "--num-workers 1"); the message adds the cluster-side ones."""
-    totals = [(n.get("CPU", (0, 0))[1], n.get("GPU", (0, 0))[1]) for n in usage.nodes]
-    if _placeable(demand, totals):
+    if _placeable(demand, usage.node_totals()):
         return
     cpus, gpus = usage.total("CPU"), usage.total("GPU")
     need = f"{_cpus(demand.total_cpus)} ({demand.workers} × {_n(demand.cpus)})"
@@ -175,8 +178,7 @@ class StallGuard:
             usage = self._usage()
         except Exception:  # noqa: BLE001 - a dashboard hiccup must not end the follow
             return None
-        totals = [(n.get("CPU", (0, 0))[1], n.get("GPU", (0, 0))[1]) for n in usage.nodes]
-        if not self.started and not _placeable(self.demand, totals) and self._starved is None:
+        if not self.started and not _placeable(self.demand, usage.node_totals()) and self._starved is None:
             self._starved, self._starved_since = (f"it needs {_n(self.demand.total_cpus)} CPUs and the cluster "
                                                   f"has {_n(usage.total('CPU'))} now"), now
         blocked = self.placing and not self.started and is_blocked(self.demand, usage)

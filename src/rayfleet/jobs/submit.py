@@ -38,6 +38,7 @@ class JobsClient:
         from ray.job_submission import JobSubmissionClient
 
         self.dashboard_url = dashboard_url
+        self.headers = dict(headers)
         try:
             self._client = JobSubmissionClient(address=dashboard_url, headers=dict(headers))
         except Exception as e:  # Ray raises ConnectionError/RuntimeError subclasses here
@@ -52,6 +53,12 @@ class JobsClient:
                                            entrypoint_num_cpus=entrypoint_num_cpus)
         except Exception as e:
             raise JobError(f"Submitting job {submission_id} failed: {e}") from e
+
+    def usage(self):
+        """What the cluster has and uses now (``rayfleet.jobs.resources.Usage``)."""
+        from rayfleet.jobs.resources import cluster_usage
+
+        return cluster_usage(self.dashboard_url, self.headers)
 
     def _info(self, d) -> JobInfo:
         meta = d.metadata or {}

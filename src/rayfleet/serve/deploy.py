@@ -130,9 +130,8 @@ def _probe(url: str, api_key: str | None, deadline: float) -> None:
     last = ""
     while True:
         try:
-            out = client.translate(url, [PROBE_TEXT], api_key=api_key, timeout_s=60)
-            if out and out[0] is not None:
-                return
+            client.translate(url, [PROBE_TEXT], api_key=api_key, timeout_s=60)
+            return
         except ClientError as e:
             last = e.message
             if e.status is not None and e.status < 500:

@@ -30,11 +30,12 @@ from typing import Any, Iterator
 from rayfleet.config.job import JobSpec
 from rayfleet.config.loader import load_model
 from rayfleet.errors import JobError, ModelError, RayfleetError, TrainError
+from rayfleet.jobs.resources import Demand, Usage, check_fits
 from rayfleet.jobs.submit import JobsClient, follow_events
 from rayfleet.registry.refs import artifact_root, default_storage, fleet_storage, is_ref, registry_uri
 from rayfleet.jobs import events
 
-__all__ = ["Launch", "load_job", "on_fleet", "preflight", "submit", "watch", "wait_result", "storage_of"]
+__all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "watch", "wait_result", "storage_of"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,29 @@ class Launch:
     job_id: str
     run_dir: Path
     registry_uri: str
+    demand: Demand          # what the job asks the cluster for (its workers, or one trial's)
+    note: str | None = None  # how 'num_workers: auto' was resolved, when it was
+
+
+def place(spec: JobSpec, usage: Usage, *, mode: str = "train",
+          workers_fix: str = "scaling.num_workers: {n}") -> tuple[JobSpec, Demand, str | None]:
+    """The spec as it will run on a cluster that has ``usage``: ``num_workers: auto`` resolved
+    from the free CPUs (GPUs), and JobError when it could never be placed (``workers_fix``,
+    with ``{n}`` the most workers that fit, is the fix the message offers)."""
+    s, note = spec.scaling, None
+    if s.num_workers == "auto":
+        resource, per = ("GPU", 1.0) if s.use_gpu else ("CPU", s.cpus_per_worker)
+        workers = max(1, min(s.max_workers, int(usage.free(resource) // per)))
+        note = (f"num_workers auto: {workers} worker(s) ({usage.free(resource):g} of {usage.total(resource):g} "
+                f"{resource}s free)")
+        s = s.model_copy(update={"num_workers": workers})
+        spec = spec.model_copy(update={"scaling": s})
+    demand = Demand(f"{'tuning trial' if mode == 'tune' else 'training job'} {spec.name} ({s.num_workers} "
+                    f"worker(s))", s.num_workers, s.cpus_per_worker, 1.0 if s.use_gpu else 0.0)
+    most = int(usage.total("CPU") // s.cpus_per_worker)
+    check_fits(demand, usage, fix=workers_fix.format(n=most) if most >= 1 else
+               f"scaling.cpus_per_worker at most {usage.largest_node('CPU'):g}")
+    return spec, demand, note
 
 
 def load_job(path: str | Path) -> JobSpec:
@@ -110,8 +134,9 @@ def _run_name(spec: JobSpec) -> str:
 
 
 def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: int | None = None,
-           env: dict[str, str] | None = None) -> Launch:
-    """Preflight, write the run directory, submit the job; return its id."""
+           env: dict[str, str] | None = None, workers_fix: str = "scaling.num_workers: {n}") -> Launch:
+    """Place the job on the cluster (``place``), preflight, write the run directory, submit it."""
+    spec, demand, note = place(spec, client.usage(), mode=mode, workers_fix=workers_fix)
     uri = preflight(spec, search=mode == "tune")
     storage = storage_of(spec).resolve()
     run_name = _run_name(spec)
@@ -133,7 +158,7 @@ def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: i
                                 "RAY_TRAIN_V2_ENABLED": "1", **(env or {})}}
     client.submit(entrypoint, submission_id=run_name, runtime_env=runtime_env,
                   metadata={"rayfleet.kind": mode, "rayfleet.name": spec.name})
-    return Launch(job_id=run_name, run_dir=run_dir, registry_uri=uri)
+    return Launch(job_id=run_name, run_dir=run_dir, registry_uri=uri, demand=demand, note=note)
 
 
 def watch(client: JobsClient, job_id: str, *, poll_s: float = 0.5) -> Iterator[tuple[dict[str, Any] | None, str]]:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from rayfleet.errors import ModelError
 from rayfleet.serve.backends.base import BackendSettings, count_tokens, model_limits
 
 __all__ = ["TransformersBackend", "pick_device"]
-
-logger = logging.getLogger("rayfleet.serve.backends")
 
 
 def pick_device(device: str) -> str:

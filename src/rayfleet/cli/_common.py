@@ -1,7 +1,7 @@
 """Shared bits of the CLI: the console, and how a command finds its cluster.
 
-A command works on the fleet named by ``-f FILE`` when given; otherwise on the
-local cluster when one runs; otherwise on ``./fleet.yaml`` when it exists.
+Which cluster a command works on is decided in the library (``rayfleet.cluster.target``):
+the fleet of ``-f FILE``, else the running local cluster, else ``./fleet.yaml``.
 """
 
 from __future__ import annotations
@@ -15,80 +15,30 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, ProgressColumn
 
-from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
 from rayfleet.cluster.state import LocalCluster
-from rayfleet.config.fleet import FleetSpec
-from rayfleet.config.loader import load_model
-from rayfleet.errors import ClusterNotRunning, ConfigError
+from rayfleet.cluster.target import (DEFAULT_FLEET, Target, fleet_target, load_fleet, resolve_target,
+                                     target_for)
 from rayfleet.serve.deploy import ServeTarget
 
 __all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "Target", "target_for", "fleet_target",
-           "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET", "job_holders"]
+           "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET", "job_holders", "quiet_ray_logs"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-DEFAULT_FLEET = Path("fleet.yaml")
 FLEET_OPTION = typer.Option(None, "-f", "--file", help="fleet.yaml of the cluster (default: ./fleet.yaml).")
 
 
-@dataclass(frozen=True)
-class Target:
-    """The cluster a command works on, and where its services are deployed."""
+def quiet_ray_logs() -> None:
+    """Ray's client-side INFO lines (packaging, uploads, websocket closes) are not the user's business."""
+    import logging
 
-    description: str
-    serve: ServeTarget
-    local: LocalCluster | None = None
-    fleet: FleetSpec | None = None
+    import ray.dashboard.modules.job.sdk  # noqa: F401 - these modules set their loggers to INFO on import
 
-
-def load_fleet(path: Optional[Path]) -> FleetSpec:
-    path = path or DEFAULT_FLEET
-    if not path.exists():
-        raise ConfigError(f"{path}: no such file.",
-                          hint="Write one with 'rayfleet init --head HOST --worker HOST ...', "
-                               "pass -f FILE, or use --local for a cluster on this machine.")
-    return load_model(FleetSpec, path)
-
-
-def target_for(cluster: LocalCluster) -> ServeTarget:
-    public = "127.0.0.1" if cluster.serve_host in ("0.0.0.0", "") else cluster.serve_host
-    return ServeTarget(
-        dashboard_url=cluster.dashboard_url,
-        headers=local.auth_headers(cluster),
-        serve_host=cluster.serve_host,
-        serve_port=cluster.ports.serve,
-        public_host=public,
-    )
-
-
-def fleet_target(fleet: FleetSpec) -> ServeTarget:
-    host = fleet.security.serve_host or fleet.head.host
-    return ServeTarget(
-        dashboard_url=fleet_mod.dashboard_url(fleet),
-        headers=fleet_mod.auth_headers(fleet),
-        # Serve's HAProxy mode (cluster/serving.py) binds HAProxy and every replica's own
-        # HTTP server to this address, and HAProxy reaches a replica on its own node at
-        # 127.0.0.1 and on the others at their address: only all interfaces works.
-        serve_host="0.0.0.0",
-        serve_port=fleet.ports.serve,
-        public_host=fleet.head.host if host == "0.0.0.0" else host,
-        proxy_location="EveryNode" if host == "0.0.0.0" else "HeadOnly",
-    )
-
-
-def resolve_target(fleet_file: Optional[Path]) -> Target:
-    """-f FILE → that fleet; else the running local cluster; else ./fleet.yaml."""
-    if fleet_file is None:
-        try:
-            c = local.current()
-            return Target(f"local cluster {c.gcs_address}", target_for(c), local=c)
-        except ClusterNotRunning:
-            if not DEFAULT_FLEET.exists():
-                raise
-    spec = load_fleet(fleet_file)
-    return Target(f"fleet '{spec.name}' (head {spec.head.host})", fleet_target(spec), fleet=spec)
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def local_target() -> tuple[LocalCluster, ServeTarget]:

@@ -11,6 +11,7 @@ from rayfleet.cli import bulk as bulk_cmds
 from rayfleet.cli import cluster as cluster_cmds
 from rayfleet.cli import fleet as fleet_cmds
 from rayfleet.cli import serve as serve_cmds
+from rayfleet.cli import submit as submit_cmds
 from rayfleet.cli import train as train_cmds
 from rayfleet.cli._common import err_console
 from rayfleet.errors import RayfleetError
@@ -19,7 +20,8 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="rayfleet",
-    help="Your machines as one Ray cluster that trains and serves translation models.\n\n"
+    help="Your machines as one Ray cluster that trains and serves models: the built-in translator, "
+         "and your own jobs and Serve apps.\n\n"
          "Example: rayfleet up --local && rayfleet serve examples/translate.yaml",
     no_args_is_help=True,
     add_completion=False,
@@ -50,6 +52,7 @@ fleet_cmds.register(app)
 serve_cmds.register(app)
 train_cmds.register(app)
 bulk_cmds.register(app)
+submit_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``service.yaml``: one translation service deployed with Ray Serve."""
+"""``service.yaml``: one service deployed with Ray Serve: the built-in translator, or your own
+Serve application (``app: {import_path: ...}``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ __all__ = [
     "LimitsSpec",
     "AuthSpec",
     "CTranslate2Spec",
+    "AppSpec",
     "DEFAULT_MODEL",
     "BACKENDS",
     "SENTENCE_LANGUAGES",
@@ -114,8 +116,34 @@ class AuthSpec(Model):
         return bool(self.api_keys_env or self.api_keys_file)
 
 
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class AppSpec(Model):
+    """Your own Ray Serve application, served instead of the built-in translator."""
+
+    import_path: str = Field(description="module:attribute of a bound Serve application (``app = Model.bind()``) "
+                                         "or of a builder function that returns one.")
+    working_dir: str = Field(default=".", description="Directory with the app's code, relative to the spec file; "
+                                                      "uploaded to the cluster (.gitignore/.rayignore respected).")
+    requirements: str | None = Field(default=None, description="pip requirements file installed for the app's "
+                                                               "replicas (relative to the spec file).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the builder function (when "
+                                                                   "import_path names one).")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the app's replicas.")
+
+    @field_validator("import_path")
+    @classmethod
+    def _import_path(cls, v: str) -> str:
+        if not _IMPORT_PATH.match(v):
+            raise ValueError(f"Got {v!r}; expected module:attribute, e.g. 'app:deployment' (the attribute "
+                             "'deployment' of app.py in the working_dir)")
+        return v
+
+
 class ServiceSpec(Model):
-    """A translation service: which model, how it is served, and its limits."""
+    """A service: the built-in translator (which model, how it is served, its limits), or your
+    own Serve app (``app``; then only name, route_prefix, replicas and resources apply)."""
 
     name: str = Field(default="translator", description="Service (Serve application) name.")
     route_prefix: str = Field(default="/", description="URL prefix, e.g. /en-fr.")
@@ -135,6 +163,9 @@ class ServiceSpec(Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-replica resources.")
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request limits.")
     auth: AuthSpec = Field(default_factory=AuthSpec, description="Optional API keys.")
+    app: AppSpec | None = Field(default=None, description="Your own Serve application instead of the translator; "
+                                                          "model, backend, generation, batching, limits and auth "
+                                                          "are the translator's and don't apply to it.")
 
     @field_validator("name")
     @classmethod
@@ -168,6 +199,21 @@ class ServiceSpec(Model):
         if not v.strip():
             raise ValueError("give a hub id such as 'Helsinki-NLP/opus-mt-en-fr' or a local directory")
         return v
+
+    @model_validator(mode="after")
+    def _own_app(self) -> "ServiceSpec":
+        if self.app is not None:
+            translator_only = sorted({"model", "version", "source_language", "backend", "ctranslate2", "device",
+                                      "generation", "batching", "limits", "auth"} & self.model_fields_set)
+            if translator_only:
+                raise ValueError(f"{', '.join(translator_only)}: settings of the built-in translator; a service "
+                                 "with 'app:' is your own Serve app and configures these itself. Remove them, "
+                                 "or remove 'app:'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "app" if self.app is not None else "translator"
 
     @property
     def max_ongoing_requests(self) -> int:

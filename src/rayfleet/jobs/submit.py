@@ -1,9 +1,9 @@
 """Ray Jobs through the dashboard's Jobs API, with the cluster's auth token.
 
 ``JobsClient`` wraps Ray's ``JobSubmissionClient``; every Ray or HTTP error is
-turned into ``JobError`` naming the job and the step. ``follow`` polls the job's
-log and yields new lines until the job ends (Ctrl-C in the caller stops the
-following, never the job).
+turned into ``JobError`` naming the job and the step. ``follow`` tails the job's
+log (only new text comes) and yields its lines until the job ends (Ctrl-C in the
+caller stops the following, never the job).
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ class JobsClient:
                            hint="Is the cluster up? Check with: rayfleet status") from e
 
     def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str] | None = None,
-               runtime_env: dict[str, Any] | None = None, entrypoint_num_cpus: float = 0) -> str:
+               runtime_env: dict[str, Any] | None = None, entrypoint_num_cpus: float = 0,
+               entrypoint_num_gpus: float = 0, entrypoint_resources: dict[str, float] | None = None) -> str:
         try:
             return self._client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                                            metadata=metadata or {}, runtime_env=runtime_env or {},
-                                           entrypoint_num_cpus=entrypoint_num_cpus)
+                                           entrypoint_num_cpus=entrypoint_num_cpus,
+                                           entrypoint_num_gpus=entrypoint_num_gpus or None,
+                                           entrypoint_resources=entrypoint_resources)
         except Exception as e:
             raise JobError(f"Submitting job {submission_id} failed: {e}") from e
 
@@ -100,10 +103,42 @@ class JobsClient:
 
     def follow(self, job_id: str, *, poll_s: float = 0.5,
                on_poll: Callable[[], None] | None = None) -> Iterator[str]:
-        """Yield the job's log lines as they come, until the job has ended and its log is read.
-        ``on_poll`` is called once per poll, between the lines (for heartbeats and waiting checks)."""
-        seen = 0
-        partial = ""
+        """Yield the job's log lines as they are written, until the job has ended and its log is read.
+
+        The log comes from Ray's log tail (a websocket that sends only new text), read in a
+        thread; should it break, the log is read over HTTP from where the tail stopped.
+        ``on_poll`` is called about every ``poll_s`` between the lines (heartbeats, waiting checks).
+        """
+        tail = _Tail(self._client, job_id)
+        partial, received = "", 0
+        last_poll = float("-inf")
+        try:
+            while True:
+                if on_poll is not None and time.monotonic() - last_poll >= poll_s:
+                    last_poll = time.monotonic()
+                    on_poll()
+                item = tail.get(timeout=poll_s)
+                if item is None:
+                    continue
+                kind, text = item
+                if kind == "text":
+                    received += len(text)
+                    lines = (partial + text).split("\n")
+                    partial = lines.pop()
+                    yield from lines
+                elif kind == "end" and self.info(job_id).status in TERMINAL:
+                    break
+                else:  # the tail broke (or ended early): read the rest over HTTP
+                    yield from self._poll_logs(job_id, received, partial, poll_s, on_poll)
+                    return
+        finally:
+            tail.close()
+        if partial:
+            yield partial
+
+    def _poll_logs(self, job_id: str, seen: int, partial: str, poll_s: float,
+                   on_poll: Callable[[], None] | None) -> Iterator[str]:
+        """The log from character ``seen`` on, by reading it whole at every poll (the fallback)."""
         while True:
             if on_poll is not None:
                 on_poll()
@@ -133,6 +168,52 @@ class JobsClient:
             if time.monotonic() > deadline:
                 raise JobError(f"Job {job_id} is still {info.status} after {timeout_s:.0f} s.")
             time.sleep(poll_s)
+
+
+class _Tail:
+    """Ray's ``tail_job_logs`` (async) run in a daemon thread; its chunks in a queue:
+    ``("text", chunk)``, then ``("end", None)`` or ``("error", exc)``."""
+
+    def __init__(self, client, job_id: str):
+        import asyncio
+        import queue
+        import threading
+
+        self._queue: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        self._empty = queue.Empty
+        self._loop = asyncio.new_event_loop()
+        self._task = None
+
+        async def tail() -> None:
+            async for chunk in client.tail_job_logs(job_id):
+                self._queue.put(("text", chunk))
+
+        def run() -> None:
+            try:
+                self._task = self._loop.create_task(tail())
+                self._loop.run_until_complete(self._task)
+                self._queue.put(("end", None))
+            except BaseException as e:  # noqa: BLE001 - reported to the reader, which falls back
+                self._queue.put(("error", e))
+            finally:
+                self._loop.close()
+
+        threading.Thread(target=run, daemon=True, name=f"rayfleet-tail-{job_id}").start()
+
+    def get(self, timeout: float):
+        try:
+            return self._queue.get(timeout=timeout)
+        except self._empty:
+            return None
+
+    def close(self) -> None:
+        """Stop tailing (a follower that stops early must not leave the websocket open)."""
+        task, loop = self._task, self._loop
+        if task is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from rayfleet.config.service import ServiceSpec
 from rayfleet.errors import ModelError
 from rayfleet.serve.backends.base import BackendSettings, load_backend
 from rayfleet.serve.batcher import ContinuousBatcher
-from rayfleet.serve.deploy import MODEL_DEPLOYMENT, PROBE_TEXT
+from rayfleet.serve.deploy import MODEL_DEPLOYMENT, PROBE_TEXT, replica_options
 from rayfleet.serve.keys import hash_key
 from rayfleet.serve.segment import Failed, TextTranslator, Translated
 
@@ -283,24 +283,7 @@ class Translator:
 
 def deployment_options(spec: ServiceSpec) -> dict[str, Any]:
     """Options of the service's one deployment (``Translator``)."""
-    opts: dict[str, Any] = {
-        "name": MODEL_DEPLOYMENT,
-        "max_ongoing_requests": spec.max_ongoing_requests,
-        # Zero-downtime updates: new replicas start next to the old ones, which serve until they are ready.
-        "max_surge_percent": 100,
-        "ray_actor_options": {"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
-    }
-    if spec.replicas.autoscaling:
-        opts["autoscaling_config"] = {
-            "min_replicas": spec.replicas.min,
-            "max_replicas": spec.replicas.max,
-            "target_ongoing_requests": spec.replicas.target_ongoing_requests,
-            "upscale_delay_s": spec.replicas.upscale_delay_s,
-            "downscale_delay_s": spec.replicas.downscale_delay_s,
-        }
-    else:
-        opts["num_replicas"] = spec.replicas.max
-    return opts
+    return {"name": MODEL_DEPLOYMENT, "max_ongoing_requests": spec.max_ongoing_requests, **replica_options(spec)}
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -1,4 +1,4 @@
-"""Deploy, list and delete translation services on a running cluster.
+"""Deploy, list and delete services (the translator, or your own Serve apps) on a running cluster.
 
 We use Serve's declarative REST API on the dashboard (Ray's own
 ``ServeSubmissionClient``), authenticated with the cluster token: the client
@@ -9,6 +9,7 @@ call reads the deployed config, changes one app, and writes the whole config.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,9 +23,10 @@ MODEL_DEPLOYMENT = "Translator"
 PROBE_TEXT = "Hello."
 
 __all__ = ["ServeTarget", "ServiceStatus", "deploy", "list_services", "delete_service", "model_replicas",
-           "IMPORT_PATH", "MODEL_DEPLOYMENT", "PROBE_TEXT"]
+           "replica_options", "IMPORT_PATH", "OWN_APP_IMPORT_PATH", "MODEL_DEPLOYMENT", "PROBE_TEXT"]
 
 IMPORT_PATH = "rayfleet.serve.app:build_app"
+OWN_APP_IMPORT_PATH = "rayfleet.serve.own:build"   # rayfleet.serve.own.build wraps a user's app
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,30 @@ class ServiceStatus:
     route_prefix: str
     url: str
     replicas: int
-    model: str
+    model: str          # the translator's model, or an own app's import path
     message: str
+    kind: str = "translator"   # or "app": the user's own Serve application
+
+
+def replica_options(spec: ServiceSpec, *, only_set: bool = False) -> dict[str, Any]:
+    """Serve deployment options from the spec's ``replicas`` and ``resources`` (with ``only_set``: only
+    those the spec sets, so an own app keeps its own sizing otherwise). New replicas start next to
+    the old ones (``max_surge_percent``), which serve until they are ready: updates without downtime."""
+    opts: dict[str, Any] = {"max_surge_percent": 100}
+    if not only_set or "resources" in spec.model_fields_set:
+        opts["ray_actor_options"] = {"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus}
+    if not only_set or "replicas" in spec.model_fields_set:
+        if spec.replicas.autoscaling:
+            opts["autoscaling_config"] = {
+                "min_replicas": spec.replicas.min,
+                "max_replicas": spec.replicas.max,
+                "target_ongoing_requests": spec.replicas.target_ongoing_requests,
+                "upscale_delay_s": spec.replicas.upscale_delay_s,
+                "downscale_delay_s": spec.replicas.downscale_delay_s,
+            }
+        else:
+            opts["num_replicas"] = spec.replicas.max
+    return opts
 
 
 def _client(target: ServeTarget):
@@ -93,21 +117,32 @@ def _put(client, target: ServeTarget, apps: list[dict[str, Any]]) -> None:
         raise ServeError(f"Serve refused the config: {e}") from e
 
 
-def _app_config(spec: ServiceSpec, key_hashes: list[str], extra_args: dict[str, Any] | None) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "route_prefix": spec.route_prefix,
-        "import_path": IMPORT_PATH,
-        "args": {"spec": spec.model_dump(mode="json"), "key_hashes": key_hashes, **(extra_args or {})},
-    }
+def _app_config(spec: ServiceSpec, key_hashes: list[str], extra_args: dict[str, Any] | None,
+                runtime_env: dict[str, Any] | None) -> dict[str, Any]:
+    if spec.app is not None:
+        cfg = {"name": spec.name, "route_prefix": spec.route_prefix, "import_path": OWN_APP_IMPORT_PATH,
+               "args": {"import_path": spec.app.import_path, "args": spec.app.args,
+                        "options": replica_options(spec, only_set=True), "spec": spec.model_dump(mode="json")}}
+    else:
+        cfg = {"name": spec.name, "route_prefix": spec.route_prefix, "import_path": IMPORT_PATH,
+               "args": {"spec": spec.model_dump(mode="json"), "key_hashes": key_hashes, **(extra_args or {})}}
+    if runtime_env:
+        cfg["runtime_env"] = runtime_env
+    return cfg
+
+
+def _ingress(app: dict[str, Any]) -> str:
+    """The app's ingress deployment: the translator's ``Translator``, or the one Serve names."""
+    topology = app.get("deployment_topology") or {}
+    deployments = app.get("deployments") or {}
+    if MODEL_DEPLOYMENT in deployments:
+        return MODEL_DEPLOYMENT
+    return topology.get("ingress_deployment") or next(iter(deployments), MODEL_DEPLOYMENT)
 
 
 def _replica_count(app: dict[str, Any]) -> int:
-    total = 0
-    for name, dep in (app.get("deployments") or {}).items():
-        if name == MODEL_DEPLOYMENT:
-            total += sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
-    return total
+    dep = (app.get("deployments") or {}).get(_ingress(app)) or {}
+    return sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
 
 
 def _failure_message(app: dict[str, Any]) -> str:
@@ -118,6 +153,36 @@ def _failure_message(app: dict[str, Any]) -> str:
     text = "\n".join(p for p in parts if p).strip()
     lines = text.splitlines()
     return "\n".join(lines[-25:])
+
+
+def _probe_app(url: str, deadline: float) -> None:
+    """An own app answers HTTP at its route (any answer but a proxy's 502/503/504; a 404 only after
+    a few seconds, as HAProxy may not know a new route yet): we don't know its API."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    first_404 = None
+    last = ""
+    while True:
+        try:
+            conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=30)
+            conn.request("GET", u.path or "/")
+            status = conn.getresponse().status
+            conn.close()
+            if status not in (404, 502, 503, 504):
+                return
+            if status == 404:
+                first_404 = first_404 or time.monotonic()
+                if time.monotonic() - first_404 > 10:
+                    return
+            last = f"HTTP {status}"
+        except OSError as e:
+            last = str(e)
+        if time.monotonic() > deadline:
+            raise ServeError(f"The service is deployed but does not answer at {url}: {last}",
+                             hint="Fix the cause above, then run 'rayfleet serve' again.")
+        time.sleep(0.5)
 
 
 def _probe(url: str, api_key: str | None, deadline: float) -> None:
@@ -145,12 +210,14 @@ def _probe(url: str, api_key: str | None, deadline: float) -> None:
 
 def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, timeout_s: float = 600,
            progress: Callable[[str], None] | None = None, api_key: str | None = None,
-           extra_args: dict[str, Any] | None = None) -> ServiceStatus:
+           extra_args: dict[str, Any] | None = None, runtime_env: dict[str, Any] | None = None) -> ServiceStatus:
     """Deploy or update ``spec`` and wait until it serves: its replicas are RUNNING (each
     translated a probe text at start) and a probe translation through the service's URL
-    answered (with ``api_key`` when the service has keys). Other apps stay as they are.
+    answered (with ``api_key`` when the service has keys); an own app (``spec.app``) must
+    answer HTTP at its URL. Other apps stay as they are.
 
-    ``extra_args`` go to ``build_app`` next to the spec (e.g. ``backend_wrapper``).
+    ``extra_args`` go to ``build_app`` next to the spec (e.g. ``backend_wrapper``);
+    ``runtime_env`` is the app's (an own app's packaged working_dir, requirements, env).
     """
     if key_hashes and not api_key:
         raise ValueError("a service with API keys is probed with one of them: pass api_key")
@@ -162,7 +229,7 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
             raise ServeError(f"Route prefix {spec.route_prefix!r} is already used by service {other['name']!r}.",
                              hint="Give this service another route_prefix, or delete the other one.")
     previous = (details.get("applications") or {}).get(spec.name, {}).get("last_deployed_time_s", 0)
-    new_apps = [a for a in apps if a["name"] != spec.name] + [_app_config(spec, key_hashes, extra_args)]
+    new_apps = [a for a in apps if a["name"] != spec.name] + [_app_config(spec, key_hashes, extra_args, runtime_env)]
     _put(client, target, new_apps)
     deadline = time.monotonic() + timeout_s
     last = None
@@ -175,27 +242,57 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
             last = status
         if fresh and status == "RUNNING":
             result = _status(target, spec.name, app)
+            if spec.app is not None:
+                if progress:
+                    progress("calling its URL")
+                _probe_app(result.url, max(deadline, time.monotonic() + 30))
+                return result
             if progress:
                 progress("translating a probe text")
             _probe(result.url, api_key, max(deadline, time.monotonic() + 30))
             return result
         if fresh and status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise ServeError(f"Service {spec.name!r} failed to deploy ({status}).",
-                             context=_failure_message(app) or None,
-                             hint="Fix the cause above, then run 'rayfleet serve' again.")
+            text = _failure_message(app)
+            where = _user_error(text) if spec.app is not None else None
+            kept = " The previous version keeps serving." if previous else ""
+            raise ServeError(f"Service {spec.name!r} failed to deploy ({status})" + (f": {where}" if where else "."),
+                             context=text or None,
+                             hint=f"Fix the cause above, then run 'rayfleet serve' again.{kept}")
         if time.monotonic() > deadline:
             raise ServeError(f"Service {spec.name!r} is not ready after {timeout_s:.0f} s (status {status}).",
                              hint="Watch it with 'rayfleet services'; the Ray dashboard shows replica logs.")
         time.sleep(0.5)
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _user_error(text: str) -> str | None:
+    """``app.py, line 12, in __init__: ZeroDivisionError: division by zero``: the last frame of the
+    user's code in a replica's (or the app build's) traceback, and the exception line."""
+    frames = [m for m in _FRAME.finditer(text)
+              if "site-packages" not in m.group(1) and "/rayfleet/" not in m.group(1)
+              and not m.group(1).startswith("<")]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    exc = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", ln)),
+               lines[-1] if lines else "")
+    if not frames:
+        return exc or None
+    path, line, func = frames[-1].groups()
+    name = path.split("/_ray_pkg_")[-1].split("/", 1)[-1] if "/_ray_pkg_" in path else path
+    return f"{name}, line {line}, in {func}: {exc}"
+
+
 def _status(target: ServeTarget, name: str, app: dict[str, Any]) -> ServiceStatus:
     cfg = app.get("deployed_app_config") or {}
-    spec = (cfg.get("args") or {}).get("spec") or {}
+    args = cfg.get("args") or {}
+    own = cfg.get("import_path") == OWN_APP_IMPORT_PATH
+    spec = args.get("spec") or {}
     prefix = app.get("route_prefix") or cfg.get("route_prefix") or "/"
     return ServiceStatus(
         name=name, status=app.get("status", "?"), route_prefix=prefix, url=target.url(prefix),
-        replicas=_replica_count(app), model=spec.get("model", "?"), message=app.get("message") or "",
+        replicas=_replica_count(app), model=args.get("import_path", "?") if own else spec.get("model", "?"),
+        message=app.get("message") or "", kind="app" if own else "translator",
     )
 
 

@@ -1,0 +1,337 @@
+"""rayfleet's Python API: one object per cluster, the same steps the CLI takes.
+
+    import rayfleet
+
+    c = rayfleet.connect()                 # the local cluster (or ./fleet.yaml when none runs)
+    c = rayfleet.connect("fleet.yaml")     # a fleet
+    job = c.submit(["python", "train.py"], working_dir=".")
+    end = job.follow(on_line=print)        # end.exit_code: 0 when it succeeded
+    c.serve("service.yaml")                # the translator, or your own Serve app (app: import_path)
+    c.translate(["Hello."])
+
+Which cluster a call uses, and how a submit, a deploy or a training run goes step
+by step, is decided here (and in the modules it calls); ``rayfleet``'s CLI parses
+options, calls these methods and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rayfleet.cluster.target import Target, registry_storage, resolve_target
+from rayfleet.config.service import ServiceSpec
+from rayfleet.jobs.submit import JobInfo, JobsClient
+from rayfleet.serve.deploy import ServeTarget, ServiceStatus
+
+__all__ = ["connect", "Cluster", "Job", "TrainRun", "FileRun", "STORAGE_ENV"]
+
+STORAGE_ENV = "RAYFLEET_STORAGE"   # what a submitted job sees: the cluster's (shared) storage
+
+
+def connect(fleet: str | Path | None = None) -> "Cluster":
+    """The cluster to work on: the fleet of ``fleet`` (a fleet.yaml); without it the running local
+    cluster, else ./fleet.yaml. ClusterNotRunning / ConfigError when there is none."""
+    return Cluster(resolve_target(fleet), fleet)
+
+
+@dataclass
+class Job:
+    """A job submitted with ``Cluster.submit``."""
+
+    cluster: "Cluster"
+    id: str
+    name: str
+    demand: Any
+
+    def info(self) -> JobInfo:
+        return self.cluster.jobs_client.info(self.id)
+
+    def logs(self) -> str:
+        return self.cluster.jobs_client.logs(self.id)
+
+    def stop(self, *, timeout_s: float = 60) -> str:
+        """Stop the job; its final status."""
+        client = self.cluster.jobs_client
+        if client.stop(self.id):
+            return client.wait(self.id, timeout_s=timeout_s).status
+        return client.info(self.id).status
+
+    def guard(self, *, timeout_s: float = 120):
+        """A ``StallGuard`` that reports (and ends) a wait for resources the entrypoint asked for."""
+        from rayfleet.jobs.resources import StallGuard
+
+        g = StallGuard(self.demand, self.cluster.jobs_client.usage, self.cluster.holders(self.id),
+                       timeout_s=timeout_s)
+        g.placing = True
+        return g
+
+    def follow(self, *, on_line: Callable[[str], None] | None = None, on_poll: Callable[[], None] | None = None):
+        """Stream the log to ``on_line`` until the job ends; a ``JobEnd`` (``exit_code``, ``info``, ``tail``)."""
+        from rayfleet.jobs import own
+
+        def poll() -> None:
+            if on_poll is not None:
+                on_poll()
+        return own.follow(self.cluster.jobs_client, self.id, on_line=on_line, on_poll=poll)
+
+
+@dataclass
+class TrainRun:
+    """A submitted training or tuning job (``Cluster.train``/``tune``)."""
+
+    cluster: "Cluster"
+    id: str
+    run_dir: Path
+    demand: Any
+    note: str | None
+
+    def guard(self, *, timeout_s: float = 120):
+        from rayfleet.jobs.resources import StallGuard
+
+        return StallGuard(self.demand, self.cluster.jobs_client.usage, self.cluster.holders(self.id),
+                          timeout_s=timeout_s)
+
+    def wait(self, *, on_event=None, on_poll=None, on_log=None) -> dict[str, Any]:
+        """Follow the job to its end; the ``result`` event (metrics, registered version). A JobError
+        raised while following (e.g. by a guard in ``on_poll``) stops the job."""
+        from rayfleet.errors import JobError
+        from rayfleet.train.launch import wait_result
+
+        client = self.cluster.jobs_client
+        try:
+            return wait_result(client, self.id, on_event=on_event, on_poll=on_poll, on_log=on_log)
+        except JobError:
+            client.stop(self.id)
+            raise
+
+
+@dataclass
+class FileRun:
+    """A submitted bulk translation (``Cluster.translate_file``)."""
+
+    cluster: "Cluster"
+    id: str
+    job: Any   # rayfleet.bulk.plan.BulkJob
+
+    def guard(self, *, timeout_s: float = 120):
+        from rayfleet.bulk import launch
+        from rayfleet.jobs.resources import StallGuard
+
+        return StallGuard(launch.demand(self.job), self.cluster.jobs_client.usage, self.cluster.holders(self.id),
+                          timeout_s=timeout_s)
+
+    def wait(self, *, on_event=None, on_poll=None, on_log=None) -> dict[str, Any]:
+        """Follow the job to its end; its summary. A JobError while following stops the job."""
+        from rayfleet.bulk import launch
+        from rayfleet.errors import JobError
+
+        client = self.cluster.jobs_client
+        try:
+            return launch.follow(client, self.id, on_event=on_event, on_poll=on_poll, on_log=on_log)
+        except JobError:
+            launch.stop(client, self.id)
+            raise
+
+    def stop(self) -> str:
+        from rayfleet.bulk import launch
+
+        return launch.stop(self.cluster.jobs_client, self.id)
+
+
+class Cluster:
+    """A running rayfleet cluster (local or a fleet): jobs, services, models."""
+
+    def __init__(self, target: Target, fleet_file: str | Path | None = None):
+        self.target = target
+        self._fleet_file = fleet_file
+        self._jobs: JobsClient | None = None
+
+    def __repr__(self) -> str:
+        return f"<rayfleet.Cluster {self.description}>"
+
+    # -- where it is --------------------------------------------------------------------------------
+    @property
+    def description(self) -> str:
+        return self.target.description
+
+    @property
+    def serve_target(self) -> ServeTarget:
+        return self.target.serve
+
+    @property
+    def dashboard_url(self) -> str:
+        return self.target.serve.dashboard_url
+
+    @property
+    def address(self) -> str:
+        """What ``ray.init`` connects to: the local GCS address, or a fleet's Ray Client address."""
+        if self.target.local is not None:
+            return self.target.local.gcs_address
+        fleet = self.target.fleet
+        return f"ray://{fleet.head.host}:{fleet.ports.client_server}"
+
+    @property
+    def token_path(self) -> Path | None:
+        """The cluster's auth token file (None: a fleet without auth)."""
+        if self.target.local is not None:
+            return Path(self.target.local.token_path)
+        from rayfleet.cluster import fleet as fleet_mod
+
+        return fleet_mod.paths(self.target.fleet).token if self.target.fleet.auth_enabled else None
+
+    def init(self, **kwargs: Any):
+        """``ray.init`` on this cluster with its auth token (for notebooks and scripts)."""
+        import ray
+
+        from rayfleet.cluster.state import auth_env
+
+        if self.token_path is not None:
+            os.environ.update(auth_env(self.token_path))
+        return ray.init(address=self.address, **kwargs)
+
+    @property
+    def jobs_client(self) -> JobsClient:
+        if self._jobs is None:
+            self._jobs = JobsClient(self.dashboard_url, dict(self.target.serve.headers))
+        return self._jobs
+
+    def holders(self, job_id: str) -> Callable[[], list[str]]:
+        """``() -> [str]``: who holds resources besides ``job_id`` (running jobs, services), for waiting lines."""
+        def holders() -> list[str]:
+            from rayfleet.serve.deploy import list_services
+
+            out = [f"job {j.id} ({j.kind})" for j in self.jobs_client.list()
+                   if j.id != job_id and j.status in ("PENDING", "RUNNING")]
+            out += [f"service {s.name} ({s.replicas} replica(s))" for s in list_services(self.serve_target)
+                    if s.replicas]
+            return out
+        return holders
+
+    # -- any program ----------------------------------------------------------------------------------
+    def submit(self, entrypoint: str | Sequence[str], *, working_dir: str | Path | None = None,
+               requirements: str | Path | None = None, env: Sequence[str] | dict[str, str] | None = None,
+               num_cpus: float = 0, num_gpus: float = 0, resources: dict[str, float] | str | None = None,
+               name: str | None = None) -> Job:
+        """Run a program as a Ray Job (``working_dir`` uploaded, ``requirements`` installed for it).
+        Everything is checked before anything is submitted. The job sees ``$RAYFLEET_STORAGE``: the
+        cluster's storage (a fleet's shared storage.path), e.g. for Ray Train's ``storage_path``."""
+        from rayfleet.jobs import own
+        from rayfleet.registry.refs import default_storage
+
+        sub = own.prepare(entrypoint, working_dir=working_dir, requirements=requirements, env=env,
+                          num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, name=name)
+        storage = self._serve_storage() or default_storage()
+        sub.runtime_env["env_vars"].setdefault(STORAGE_ENV, str(storage))
+        job_id = own.submit(self.jobs_client, sub)
+        return Job(self, job_id, sub.name, own.demand(sub))
+
+    def job(self, job_id: str) -> Job:
+        from rayfleet.jobs.resources import Demand
+
+        info = self.jobs_client.info(job_id)
+        return Job(self, info.id, info.name, Demand(f"job {info.name}", 1, 0.0))
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job: submitted programs, training, tuning and file translations (``kind``)."""
+        return self.jobs_client.list()
+
+    # -- rayfleet's own jobs --------------------------------------------------------------------------
+    def train(self, job: str | Path | Any, *, mode: str = "train", samples: int | None = None,
+              num_workers: int | None = None, workers_fix: str = "num_workers={n}") -> TrainRun:
+        """Submit a training (``mode="tune"``: a search) job: a job.yaml path or a ``JobSpec``."""
+        from rayfleet.train.launch import load_job, on_fleet, submit
+
+        spec = load_job(job) if isinstance(job, (str, Path)) else job
+        if num_workers is not None:
+            spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"num_workers": num_workers})})
+        if self.target.fleet is not None:  # runs, checkpoints and the default registry on the shared storage
+            spec = on_fleet(spec, self.target.fleet)
+        launch = submit(self.jobs_client, spec, mode=mode, samples=samples, workers_fix=workers_fix)
+        return TrainRun(self, launch.job_id, launch.run_dir, launch.demand, launch.note)
+
+    def tune(self, job: str | Path | Any, *, samples: int = 4, **kwargs: Any) -> TrainRun:
+        return self.train(job, mode="tune", samples=samples, **kwargs)
+
+    def translate_file(self, input_path: str | Path, output_path: str | Path, **options: Any) -> FileRun:
+        """Translate a JSON Lines file with Ray Data (options as ``rayfleet translate-file``)."""
+        from rayfleet.bulk import launch
+
+        fleet = self.target.fleet
+        job = launch.prepare(Path(input_path), Path(output_path), fleet_name=fleet.name if fleet else None,
+                             fleet_storage=fleet.storage.path if fleet and fleet.storage else None, **options)
+        return FileRun(self, launch.submit(self.jobs_client, job), job)
+
+    # -- services -------------------------------------------------------------------------------------
+    def serve(self, spec: str | Path | ServiceSpec | dict | None = None, *, overrides: dict[str, Any] | None = None,
+              timeout_s: float = 600, progress: Callable[[str], None] | None = None,
+              extra_args: dict[str, Any] | None = None) -> ServiceStatus:
+        """Deploy (or update in place) a service: a service.yaml path, a ``ServiceSpec``, a dict, or
+        None for the default translator; the translator or your own Serve app (``app:``). Returns
+        when it answers through its URL; ServeError with the replica's error when it can't start
+        (the previous version keeps serving)."""
+        from rayfleet.serve.service import deploy_service
+
+        return deploy_service(self.serve_target, spec, overrides=overrides, timeout_s=timeout_s, progress=progress,
+                              storage=self._serve_storage, extra_args=extra_args)
+
+    def _serve_storage(self) -> Path | None:
+        """Where a service's files go (a registry version's, an app's package). With
+        $RAYFLEET_REGISTRY_URI set, a fleet without mounted storage still serves registry refs."""
+        from rayfleet.errors import RayfleetError
+        from rayfleet.registry.refs import REGISTRY_ENV
+
+        try:
+            return self.storage
+        except RayfleetError:
+            if not os.environ.get(REGISTRY_ENV):
+                raise
+            return None
+
+    def services(self) -> list[ServiceStatus]:
+        from rayfleet.serve.deploy import list_services
+
+        return list_services(self.serve_target)
+
+    def delete_service(self, name: str) -> None:
+        from rayfleet.serve.deploy import delete_service
+
+        delete_service(self.serve_target, name)
+
+    def service_url(self, name: str | None = None) -> str:
+        """The URL of service ``name`` (None: the service at route prefix /)."""
+        from rayfleet.errors import ServeError
+
+        if name is None:
+            return self.serve_target.url("/")
+        for s in self.services():
+            if s.name == name:
+                return s.url
+        raise ServeError(f"No service named {name!r}.", hint="List them with: rayfleet services")
+
+    def translate(self, texts: str | Sequence[str], *, service: str | None = None, api_key: str | None = None,
+                  timeout_s: float = 120):
+        """Translate with a running translation service; a str for a str, a list for a list."""
+        from rayfleet import client
+
+        single = isinstance(texts, str)
+        out = client.translate(self.service_url(service), [texts] if single else list(texts), api_key=api_key,
+                               timeout_s=timeout_s)
+        return out[0] if single else out
+
+    # -- models ---------------------------------------------------------------------------------------
+    @property
+    def storage(self) -> Path | None:
+        """The cluster's shared storage (runs, registry, app packages); None: this machine's default."""
+        return registry_storage(self._fleet_file) if self.target.fleet is not None else None
+
+    def models(self):
+        """Registered models with their versions (the cluster's default registry or $RAYFLEET_REGISTRY_URI)."""
+        from rayfleet.registry.refs import REGISTRY_ENV
+        from rayfleet.registry.store import Registry
+
+        if os.environ.get(REGISTRY_ENV):
+            return Registry(None).list_models()
+        return Registry(storage=self.storage).list_models()

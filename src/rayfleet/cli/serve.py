@@ -1,4 +1,4 @@
-"""``rayfleet serve``, ``services`` and ``translate``."""
+"""``rayfleet serve``, ``services`` and ``translate``: options and printing over ``rayfleet.api``."""
 
 from __future__ import annotations
 
@@ -12,25 +12,12 @@ import typer
 from rich.table import Table
 
 from rayfleet import client
-from rayfleet.cli._common import FLEET_OPTION, console, err_console, resolve_target
-from rayfleet.cli.train import registry_storage
-from rayfleet.config.loader import load_model, validate_data
-from rayfleet.config.service import ServiceSpec
-from rayfleet.errors import ClusterNotRunning, RayfleetError
-from rayfleet.registry.refs import REGISTRY_ENV
-from rayfleet.serve.deploy import delete_service, deploy, list_services
-from rayfleet.serve.keys import hash_key, load_api_keys
-from rayfleet.serve.models import resolve_model
+from rayfleet.cli._common import FLEET_OPTION, console, err_console, quiet_ray_logs
+from rayfleet.errors import ClusterNotRunning
 
 __all__ = ["register"]
 
 API_KEY_ENV = "RAYFLEET_API_KEY"
-
-
-def _load_spec(path: Optional[Path], overrides: dict) -> tuple[ServiceSpec, Path | None]:
-    if path is None:
-        return validate_data(ServiceSpec, overrides, source="command line"), None
-    return load_model(ServiceSpec, path, overrides=overrides), path.resolve().parent
 
 
 def serve(
@@ -42,31 +29,34 @@ def serve(
     timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the service to be ready."),
     fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
-    """Deploy a translation service, or update it in place if it exists.
+    """Deploy a service, or update it in place (no downtime) if it exists.
+
+    The spec describes the built-in translator (model, batching, limits, keys) or your own
+    Ray Serve application ('app: {import_path: module:attr, working_dir: .}'). The command
+    returns when the service answers at its URL; when the new version can't start, it shows
+    the replica's error and the previous version keeps serving.
 
     Example: rayfleet serve examples/translate.yaml --model ./models/opus-mt-en-fr
+    Example: rayfleet serve examples/own-app/service.yaml
     """
-    overrides = {k: v for k, v in {"model": model, "name": name, "route_prefix": route_prefix}.items() if v}
-    spec, base_dir = _load_spec(spec_file, overrides)
-    keys = load_api_keys(spec.auth, base_dir)
-    storage = None
-    if spec.model.startswith("registry://"):
-        # On a fleet the default registry, and the version's files that every replica reads, are on its
-        # shared storage. With $RAYFLEET_REGISTRY_URI only downloaded files go there (when it has one).
-        try:
-            storage = registry_storage(fleet_file)
-        except RayfleetError:
-            if not os.environ.get(REGISTRY_ENV):
-                raise
-    resolved = resolve_model(spec.model, storage=storage)
-    if resolved != spec.model:
-        spec = spec.model_copy(update={"model": resolved})
-    target = resolve_target(fleet_file).serve
-    with console.status(f"Deploying {spec.name} ({spec.model}) ...") as s:
-        result = deploy(target, spec, [hash_key(k) for k in keys], timeout_s=timeout,
-                        progress=lambda st: s.update(f"Deploying {spec.name}: {st} ..."),
-                        api_key=keys[0] if keys else None)
+    import rayfleet
+    from rayfleet.serve.keys import load_api_keys
+    from rayfleet.serve.service import load_service
+
+    overrides = {"model": model, "name": name, "route_prefix": route_prefix}
+    spec, base_dir = load_service(spec_file, overrides)
+    cluster = rayfleet.connect(fleet_file)
+    quiet_ray_logs()
+    what = spec.app.import_path if spec.app else spec.model
+    with console.status(f"Deploying {spec.name} ({what}) ...") as s:
+        result = cluster.serve(spec_file, overrides=overrides, timeout_s=timeout,
+                               progress=lambda st: s.update(f"Deploying {spec.name}: {st} ..."))
     url = result.url
+    if spec.app is not None:
+        console.print(f"Service {result.name} is up: {result.replicas} replica(s), app {result.model}")
+        console.print(f"  url:       {url}", markup=False)
+        return
+    keys = load_api_keys(spec.auth, base_dir)
     console.print(f"Service {result.name} is up: {result.replicas} replica(s), model {result.model}")
     console.print(f"  translate: {url}/translate")
     console.print(f"  docs:      {url}/docs")
@@ -84,21 +74,22 @@ services_app = typer.Typer(
 
 @services_app.callback(invoke_without_command=True)
 def services(ctx: typer.Context, fleet_file: Optional[Path] = FLEET_OPTION) -> None:
-    """List services: name, state, replicas, model, URL.
+    """List services: name, kind (translator or app), state, replicas, model (or app), URL.
 
     Example: rayfleet services
     """
+    import rayfleet
+
     ctx.obj = fleet_file
     if ctx.invoked_subcommand is not None:
         return
-    target = resolve_target(fleet_file).serve
-    rows = list_services(target)
+    rows = rayfleet.connect(fleet_file).services()
     if not rows:
         console.print("No services. Deploy one with: rayfleet serve examples/translate.yaml")
         return
-    table = Table("name", "state", "replicas", "model", "URL")
+    table = Table("name", "kind", "state", "replicas", "model / app", "URL")
     for s in rows:
-        table.add_row(s.name, s.status, str(s.replicas), s.model, s.url)
+        table.add_row(s.name, s.kind, s.status, str(s.replicas), s.model, s.url)
     console.print(table)
 
 
@@ -109,9 +100,11 @@ def services_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Se
 
     Example: rayfleet services delete translator
     """
-    target = resolve_target(fleet_file or ctx.obj).serve
+    import rayfleet
+
+    cluster = rayfleet.connect(fleet_file or ctx.obj)
     with console.status(f"Deleting {name} ..."):
-        delete_service(target, name)
+        cluster.delete_service(name)
     console.print(f"Deleted service {name}.")
 
 
@@ -125,9 +118,11 @@ def translate(
 
     Example: rayfleet translate "The cat sleeps."
     """
+    import rayfleet
+
     if url is None:
         try:
-            url = resolve_target(fleet_file).serve.url("/")
+            url = rayfleet.connect(fleet_file).service_url()
         except ClusterNotRunning:
             url = "http://127.0.0.1:8000"
     result = client.translate_detailed(url, list(text), api_key=os.environ.get(API_KEY_ENV) or None,

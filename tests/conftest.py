@@ -98,7 +98,7 @@ def local_cluster():
 
 @pytest.fixture(scope="session")
 def serve_target(local_cluster):
-    from rayfleet.cli._common import target_for
+    from rayfleet.cluster.target import target_for
 
     return target_for(local_cluster)
 

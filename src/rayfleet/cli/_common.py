@@ -7,9 +7,6 @@ the fleet of ``-f FILE``, else the running local cluster, else ``./fleet.yaml``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -22,12 +19,36 @@ from rayfleet.cluster.target import (DEFAULT_FLEET, Target, fleet_target, load_f
 from rayfleet.serve.deploy import ServeTarget
 
 __all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "Target", "target_for", "fleet_target",
-           "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET", "job_holders", "quiet_ray_logs"]
+           "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET", "quiet_ray_logs", "print_report"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FLEET_OPTION = typer.Option(None, "-f", "--file", help="fleet.yaml of the cluster (default: ./fleet.yaml).")
+
+
+def print_report(report) -> None:
+    """The table of ``rayfleet check`` (a preflight ``Report``) and one line per failure."""
+    from rich.table import Table
+
+    from rayfleet.cluster.preflight import CHECKS
+
+    table = Table("host", *CHECKS, title="rayfleet check")
+    for host in report.hosts:
+        cells = []
+        for check in CHECKS:
+            r = report.get(host, check)
+            if r is None or r.ok is None:
+                cells.append("-")
+            else:
+                cells.append("✓" if r.ok else "✗")
+        table.add_row(host, *cells)
+    console.print(table)
+    for r in report.failures():
+        line = f"✗ {r.host} {r.check}: {r.detail}"
+        if r.fix:
+            line += f" — fix: {r.fix}"
+        console.print(line, markup=False)
 
 
 def quiet_ray_logs() -> None:
@@ -45,19 +66,6 @@ def local_target() -> tuple[LocalCluster, ServeTarget]:
     """The running local cluster and its Serve target (ClusterNotRunning otherwise)."""
     cluster = local.current()
     return cluster, target_for(cluster)
-
-
-def job_holders(client, serve_target: ServeTarget, job_id: str):
-    """``() -> [str]``: who holds the cluster's resources besides job ``job_id`` (other running
-    jobs, the services with replicas), for a waiting line."""
-    def holders() -> list[str]:
-        from rayfleet.serve.deploy import list_services
-
-        out = [f"job {j.id} ({j.kind})" for j in client.list()
-               if j.id != job_id and j.status in ("PENDING", "RUNNING")]
-        out += [f"service {s.name} ({s.replicas} replica(s))" for s in list_services(serve_target) if s.replicas]
-        return out
-    return holders
 
 
 class JobProgress:

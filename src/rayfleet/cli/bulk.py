@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from rayfleet.cli._common import FLEET_OPTION, JobProgress, console, job_holders, resolve_target
+from rayfleet.cli._common import FLEET_OPTION, JobProgress, console
 from rayfleet.config.service import DEFAULT_MODEL
 
 __all__ = ["register"]
@@ -103,42 +103,29 @@ def translate_file(
 
     Example: rayfleet translate-file in.jsonl out.jsonl --field text --backend ctranslate2
     """
-    from rayfleet.bulk import launch
-    from rayfleet.errors import BulkError, JobError
-    from rayfleet.jobs.resources import StallGuard
-    from rayfleet.jobs.submit import JobsClient
+    import rayfleet
+    from rayfleet.errors import BulkError
     from rayfleet.serve.backends.base import BACKEND_NAMES
 
     if backend not in BACKEND_NAMES:
         raise BulkError(f"Got {backend!r} for --backend; expected one of {', '.join(BACKEND_NAMES)}.")
-    target = resolve_target(fleet_file)
-    fleet = target.fleet
-    job = launch.prepare(input_path, output_path, model=model, field=field, output_field=output_field,
-                         backend=backend, part_size=part_size, batch_size=batch_size, actors=actors,
-                         cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                         max_new_tokens=max_new_tokens, restart=restart,
-                         fleet_name=fleet.name if fleet else None,
-                         fleet_storage=fleet.storage.path if fleet and fleet.storage else None)
-    client = JobsClient(target.serve.dashboard_url, dict(target.serve.headers))
-    job_id = launch.submit(client, job)
-    console.print(f"Submitted job {job_id} on the {target.description} (parts in {job.output}.parts).",
+    cluster = rayfleet.connect(fleet_file)
+    run = cluster.translate_file(input_path, output_path, model=model, field=field, output_field=output_field,
+                                 backend=backend, part_size=part_size, batch_size=batch_size, actors=actors,
+                                 cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                                 max_new_tokens=max_new_tokens, restart=restart)
+    console.print(f"Submitted job {run.id} on the {cluster.description} (parts in {run.job.output}.parts).",
                   markup=False)
     if detach:
-        console.print(f"Follow it with: rayfleet jobs logs {job_id} --follow", markup=False)
+        console.print(f"Follow it with: rayfleet jobs logs {run.id} --follow", markup=False)
         return
     try:
-        guard = StallGuard(launch.demand(job), client.usage, job_holders(client, target.serve, job_id))
-        with _Follower(quiet, guard) as follower:
-            try:
-                result = launch.follow(client, job_id, on_event=follower, on_poll=follower.tick,
-                                       on_log=follower.log_line)
-            except JobError:
-                launch.stop(client, job_id)
-                raise
+        with _Follower(quiet, run.guard()) as follower:
+            result = run.wait(on_event=follower, on_poll=follower.tick, on_log=follower.log_line)
     except KeyboardInterrupt:
-        console.print(f"\nStopping job {job_id} ...", markup=False)
-        status = launch.stop(client, job_id)
-        console.print(f"Job {job_id} is {status}. The finished parts are kept in {job.output}.parts: "
+        console.print(f"\nStopping job {run.id} ...", markup=False)
+        status = run.stop()
+        console.print(f"Job {run.id} is {status}. The finished parts are kept in {run.job.output}.parts: "
                       "run the same command again to resume.", markup=False)
         raise typer.Exit(130)
     _print_result(result)

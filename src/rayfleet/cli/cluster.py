@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import requests
-import typer
-from rich.table import Table
-
 from pathlib import Path
 from typing import Optional
 
-from rayfleet.cli._common import FLEET_OPTION, console, fleet_target, load_fleet, resolve_target, target_for
-from rayfleet.cli.fleet import print_report
+import typer
+from rich.table import Table
+
+from rayfleet.cli._common import FLEET_OPTION, console, fleet_target, load_fleet, print_report
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.preflight import run_checks
 from rayfleet.cluster.state import LocalPorts, state_dir
 from rayfleet.errors import ClusterError
-from rayfleet.serve.deploy import list_services
 
 __all__ = ["register"]
 
@@ -112,20 +109,15 @@ def down(
         console.print(f"Stopped the local cluster {stopped.gcs_address}; no Ray process of it is left.")
 
 
-def _jobs(dashboard: str, headers: dict) -> list[dict]:
-    try:
-        r = requests.get(f"{dashboard}/api/jobs/", headers=headers, timeout=10)
-        return r.json() if r.status_code == 200 else []
-    except (requests.RequestException, ValueError):
-        return []
-
-
 def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     """Show the cluster: address, nodes (alive/dead, CPU/GPU/memory used/total), jobs, services and URLs.
 
     Example: rayfleet status    |    rayfleet status -f fleet.yaml
     """
-    target = resolve_target(fleet_file)
+    import rayfleet
+
+    cluster = rayfleet.connect(fleet_file)
+    target = cluster.target
     if target.local is not None:
         c = target.local
         console.print(f"Local cluster {c.gcs_address} — dashboard {c.dashboard_url} — token auth on")
@@ -144,20 +136,19 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
             f"{res.get('CPU', 0):g}", f"{res.get('GPU', 0):g}",
             f"{res.get('memory', 0) / 2**30:.1f}", f"{res.get('object_store_memory', 0) / 2**30:.1f}")
     console.print(table)
-    jobs = _jobs(target.serve.dashboard_url, target.serve.headers)
+    jobs = cluster.jobs()
     if jobs:
-        jt = Table("job", "status", "entrypoint", title="Jobs")
+        jt = Table("job", "kind", "status", "entrypoint", title="Jobs")
         for j in jobs[-10:]:
-            jt.add_row(j.get("submission_id") or j.get("job_id") or "?", j.get("status", "?"),
-                       (j.get("entrypoint") or "")[:60])
+            jt.add_row(j.id, j.kind, j.status, j.entrypoint[:60])
         console.print(jt)
-    services = list_services(target.serve)
+    services = cluster.services()
     if not services:
         console.print("Services: none (deploy one with: rayfleet serve examples/translate.yaml)")
         return
-    st = Table("service", "status", "replicas", "model", "URL", title="Services")
+    st = Table("service", "kind", "status", "replicas", "model / app", "URL", title="Services")
     for s_ in services:
-        st.add_row(s_.name, s_.status, str(s_.replicas), s_.model, s_.url)
+        st.add_row(s_.name, s_.kind, s_.status, str(s_.replicas), s_.model, s_.url)
     console.print(st)
 
 

@@ -7,35 +7,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from rayfleet.cli._common import FLEET_OPTION, console, load_fleet
+from rayfleet.cli._common import FLEET_OPTION, console, load_fleet, print_report
 from rayfleet.cluster import fleet as fleet_mod
-from rayfleet.cluster.preflight import CHECKS, Report, run_checks
+from rayfleet.cluster.preflight import run_checks
 from rayfleet.config.fleet import FleetSpec
 from rayfleet.config.loader import validate_data
 from rayfleet.errors import ConfigError
 
-__all__ = ["register", "print_report", "render_fleet_yaml"]
-
-
-def print_report(report: Report) -> None:
-    table = Table("host", *CHECKS, title="rayfleet check")
-    for host in report.hosts:
-        cells = []
-        for check in CHECKS:
-            r = report.get(host, check)
-            if r is None or r.ok is None:
-                cells.append("-")
-            else:
-                cells.append("✓" if r.ok else "✗")
-        table.add_row(host, *cells)
-    console.print(table)
-    for r in report.failures():
-        line = f"✗ {r.host} {r.check}: {r.detail}"
-        if r.fix:
-            line += f" — fix: {r.fix}"
-        console.print(line, markup=False)
+__all__ = ["register", "render_fleet_yaml"]
 
 
 def check(fleet_file: Optional[Path] = FLEET_OPTION) -> None:

@@ -1,4 +1,4 @@
-"""``rayfleet train``, ``tune``, ``jobs`` and ``models``."""
+"""``rayfleet train``, ``tune``, ``jobs`` and ``models``: options and printing over ``rayfleet.api``."""
 
 from __future__ import annotations
 
@@ -10,44 +10,21 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rayfleet.cli._common import (DEFAULT_FLEET, FLEET_OPTION, JobProgress, console, job_holders, load_fleet,
-                                  resolve_target)
-from rayfleet.errors import JobError
+from rayfleet.cli._common import FLEET_OPTION, JobProgress, console
 from rayfleet.jobs.submit import JobsClient
 
-__all__ = ["register", "registry_storage"]
+__all__ = ["register"]
 
 _METRICS = ("exact_match", "bleu", "chrf", "loss")
 _REGISTRY_HELP = ("Registry URI (default: $RAYFLEET_REGISTRY_URI, else SQLite in the storage path: the fleet's "
                   "storage.path with -f, else $RAYFLEET_HOME/storage).")
 
 
-def registry_storage(fleet_file: Optional[Path]) -> Optional[Path]:
-    """Where the default registry of the targeted cluster lives: a fleet's shared storage.path, or None
-    ($RAYFLEET_HOME/storage) for the local cluster.
-
-    The fleet is the one of -f; without -f, none while a local cluster runs, else ./fleet.yaml when
-    it exists (the rule every command follows). Unlike cluster commands, this needs no running
-    cluster: the registry is read from the storage path on this machine.
-    """
-    from rayfleet.cluster import local
-    from rayfleet.errors import ClusterNotRunning
-    from rayfleet.registry.refs import fleet_storage
-
-    if fleet_file is None:
-        try:
-            local.current()
-            return None
-        except ClusterNotRunning:
-            if not DEFAULT_FLEET.exists():
-                return None
-    return fleet_storage(load_fleet(fleet_file))
-
-
 def _jobs_client(fleet_file: Optional[Path]) -> JobsClient:
     """The Jobs API of the fleet (-f), else the local cluster, else ./fleet.yaml."""
-    target = resolve_target(fleet_file).serve
-    return JobsClient(target.dashboard_url, dict(target.headers))
+    import rayfleet
+
+    return rayfleet.connect(fleet_file).jobs_client
 
 
 def _fmt_metrics(metrics: dict[str, Any]) -> str:
@@ -123,36 +100,23 @@ def _print_result(result: dict[str, Any]) -> None:
 def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet: bool,
          fleet_file: Optional[Path], num_workers: Optional[int] = None,
          unplaceable_timeout: float = 120) -> None:
-    from rayfleet.jobs.resources import StallGuard
-    from rayfleet.train.launch import load_job, on_fleet, submit, wait_result
+    import rayfleet
 
-    spec = load_job(spec_file)
-    if num_workers is not None:
-        spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"num_workers": num_workers})})
-    target = resolve_target(fleet_file)
-    if target.fleet is not None:  # runs, checkpoints and the default registry on the fleet's shared storage
-        spec = on_fleet(spec, target.fleet)
-    client = JobsClient(target.serve.dashboard_url, dict(target.serve.headers))
-    launch = submit(client, spec, mode=mode, samples=samples, workers_fix="--num-workers {n}")
-    if launch.note:
-        console.print(launch.note, markup=False)
-    console.print(f"Submitted job {launch.job_id} (run dir {launch.run_dir}).")
+    cluster = rayfleet.connect(fleet_file)
+    run = cluster.train(spec_file, mode=mode, samples=samples, num_workers=num_workers,
+                        workers_fix="--num-workers {n}")
+    if run.note:
+        console.print(run.note, markup=False)
+    console.print(f"Submitted job {run.id} (run dir {run.run_dir}).")
     if detach:
-        console.print(f"Follow it with: rayfleet jobs logs {launch.job_id} --follow")
+        console.print(f"Follow it with: rayfleet jobs logs {run.id} --follow")
         return
-    guard = StallGuard(launch.demand, client.usage, job_holders(client, target.serve, launch.job_id),
-                       timeout_s=unplaceable_timeout)
     try:
-        with _Follower(quiet, guard) as follower:
-            try:
-                result = wait_result(client, launch.job_id, on_event=follower, on_poll=follower.tick,
-                                     on_log=follower.log_line)
-            except JobError:
-                client.stop(launch.job_id)
-                raise
+        with _Follower(quiet, run.guard(timeout_s=unplaceable_timeout)) as follower:
+            result = run.wait(on_event=follower, on_poll=follower.tick, on_log=follower.log_line)
     except KeyboardInterrupt:
-        console.print(f"\nDetached; job {launch.job_id} keeps running. Follow it: rayfleet jobs logs "
-                      f"{launch.job_id} --follow; stop it: rayfleet jobs stop {launch.job_id}")
+        console.print(f"\nDetached; job {run.id} keeps running. Follow it: rayfleet jobs logs "
+                      f"{run.id} --follow; stop it: rayfleet jobs stop {run.id}")
         return
     _print_result(result)
 
@@ -270,6 +234,8 @@ def _registry(uri: Optional[str], fleet_file: Optional[Path]):
 
     from rayfleet.registry.refs import REGISTRY_ENV
     from rayfleet.registry.store import Registry
+
+    from rayfleet.cluster.target import registry_storage
 
     if uri or os.environ.get(REGISTRY_ENV):
         return Registry(uri)

@@ -262,8 +262,12 @@ _EXIT_CODE = re.compile(r"exit code (-?\d+)")
 
 def failure_summary(end: JobEnd) -> str:
     """``FAILED (exit code 1): ValueError: bad input``: how the job ended and, when its log ends with a
-    traceback, the exception line."""
+    traceback, the exception line; or why its environment could not be set up (pip's own errors)."""
     msg = (end.info.message or "").strip()
+    if msg.startswith("runtime_env setup failed"):
+        errors = [ln.strip() for ln in msg.splitlines() if ln.strip().startswith("ERROR:")]
+        what = "its requirements could not be installed" if "pip" in msg else "its environment could not be set up"
+        return f"{end.info.status}: {what}" + (": " + " ".join(errors) if errors else f" ({msg.splitlines()[0]})")
     code = _EXIT_CODE.search(msg.split(", last available logs")[0])
     out = end.info.status + (f" (exit code {code.group(1)})" if code else "")
     exc = next((ln.strip() for ln in reversed(end.tail) if _EXCEPTION.match(ln.strip())), None)

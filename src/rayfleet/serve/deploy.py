@@ -269,18 +269,24 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 def _user_error(text: str) -> str | None:
     """``app.py, line 12, in __init__: ZeroDivisionError: division by zero``: the last frame of the
-    user's code in a replica's (or the app build's) traceback, and the exception line."""
-    frames = [m for m in _FRAME.finditer(text)
-              if "site-packages" not in m.group(1) and "/rayfleet/" not in m.group(1)
-              and not m.group(1).startswith("<")]
+    user's code (in the app's unpacked working_dir, else outside Python's and Ray's own files) in a
+    replica's (or the app build's) traceback, and the exception line."""
+    frames = [m.groups() for m in _FRAME.finditer(text)]
+    own = [f for f in frames if "/working_dir_files/" in f[0] or "/_ray_pkg_" in f[0]]
+    if not own:
+        own = [f for f in frames if "site-packages" not in f[0] and "/rayfleet/" not in f[0]
+               and not re.search(r"/lib/python3\.\d+/", f[0]) and not f[0].startswith("<")]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     exc = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", ln)),
                lines[-1] if lines else "")
-    if not frames:
+    if not own:
         return exc or None
-    path, line, func = frames[-1].groups()
-    name = path.split("/_ray_pkg_")[-1].split("/", 1)[-1] if "/_ray_pkg_" in path else path
-    return f"{name}, line {line}, in {func}: {exc}"
+    path, line, func = own[-1]
+    for marker in ("/working_dir_files/", "/_ray_pkg_"):
+        if marker in path:
+            path = path.split(marker, 1)[1].split("/", 1)[-1]
+            break
+    return f"{path}, line {line}, in {func}: {exc}"
 
 
 def _status(target: ServeTarget, name: str, app: dict[str, Any]) -> ServiceStatus:

@@ -5,16 +5,21 @@ path: Serve runs it in the app's runtime_env (its working_dir unpacked and first
 ``sys.path``, its requirements installed). ``build`` imports the user's attribute
 (calling it with ``args`` when it is a builder function, as Serve itself does) and
 gives the app's ingress deployment the service's replicas and resources, so a
-service.yaml sizes any app the same way. An import error, a missing attribute or
-an error in the builder is raised here with the user's own traceback, which
-``rayfleet serve`` shows as the reason the deploy failed.
+service.yaml sizes any app the same way.
+
+Before a deploy touches the running service, ``python -m rayfleet.serve.own ARGS``
+runs as a Ray Job in the same runtime_env and builds the app the same way (without
+deploying it): an import error, a missing attribute or an error in the builder fails
+that job, with the user's own traceback, and the service is left as it was. (A
+failed build inside Serve clears the app's target state, so what keeps serving is
+then up to Serve.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build", "IMPORT_PATH"]
+__all__ = ["build", "check", "IMPORT_PATH"]
 
 IMPORT_PATH = "rayfleet.serve.own:build"
 
@@ -30,3 +35,17 @@ def build(args: dict[str, Any]):
         # The ingress deployment, with its bound arguments kept, gets the service's sizing.
         app._bound_deployment = app._bound_deployment.options(**options)
     return app
+
+
+def check(args: dict[str, Any]) -> str:
+    """Build the app as ``build`` does, without deploying it; a line naming its deployments."""
+    app = build(args)
+    ingress = app._bound_deployment
+    return f"ok: {args['import_path']} builds; ingress deployment {ingress.name}"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(check(json.loads(sys.argv[1])), flush=True)

@@ -87,6 +87,38 @@ def package_app(spec: ServiceSpec, base_dir: Path, storage: Path | None) -> dict
     return env
 
 
+def check_build(target: ServeTarget, spec: ServiceSpec, runtime_env: dict[str, Any], *, timeout_s: float) -> None:
+    """Build the own app in a Ray Job with its runtime_env (``rayfleet.serve.own``); ServeError with the
+    user's error when it fails. The running service is not touched."""
+    import json
+    import secrets
+    import shlex
+    import time
+
+    from rayfleet.errors import JobError, ServeError
+    from rayfleet.jobs.submit import JobsClient
+    from rayfleet.serve.deploy import OWN_APP_IMPORT_PATH, _app_config, _user_error
+
+    args = _app_config(spec, [], None, None)["args"]
+    client = JobsClient(target.dashboard_url, dict(target.headers))
+    job_id = f"{spec.name}-build-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    module = OWN_APP_IMPORT_PATH.split(":")[0]
+    client.submit(f"python -m {module} {shlex.quote(json.dumps(args))}", submission_id=job_id,
+                  runtime_env=runtime_env, metadata={"rayfleet.kind": "app-build", "rayfleet.name": spec.name})
+    try:
+        info = client.wait(job_id, timeout_s=timeout_s, poll_s=0.5)
+    except JobError:
+        client.stop(job_id)
+        raise
+    if info.status == "SUCCEEDED":
+        return
+    text = info.message if info.message.startswith("runtime_env setup failed") else client.logs(job_id)
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    where = _user_error(text) or (lines[-1] if lines else info.status)
+    raise ServeError(f"Service {spec.name!r} can't be built: {where}", context="\n".join(lines[-15:]) or None,
+                     hint="Fix it and run 'rayfleet serve' again; the running service was not touched.")
+
+
 def deploy_service(target: ServeTarget, spec: str | Path | ServiceSpec | dict | None, *,
                    overrides: dict[str, Any] | None = None, timeout_s: float = 600,
                    progress: Callable[[str], None] | None = None,
@@ -100,6 +132,9 @@ def deploy_service(target: ServeTarget, spec: str | Path | ServiceSpec | dict | 
     spec, base_dir = load_service(spec, overrides)
     if spec.app is not None:
         runtime_env = package_app(spec, base_dir, storage())
+        if progress:
+            progress("building the app in a Ray Job (nothing deployed yet)")
+        check_build(target, spec, runtime_env, timeout_s=timeout_s)
         return deploy(target, spec, [], timeout_s=timeout_s, progress=progress, runtime_env=runtime_env)
     keys = load_api_keys(spec.auth, base_dir)
     resolved = resolve_model(spec.model, storage=storage() if spec.model.startswith("registry://") else None)

@@ -359,6 +359,43 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
     assert "update-failed" not in monitor
 
 
+def test_own_code_own_app_and_the_api_on_the_fleet(lab, fleet_up):
+    """rayfleet submit of a Ray Train script that is not rayfleet's: 2 DDP workers on 2 nodes (the
+    translator holds the third CPU), checkpoints on the shared storage; an own Serve app packaged
+    on the shared storage; rayfleet.connect(fleet).init() through Ray Client with the token."""
+    t0 = time.monotonic()
+    r = rayfleet_cli("submit", "-f", str(fleet_up), "--working-dir", "examples/own-code", "--", "python", "train.py",
+                     "--epochs", "2", "--num-workers", "2", timeout=600)
+    _timed("submit examples/own-code (2 workers)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    nodes = set(re.findall(r"worker \d/2 on \S+ \(([\d.]+)\)", r.stdout))
+    assert len(nodes) == 2 and nodes <= {h.ip for h in lab.hosts}, r.stdout
+    checkpoint = Path(re.search(r"^checkpoint: (\S+)$", r.stdout, re.M).group(1))
+    assert checkpoint.is_relative_to(lab_shared(fleet_up)) and (checkpoint / "model.pt").is_file()
+
+    import rayfleet
+
+    c = rayfleet.connect(fleet_up)
+    assert c.address == f"ray://{lab.hosts[0].ip}:10001"
+    assert any(j.kind == "submit" and j.status == "SUCCEEDED" for j in c.jobs())
+    t0 = time.monotonic()
+    status = c.serve(ROOT / "examples" / "own-app" / "service.yaml", timeout_s=400)
+    _timed("serve examples/own-app on the fleet", t0)
+    assert status.kind == "app" and status.url == f"http://{lab.hosts[0].ip}:8000/sentiment"
+    assert str(lab_shared(fleet_up)) in str(list((lab_shared(fleet_up) / "apps" / "sentiment").iterdir()))
+    resp = httpx.post(f"{status.url}/predict", json={"text": "a great, friendly place"}, timeout=60)
+    assert resp.status_code == 200 and resp.json()["label"] == "positive"
+    c.delete_service("sentiment")
+
+    script = ("import sys, ray, rayfleet\n"
+              "rayfleet.connect(sys.argv[1]).init()\n"
+              "print(len([n for n in ray.nodes() if n['Alive']]), ray.get(ray.remote(lambda: 6 * 7).remote()))\n")
+    out = subprocess.run([os.sys.executable, "-c", script, str(fleet_up)], capture_output=True, text=True,
+                         timeout=180, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "3 42"
+
+
 def _attempts(folder: Path) -> dict[int, list[tuple[str, str, float]]]:
     """Task index -> (node IP, Ray node id, start time) of each of its attempts, in order."""
     out = {}

@@ -73,7 +73,19 @@ def _env(fleet: FleetSpec) -> str:
         parts += ["RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={remote_token_path(fleet)}"]
     else:
         parts += ["RAY_AUTH_MODE=disabled"]
-    return "export " + " ".join(parts)
+    return "export " + " ".join(parts) + " && " + _gloo_interface(fleet)
+
+
+# Gloo (PyTorch DDP on CPUs) advertises the address its host name resolves to; where that is
+# loopback (Debian's "127.0.1.1 HOSTNAME", containers) ranks on other nodes can't connect. Every
+# Ray process of a node gets GLOO_SOCKET_IFNAME = the interface that holds the node's address, so
+# any DDP program (rayfleet's training or the user's own, via rayfleet submit) works across nodes.
+# A value already in the environment wins (train/distributed.py does the same per worker).
+def _gloo_interface(fleet: FleetSpec) -> str:
+    """Shell (one line: the launcher runs it through ssh): the interface that holds $IP, from iproute2."""
+    return ("IFACE=$(ip -o addr show 2>/dev/null | awk -v ip=\"$IP\" '{split($4, a, \"/\"); if (a[1] == ip) "
+            "{sub(/@.*/, \"\", $2); print $2; exit}}' || true) && "
+            'if [ -n "$IFACE" ] && [ -z "${GLOO_SOCKET_IFNAME:-}" ]; then export GLOO_SOCKET_IFNAME="$IFACE"; fi')
 
 
 def _common_flags(fleet: FleetSpec) -> list[str]:

@@ -279,8 +279,7 @@ def failure_summary(end: JobEnd) -> str:
 
 def failure_hint(info: JobInfo) -> str | None:
     """Why a job failed before its program ran (its requirements would not install), with the fix."""
-    msg = (info.message or "").lower()
-    if "runtime env" in msg.split("\n")[0] or "runtime_env" in msg.split("\n")[0]:
-        if "pip" in msg:
-            return _WHEELS_HINT
+    msg = info.message or ""
+    if msg.startswith("runtime_env setup failed") and "pip" in msg:
+        return _WHEELS_HINT
     return None

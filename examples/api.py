@@ -12,7 +12,7 @@ c = rayfleet.connect()                       # the local cluster; rayfleet.conne
 print(f"cluster: {c.description} (Ray address {c.address})")
 
 job = c.submit(["python", "train.py", "--epochs", "1"], working_dir="examples/own-code")
-end = job.follow()                           # on_line=print streams its log
+end = job.follow(on_waiting=print)           # says so when it waits for CPUs; on_line=print streams its log
 loss = next(line for line in end.tail if line.startswith("final validation loss"))
 print(f"job {job.id}: {end.info.status}, {loss}")
 

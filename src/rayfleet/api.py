@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rayfleet.cluster.target import Target, registry_storage, resolve_target
+from rayfleet.cluster.target import Target, resolve_target
 from rayfleet.config.service import ServiceSpec
 from rayfleet.jobs.submit import JobInfo, JobsClient
 from rayfleet.serve.deploy import ServeTarget, ServiceStatus
@@ -59,23 +59,60 @@ class Job:
             return client.wait(self.id, timeout_s=timeout_s).status
         return client.info(self.id).status
 
-    def guard(self, *, timeout_s: float = 120):
-        """A ``StallGuard`` that reports (and ends) a wait for resources the entrypoint asked for."""
-        from rayfleet.jobs.resources import StallGuard
+    def follow(self, *, on_line: Callable[[str], None] | None = None,
+               on_waiting: Callable[[str], None] | None = None, unplaceable_timeout_s: float = 120):
+        """Stream the log to ``on_line`` until the job ends; a ``JobEnd`` (``exit_code``, ``info``, ``tail``).
 
-        g = StallGuard(self.demand, self.cluster.jobs_client.usage, self.cluster.holders(self.id),
-                       timeout_s=timeout_s)
-        g.placing = True
-        return g
+        ``on_waiting`` gets a line now and then while the job waits: to start (Ray places its
+        entrypoint and sets up its environment), or for resources its tasks and actors asked for
+        and the cluster can't give now (with who holds them). A job that waits for more than any
+        node has and prints nothing for ``unplaceable_timeout_s`` is stopped (JobError)."""
+        import time
 
-    def follow(self, *, on_line: Callable[[str], None] | None = None, on_poll: Callable[[], None] | None = None):
-        """Stream the log to ``on_line`` until the job ends; a ``JobEnd`` (``exit_code``, ``info``, ``tail``)."""
+        from rayfleet.errors import JobError
         from rayfleet.jobs import own
+        from rayfleet.jobs.resources import PendingWatch, StallGuard
+
+        client = self.cluster.jobs_client
+        holders = self.cluster.holders(self.id)
+        entry = StallGuard(self.demand, client.usage, holders, timeout_s=unplaceable_timeout_s)
+        entry.placing = True
+        inner = PendingWatch(client.usage, holders, timeout_s=unplaceable_timeout_s)
+        state = {"running": False, "checked": float("-inf"), "said": float("-inf")}
+
+        def say(text: str) -> None:
+            if on_waiting is not None:
+                on_waiting(text)
+
+        def started() -> None:
+            state["running"] = True
+            entry.progressed(started=True)
 
         def poll() -> None:
-            if on_poll is not None:
-                on_poll()
-        return own.follow(self.cluster.jobs_client, self.id, on_line=on_line, on_poll=poll)
+            now = time.monotonic()
+            if not state["running"] and now - state["checked"] >= 5:
+                state["checked"] = now
+                if self.info().status != "PENDING":
+                    started()
+                elif now - state["said"] >= 30:
+                    state["said"] = now
+                    say("The job is pending: Ray is placing it and setting up its environment ...")
+            line = inner.tick() if state["running"] else entry.tick()
+            if line:
+                say(line)
+
+        def line(text: str) -> None:
+            if not state["running"]:
+                started()
+            inner.progressed()
+            if on_line is not None:
+                on_line(text)
+
+        try:
+            return own.follow(client, self.id, on_line=line, on_poll=poll)
+        except JobError:
+            self.stop()
+            raise
 
 
 @dataclass
@@ -224,12 +261,12 @@ class Cluster:
         Everything is checked before anything is submitted. The job sees ``$RAYFLEET_STORAGE``: the
         cluster's storage (a fleet's shared storage.path), e.g. for Ray Train's ``storage_path``."""
         from rayfleet.jobs import own
-        from rayfleet.registry.refs import default_storage
 
         sub = own.prepare(entrypoint, working_dir=working_dir, requirements=requirements, env=env,
                           num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, name=name)
-        storage = self._serve_storage() or default_storage()
-        sub.runtime_env["env_vars"].setdefault(STORAGE_ENV, str(storage))
+        storage = self._storage_if_any()
+        if storage is not None:
+            sub.runtime_env["env_vars"].setdefault(STORAGE_ENV, str(storage))
         job_id = own.submit(self.jobs_client, sub)
         return Job(self, job_id, sub.name, own.demand(sub))
 
@@ -260,12 +297,17 @@ class Cluster:
     def tune(self, job: str | Path | Any, *, samples: int = 4, **kwargs: Any) -> TrainRun:
         return self.train(job, mode="tune", samples=samples, **kwargs)
 
-    def translate_file(self, input_path: str | Path, output_path: str | Path, **options: Any) -> FileRun:
-        """Translate a JSON Lines file with Ray Data (options as ``rayfleet translate-file``)."""
+    def translate_file(self, input_path: str | Path, output_path: str | Path, *, model: str | None = None,
+                       **options: Any) -> FileRun:
+        """Translate a JSON Lines file with Ray Data (``model``: hub id, directory or registry ref, default
+        the EN→FR translator; other options as ``rayfleet translate-file``'s: field, output_field, backend,
+        part_size, batch_size, actors, cpus_per_actor, gpus_per_actor, max_new_tokens, restart)."""
         from rayfleet.bulk import launch
+        from rayfleet.config.service import DEFAULT_MODEL
 
         fleet = self.target.fleet
-        job = launch.prepare(Path(input_path), Path(output_path), fleet_name=fleet.name if fleet else None,
+        job = launch.prepare(Path(input_path), Path(output_path), model=model or DEFAULT_MODEL,
+                             fleet_name=fleet.name if fleet else None,
                              fleet_storage=fleet.storage.path if fleet and fleet.storage else None, **options)
         return FileRun(self, launch.submit(self.jobs_client, job), job)
 
@@ -329,8 +371,22 @@ class Cluster:
     # -- models ---------------------------------------------------------------------------------------
     @property
     def storage(self) -> Path | None:
-        """The cluster's shared storage (runs, registry, app packages); None: this machine's default."""
-        return registry_storage(self._fleet_file) if self.target.fleet is not None else None
+        """The cluster's shared storage (runs, registry, app packages); None: this machine's default
+        ($RAYFLEET_HOME/storage, the local cluster's). RegistryError/ConfigError when a fleet has none
+        or it is not mounted here."""
+        from rayfleet.registry.refs import fleet_storage
+
+        return fleet_storage(self.target.fleet) if self.target.fleet is not None else None
+
+    def _storage_if_any(self) -> Path | None:
+        """The storage a job is told about: the fleet's when it has one mounted here, else this machine's."""
+        from rayfleet.errors import RayfleetError
+        from rayfleet.registry.refs import default_storage
+
+        try:
+            return self.storage or default_storage()
+        except RayfleetError:
+            return None
 
     def models(self):
         """Registered models with their versions (the cluster's default registry or $RAYFLEET_REGISTRY_URI)."""

@@ -1,6 +1,6 @@
 """README's "Your own code on the cluster", as written, after ./run on a 2-CPU machine (the
 translator holds one CPU), with stdout a pipe: submit examples/own-code (Ray Train, DDP),
-serve examples/own-app, curl it, list services, examples/api.py, delete; then ./run stop.
+serve examples/own-app, curl it, list services, delete it, examples/api.py; then ./run stop.
 
 The commands come from the README's code block; the test only adds its own ports (and a
 tiny local model for ./run). Cost: ~2.5 min on 2 cores.
@@ -49,9 +49,9 @@ def test_readme_own_code_beside_the_translator(tiny_model, tmp_path):
     env = dict(os.environ, RAYFLEET_HOME=str(tmp_path / "home"), COLUMNS="250")
     commands = readme_own_code()
     assert [c[:2] for c in commands] == [["rayfleet", "submit"], ["rayfleet", "serve"], ["curl", "-X"],
-                                         ["rayfleet", "services"], ["python", "examples/api.py"],
-                                         ["rayfleet", "services"]]
-    submit, serve, curl, services, api, delete = commands
+                                         ["rayfleet", "services"], ["rayfleet", "services"],
+                                         ["python", "examples/api.py"]]
+    submit, serve, curl, services, delete, api = commands
     serve_port = E2E_PORTS["serve"]
     curl = [a.replace("127.0.0.1:8000", f"127.0.0.1:{serve_port}") for a in curl]
     r = subprocess.run([str(ROOT / "run"), "--model", str(tiny_model), "--num-cpus", "2", *up_flags(E2E_PORTS)],
@@ -75,17 +75,18 @@ def test_readme_own_code_beside_the_translator(tiny_model, tmp_path):
         assert re.search(r"│ sentiment\s+│ app\s+│ RUNNING\s+│ 1\s+│ app:build", r.stdout), r.stdout
         assert re.search(r"│ translator\s+│ translator\s+│ RUNNING\s+│ 1\s+│", r.stdout), r.stdout
 
-        r = _sh(api, env)
-        assert r.returncode == 0, r.stderr
-        out = r.stdout.splitlines()
-        assert re.fullmatch(r"job train-\S+: SUCCEEDED, final validation loss: 0\.0\d+", out[1]), out
-        assert f"service sentiment (app, RUNNING): http://127.0.0.1:{serve_port}/sentiment" in out
-        assert f"service translator (translator, RUNNING): http://127.0.0.1:{serve_port}" in out
-        assert any(line.startswith("  The cat sleeps. -> ") and len(line) > 21 for line in out), out
-        assert re.fullmatch(r"a Ray task ran on [\d.]+", out[-1]), out
-
         r = _sh(delete, env)
         assert r.returncode == 0 and r.stdout.strip() == "Deleted service sentiment."
+
+        r = _sh(api, env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.splitlines()
+        assert not any(line.startswith("waiting for resources") for line in out), out   # 1 CPU was free
+        assert any(re.fullmatch(r"job train-\S+: SUCCEEDED, final validation loss: 0\.0\d+", line) for line in out), out
+        assert f"service translator (translator, RUNNING): http://127.0.0.1:{serve_port}" in out
+        assert not any("sentiment" in line for line in out)
+        assert any(line.startswith("  The cat sleeps. -> ") and len(line) > 21 for line in out), out
+        assert re.fullmatch(r"a Ray task ran on [\d.]+", out[-1]), out
     finally:
         stop = subprocess.run([str(ROOT / "run"), "stop"], env=env, capture_output=True, text=True, timeout=300,
                               cwd=ROOT, stdin=subprocess.DEVNULL)

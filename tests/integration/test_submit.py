@@ -138,20 +138,54 @@ def test_requirements_install_offline_from_a_wheel(cluster, tmp_path):
     assert "hello from a wheel api" in job.logs()
 
 
-def test_a_job_that_waits_for_busy_cpus_says_so_then_runs(cluster):
+def _lines_until(p: subprocess.Popen, prefix: str, timeout: float = 120) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    for line in p.stderr:
+        seen.append(line.rstrip("\n"))
+        if seen[-1].startswith(prefix):
+            return seen
+        assert time.monotonic() < deadline, seen
+    pytest.fail(f"no line starting {prefix!r}: {seen}")
+
+
+def test_jobs_that_wait_for_busy_cpus_say_so_then_run(cluster):
+    """The entrypoint's own --num-cpus, and a program whose Ray task asks for 2 CPUs: both wait while
+    a hog holds the CPUs, say so (with who holds them), and run once it is stopped."""
     free = cluster.jobs_client.usage().free("CPU")
     assert free >= 2
-    hog = cluster.submit(["python", "-c", "import time; time.sleep(25)"], num_cpus=free - 1, name="hog")
+    hog = cluster.submit(["python", "-c", "import time; time.sleep(120)"], num_cpus=free - 1, name="hog")
+    task = "import ray; ray.init(); print(ray.get(ray.remote(num_cpus=2)(lambda: 'task ran').remote()))"
+    entry = _start(["submit", "--num-cpus", "2", "--", "python", "-c", "print('ran')"], stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    inner = _start(["submit", "--", "python", "-c", task], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   stdin=subprocess.DEVNULL, text=True)
     try:
-        r = rayfleet_cli("submit", "--num-cpus", "2", "--", "python", "-c", "print('ran')", timeout=300)
+        waiting_entry = _lines_until(entry, "waiting for resources")[-1]
+        waiting_inner = _lines_until(inner, "waiting for resources")[-1]
     finally:
         hog.stop()
-    assert r.returncode == 0, r.stderr
-    waiting = [ln for ln in r.stderr.splitlines() if ln.startswith("waiting for resources")]
-    assert waiting, r.stderr
-    assert re.fullmatch(rf"waiting for resources: needs 2 CPUs, free 1 of 5 CPUs \(held by: job {hog.id} "
-                        r"\(submit\).*\)", waiting[0]), waiting
-    assert r.stdout.splitlines()[-1] == "ran"
+    assert re.fullmatch(rf"waiting for resources: needs 2 CPUs, free 1 of 5 CPUs \(held by: .*job {hog.id} "
+                        r"\(submit\).*\)", waiting_entry), waiting_entry
+    assert re.fullmatch(rf"waiting for resources: Ray's tasks and actors wait for 1 × \(2 CPU\), free [01] of 5 "
+                        rf"CPUs \(held by: .*job {hog.id} \(submit\).*\)", waiting_inner), waiting_inner
+    out_entry, _ = entry.communicate(timeout=300)
+    out_inner, _ = inner.communicate(timeout=300)
+    assert entry.returncode == 0 and out_entry.splitlines()[-1] == "ran"
+    assert inner.returncode == 0 and out_inner.splitlines()[-1] == "task ran"
+
+
+def test_a_program_asking_for_more_than_any_node_has_is_stopped(cluster):
+    task = "import ray; ray.init(); print('asking', flush=True); ray.get(ray.remote(num_cpus=64)(lambda: 1).remote())"
+    r = rayfleet_cli("submit", "--unplaceable-timeout", "10", "--", "python", "-c", task, timeout=300)
+    assert r.returncode == 1
+    job_id = _job_id(r.stderr)
+    assert r.stderr.splitlines()[-2:] == [
+        "error: The job made no progress for 10 s and can't be placed: Ray waits for 1 × (64 CPU), more than the "
+        "cluster's nodes have (1 node(s), the largest with 5 CPU).",
+        "hint: It was stopped. Ask for less in the program (workers, CPUs, GPUs), or give the cluster more "
+        "(rayfleet up --local --num-cpus N, or add a node)."]
+    assert cluster.job(job_id).info().status == "STOPPED"
 
 
 def _start(args: list[str], **kw) -> subprocess.Popen:

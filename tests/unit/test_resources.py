@@ -100,3 +100,36 @@ def test_guard_stops_a_job_starved_by_ray_data_unless_it_progresses():
     clock.t = 421
     with pytest.raises(JobError, match="Ray Data's tasks can't get a CPU"):
         guard.tick()
+
+
+def test_pending_watch_says_what_rays_tasks_wait_for_and_stops_the_unplaceable():
+    from rayfleet.jobs.resources import PendingWatch, Usage
+
+    clock = [0.0]
+    node = {"CPU": (1.5, 2.0), "memory": (0.0, 1e9)}
+    group = (({"CPU": 1.0},) * 2, 1)             # a Ray Train worker group of 2 x 1 CPU
+    usage = [Usage({"CPU": (1.5, 2.0)}, [node], (group,))]
+    w = PendingWatch(lambda: usage[0], lambda: ["service translator (1 replica(s))"], timeout_s=60,
+                     clock=lambda: clock[0])
+    assert w.tick() is None                      # blocked for less than 5 s: no line yet
+    clock[0] = 5
+    assert w.tick() == ("waiting for resources: Ray's tasks and actors wait for a group of 2 × (1 CPU), free 0.5 "
+                        "of 2 CPUs (held by: service translator (1 replica(s)))")
+    clock[0] = 10
+    assert w.tick() is None                      # the same line is repeated only every 30 s
+    usage[0] = Usage({"CPU": (0.0, 2.0)}, [{"CPU": (0.0, 2.0)}], (group,))
+    clock[0] = 15
+    assert w.tick() is None                      # fits the free CPUs now (Ray is about to place it)
+    usage[0] = Usage({"CPU": (0.0, 2.0)}, [{"CPU": (0.0, 2.0)}], ((({"CPU": 1.0},) * 3, 1),))
+    clock[0] = 20
+    assert w.tick() is None
+    clock[0] = 25
+    assert w.tick().endswith("; the cluster's nodes don't have that much")
+    clock[0] = 70
+    w.progressed()                               # a log line resets the clock
+    clock[0] = 125
+    w.tick()                                     # 55 s since that line: not stopped yet
+    clock[0] = 131
+    with pytest.raises(JobError, match=r"can't be placed: Ray waits for a group of 3 × \(1 CPU\), more than the "
+                                       r"cluster's nodes have \(1 node\(s\), the largest with 2 CPU\)"):
+        w.tick()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,9 +11,6 @@ from rich.text import Text
 from rayfleet.cli._common import FLEET_OPTION, console, err_console, quiet_ray_logs
 
 __all__ = ["register"]
-
-_PENDING_EVERY_S = 30.0
-
 
 def _note(text: str) -> None:
     """rayfleet's own lines go to stderr: stdout is the job's log."""
@@ -39,7 +35,8 @@ def submit(
     detach: bool = typer.Option(False, "--detach", "-d", help="Submit and return at once."),
     unplaceable_timeout: float = typer.Option(
         120, "--unplaceable-timeout", min=1,
-        help="Stop the job when it waited this many seconds for resources the cluster doesn't have."),
+        help="Stop the job when it waited this many seconds for more than any node has (its entrypoint, "
+             "or its tasks and actors)."),
     fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Run your own program on the cluster as a Ray Job; stream its log; exit with its outcome.
@@ -54,7 +51,7 @@ def submit(
     Example: rayfleet submit --working-dir examples/own-code -- python train.py --epochs 2
     """
     import rayfleet
-    from rayfleet.errors import ConfigError, JobError
+    from rayfleet.errors import ConfigError
     from rayfleet.jobs import own
 
     if not command:
@@ -68,35 +65,9 @@ def submit(
     if detach:
         _note(f"Follow it with: rayfleet jobs logs {job.id} --follow")
         return
-    guard = job.guard(timeout_s=unplaceable_timeout)
-    state = {"checked": 0.0, "pending_said": 0.0, "running": False}
-
-    def on_poll() -> None:
-        if not state["running"] and time.monotonic() - state["checked"] >= 5:
-            state["checked"] = time.monotonic()
-            status = job.info().status
-            if status != "PENDING":
-                state["running"] = True
-                guard.progressed(started=True)
-            elif time.monotonic() - state["pending_said"] >= _PENDING_EVERY_S:
-                state["pending_said"] = time.monotonic()
-                _note("The job is pending: Ray is placing it and setting up its environment ...")
-        line = guard.tick()
-        if line:
-            _note(line)
-
-    def on_line(line: str) -> None:
-        if not state["running"]:
-            state["running"] = True
-            guard.progressed(started=True)
-        console.print(Text.from_ansi(line))   # Ray colours its worker prefixes; no codes without a terminal
-
     try:
-        try:
-            end = job.follow(on_line=on_line, on_poll=on_poll)
-        except JobError:
-            job.stop()
-            raise
+        end = job.follow(on_line=lambda line: console.print(Text.from_ansi(line)),  # no colour codes in a pipe
+                         on_waiting=_note, unplaceable_timeout_s=unplaceable_timeout)
     except KeyboardInterrupt:
         _interrupted(job)
         raise typer.Exit(130)

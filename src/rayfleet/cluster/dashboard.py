@@ -23,8 +23,10 @@ def list_nodes(dashboard_url: str, headers: dict[str, str], timeout_s: float = 1
 
 
 def resource_usage(dashboard_url: str, headers: dict[str, str], timeout_s: float = 10) -> dict[str, dict]:
-    """``{"cluster": {resource: (used, total)}, "nodes": [{resource: (used, total)}, ...]}`` of the
-    alive nodes. Totals come from the node table (right from the start); what is used comes
+    """``{"cluster": {resource: (used, total)}, "nodes": [{resource: (used, total)}, ...],
+    "pending": [(bundles, count), ...]}`` of the alive nodes; ``pending``: what Ray's tasks and
+    actors (one bundle each) and placement groups (their bundles, placed together) wait for: the
+    autoscaler's resource and placement-group demands. Totals come from the node table (right from the start); what is used comes
     from the autoscaler's load report (what ``ray status`` shows), which is empty for the
     first seconds of a cluster: then nothing counts as used."""
     nodes = [n for n in list_nodes(dashboard_url, headers, timeout_s) if n.get("state") == "ALIVE"]
@@ -45,4 +47,11 @@ def resource_usage(dashboard_url: str, headers: dict[str, str], timeout_s: float
         for k, (u, t) in node.items():
             cu, ct = cluster.get(k, (0.0, 0.0))
             cluster[k] = (cu + u, ct + t)
-    return {"cluster": cluster, "nodes": out_nodes}
+    pending: list[tuple[tuple[dict[str, float], ...], int]] = []
+    for shape, count in report.get("resourceDemand") or []:
+        pending.append((({k: float(v) for k, v in shape.items()},), int(count)))
+    for group, count in report.get("pgDemand") or []:
+        bundles = [{k: float(v) for k, v in shape.items()} for shape, n in group.get("bundles") or []
+                   for _ in range(int(n))]
+        pending.append((tuple(bundles), int(count)))
+    return {"cluster": cluster, "nodes": out_nodes, "pending": pending}

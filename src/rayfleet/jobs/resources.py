@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from rayfleet.errors import JobError
 
-__all__ = ["Demand", "Usage", "check_fits", "waiting_line", "is_blocked", "StallGuard", "RAY_DATA_STARVED",
-           "cluster_usage"]
+__all__ = ["Demand", "Usage", "check_fits", "waiting_line", "is_blocked", "StallGuard", "PendingWatch",
+           "RAY_DATA_STARVED", "cluster_usage"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,12 @@ class Demand:
 
 @dataclass(frozen=True)
 class Usage:
-    """(used, total) per resource, for the cluster and for each node (``resource_usage``)."""
+    """(used, total) per resource, for the cluster and for each node, and what Ray's tasks, actors
+    and placement groups wait for (``pending``: (shape, count)) (``resource_usage``)."""
 
     cluster: dict[str, tuple[float, float]]
     nodes: list[dict[str, tuple[float, float]]]
+    pending: tuple[tuple[tuple[dict[str, float], ...], int], ...] = ()   # (bundles placed together, count)
 
     def total(self, resource: str) -> float:
         return self.cluster.get(resource, (0.0, 0.0))[1]
@@ -65,7 +67,7 @@ def cluster_usage(dashboard_url: str, headers: dict[str, str]) -> Usage:
     from rayfleet.cluster.dashboard import resource_usage
 
     u = resource_usage(dashboard_url, headers)
-    return Usage(cluster=u["cluster"], nodes=u["nodes"])
+    return Usage(cluster=u["cluster"], nodes=u["nodes"], pending=tuple(u.get("pending") or ()))
 
 
 def _n(x: float) -> str:
@@ -201,3 +203,114 @@ class StallGuard:
                            hint="It was stopped. Ask for fewer workers or CPUs, or give the cluster more "
                                 "(rayfleet up --local --num-cpus N, or add a node).")
         return line
+
+
+_SHOWN = ("CPU", "GPU")
+
+
+def _shape(shape: dict[str, float]) -> str:
+    parts = [f"{shape[k]:g} {k}" for k in _SHOWN if shape.get(k)]
+    parts += [f"{v:g} {k}" for k, v in shape.items() if k not in _SHOWN and not k.startswith("node:") and
+              k not in ("memory", "object_store_memory") and v]
+    return ", ".join(parts) or "nothing"
+
+
+def _fits(bundles: tuple[dict[str, float], ...], nodes: list[dict[str, float]]) -> bool:
+    """Can these bundles be placed together on nodes with these resources? First fit, largest first."""
+    left = [dict(n) for n in nodes]
+    for b in sorted(bundles, key=lambda b: -b.get("CPU", 0.0)):
+        for n in left:
+            if all(n.get(k, 0.0) + 1e-9 >= v for k, v in b.items()):
+                for k, v in b.items():
+                    n[k] = n.get(k, 0.0) - v
+                break
+        else:
+            return False
+    return True
+
+
+def _demand(bundles: tuple[dict[str, float], ...], count: int) -> str:
+    """``1 × (1 CPU)``, or ``a group of 3 × (1 CPU)`` for a placement group."""
+    shapes: dict[str, int] = {}
+    for b in bundles:
+        shapes[_shape(b)] = shapes.get(_shape(b), 0) + 1
+    inner = ", ".join(f"{n} × ({s})" for s, n in shapes.items())
+    if len(bundles) > 1:
+        inner = f"a group of {inner}"
+        return inner if count == 1 else f"{count} × [{inner}]"
+    return f"{count * len(bundles)} × ({_shape(bundles[0])})" if bundles else "nothing"
+
+
+class PendingWatch:
+    """Watches a running program rayfleet did not write (``rayfleet submit``): its demand is not
+    known in advance, so this reads what Ray's tasks, actors and placement groups wait for
+    (``Usage.pending``; cluster-wide) on every ``tick``:
+
+    - a demand the free resources can't place for ``check_every_s``: a waiting line (when it
+      changes, and every ``repeat_s``), with who holds the resources;
+    - a demand no node could ever place (bigger than every node) while the job printed nothing
+      for ``timeout_s``: JobError with that reason (the caller stops the job).
+    """
+
+    def __init__(self, usage, holders, *, timeout_s: float = 120, check_every_s: float = 5, repeat_s: float = 30,
+                 clock=None):
+        import time
+
+        self._usage = usage
+        self._holders = holders
+        self.timeout_s = timeout_s
+        self.check_every_s = check_every_s
+        self.repeat_s = repeat_s
+        self._clock = clock or time.monotonic
+        self._last_progress = self._clock()
+        self._last_check = float("-inf")
+        self._blocked_since: float | None = None
+        self._infeasible_since: float | None = None
+        self._last_line = ("", float("-inf"))
+
+    def progressed(self) -> None:
+        self._last_progress = self._clock()
+
+    def tick(self) -> str | None:
+        now = self._clock()
+        if now - self._last_check < self.check_every_s:
+            return None
+        self._last_check = now
+        try:
+            usage = self._usage()
+        except Exception:  # noqa: BLE001 - a dashboard hiccup must not end the follow
+            return None
+        totals = [{k: t for k, (_, t) in n.items()} for n in usage.nodes]
+        free = [{k: max(0.0, t - u) for k, (u, t) in n.items()} for n in usage.nodes]
+        waiting = [(b, c) for b, c in usage.pending if not _fits(b, free)]
+        never = [(b, c) for b, c in waiting if not _fits(b, totals)]
+        if not waiting:
+            self._blocked_since = self._infeasible_since = None
+            return None
+        self._blocked_since = self._blocked_since if self._blocked_since is not None else now
+        if never:
+            self._infeasible_since = self._infeasible_since if self._infeasible_since is not None else now
+            largest = max(totals, key=lambda n: n.get("CPU", 0.0), default={})
+            reason = (f"Ray waits for {', '.join(_demand(b, c) for b, c in never)}, more than the cluster's nodes "
+                      f"have ({len(totals)} node(s), the largest with {_shape({k: largest.get(k, 0.0) for k in _SHOWN})})")
+            if now - max(self._infeasible_since, self._last_progress) >= self.timeout_s:
+                raise JobError(f"The job made no progress for {self.timeout_s:.0f} s and can't be placed: {reason}.",
+                               hint="It was stopped. Ask for less in the program (workers, CPUs, GPUs), or give "
+                                    "the cluster more (rayfleet up --local --num-cpus N, or add a node).")
+        else:
+            self._infeasible_since = None
+        if now - self._blocked_since < self.check_every_s:
+            return None  # a moment's contention is not worth a line
+        try:
+            holders = self._holders()
+        except Exception:  # noqa: BLE001 - the line is still useful without them
+            holders = []
+        text = (f"waiting for resources: Ray's tasks and actors wait for "
+                f"{', '.join(_demand(b, c) for b, c in waiting)}, free {_n(usage.free('CPU'))} of "
+                f"{_n(usage.total('CPU'))} CPUs" + (f" (held by: {', '.join(holders)})" if holders else ""))
+        if never:
+            text += "; the cluster's nodes don't have that much"
+        if text != self._last_line[0] or now - self._last_line[1] >= self.repeat_s:
+            self._last_line = (text, now)
+            return text
+        return None

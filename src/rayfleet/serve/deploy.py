@@ -156,27 +156,24 @@ def _failure_message(app: dict[str, Any]) -> str:
 
 
 def _probe_app(url: str, deadline: float) -> None:
-    """An own app answers HTTP at its route (any answer but a proxy's 502/503/504; a 404 only after
-    a few seconds, as HAProxy may not know a new route yet): we don't know its API."""
+    """An own app answers HTTP at its route: we don't know its API, so any answer from a replica
+    (Serve's replicas add ``x-request-id`` to every response; HAProxy's own 404 for a route it
+    doesn't know yet, and its 502/503/504, have none) ends the wait."""
     import http.client
     from urllib.parse import urlsplit
 
     u = urlsplit(url)
-    first_404 = None
     last = ""
     while True:
         try:
             conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=30)
             conn.request("GET", u.path or "/")
-            status = conn.getresponse().status
+            resp = conn.getresponse()
+            resp.read()
             conn.close()
-            if status not in (404, 502, 503, 504):
+            if resp.getheader("x-request-id") is not None or resp.status not in (404, 502, 503, 504):
                 return
-            if status == 404:
-                first_404 = first_404 or time.monotonic()
-                if time.monotonic() - first_404 > 10:
-                    return
-            last = f"HTTP {status}"
+            last = f"HTTP {resp.status}"
         except OSError as e:
             last = str(e)
         if time.monotonic() > deadline:

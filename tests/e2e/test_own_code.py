@@ -41,7 +41,9 @@ def _sh(args: list[str], env: dict, timeout: float = 600) -> subprocess.Complete
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                        stdin=subprocess.DEVNULL)
     print(f"$ {shlex.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
-    assert not ANSI.search(r.stdout + r.stderr), "terminal codes in output that is not a terminal"
+    # rayfleet's output; (examples/api.py's stderr is Ray's own log, which colours the dashboard URL)
+    assert not ANSI.search(r.stdout + ("" if args[1:2] == ["examples/api.py"] else r.stderr)), \
+        "terminal codes in output that is not a terminal"
     return r
 
 

@@ -67,7 +67,7 @@ def serve(
 
 
 services_app = typer.Typer(
-    help="List services (name, state, replicas, model, URL), or delete one.\n\n"
+    help="List services (name, kind, state, replicas, model or app, URL), or delete one.\n\n"
          "Example: rayfleet services; rayfleet services delete translator",
     no_args_is_help=False, rich_markup_mode=None)
 

@@ -1,4 +1,4 @@
-"""Shared bits of the CLI: the console, and how a command finds its cluster.
+"""Shared bits of the CLI: the consoles, the -f option, progress display, the check table.
 
 Which cluster a command works on is decided in the library (``rayfleet.cluster.target``):
 the fleet of ``-f FILE``, else the running local cluster, else ``./fleet.yaml``.
@@ -12,14 +12,10 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, ProgressColumn
 
-from rayfleet.cluster import local
-from rayfleet.cluster.state import LocalCluster
-from rayfleet.cluster.target import (DEFAULT_FLEET, Target, fleet_target, load_fleet, resolve_target,
-                                     target_for)
-from rayfleet.serve.deploy import ServeTarget
+from rayfleet.cluster.target import fleet_target, load_fleet
 
-__all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "Target", "target_for", "fleet_target",
-           "resolve_target", "load_fleet", "local_target", "DEFAULT_FLEET", "quiet_ray_logs", "print_report"]
+__all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "fleet_target", "load_fleet", "quiet_ray_logs",
+           "print_report"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,12 +56,6 @@ def quiet_ray_logs() -> None:
     for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
                  "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def local_target() -> tuple[LocalCluster, ServeTarget]:
-    """The running local cluster and its Serve target (ClusterNotRunning otherwise)."""
-    cluster = local.current()
-    return cluster, target_for(cluster)
 
 
 class JobProgress:

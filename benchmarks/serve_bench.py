@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("CT2_USE_MKL", None)  # hangs on AMD CPUs
     os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
 
-    from rayfleet.cli._common import target_for
+    from rayfleet.cluster.target import target_for
     from rayfleet.cluster import local
     from rayfleet.cluster.state import LocalPorts
     from rayfleet.config.service import ServiceSpec

@@ -117,6 +117,16 @@ def test_own_app_deploy_update_under_load_errors_and_delete(cluster, tmp_path):
     assert {predict(url, POSITIVE)[1]["version"] for _ in range(10)} == {"2"}
     assert [(s.status, s.replicas) for s in cluster.services() if s.name == "sentiment"] == [("RUNNING", 1)]
 
+    # An import error in the app's module: the same, from the build.
+    broken_import = tmp_path / "broken-import"
+    shutil.copytree(APP_DIR, broken_import)
+    (broken_import / "app.py").write_text("import not_installed_module\n" + (APP_DIR / "app.py").read_text())
+    with pytest.raises(ServeError) as e:
+        cluster.serve(broken_import / "service.yaml", timeout_s=120)
+    assert e.value.message == ("Service 'sentiment' can't be built: app.py, line 1, in <module>: ModuleNotFoundError: "
+                               "No module named 'not_installed_module'")
+    assert {predict(url, POSITIVE)[1]["version"] for _ in range(5)} == {"2"}
+
     # An exception in the replica's constructor (its weights file is missing), through the CLI:
     # one error line with the file, line and message; version 2 keeps serving.
     broken = tmp_path / "broken"

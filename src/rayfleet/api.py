@@ -34,7 +34,7 @@ STORAGE_ENV = "RAYFLEET_STORAGE"   # what a submitted job sees: the cluster's (s
 def connect(fleet: str | Path | None = None) -> "Cluster":
     """The cluster to work on: the fleet of ``fleet`` (a fleet.yaml); without it the running local
     cluster, else ./fleet.yaml. ClusterNotRunning / ConfigError when there is none."""
-    return Cluster(resolve_target(fleet), fleet)
+    return Cluster(resolve_target(fleet))
 
 
 @dataclass
@@ -181,9 +181,8 @@ class FileRun:
 class Cluster:
     """A running rayfleet cluster (local or a fleet): jobs, services, models."""
 
-    def __init__(self, target: Target, fleet_file: str | Path | None = None):
+    def __init__(self, target: Target):
         self.target = target
-        self._fleet_file = fleet_file
         self._jobs: JobsClient | None = None
 
     def __repr__(self) -> str:

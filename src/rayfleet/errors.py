@@ -14,7 +14,10 @@ catches them and prints ``error: <message>`` plus the hint.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
+    "exception_line",
     "RayfleetError",
     "ConfigError",
     "ClusterError",
@@ -101,3 +104,11 @@ class RegistryError(RayfleetError):
 
 class BulkError(RayfleetError):
     """A bulk translation (translate-file) can't start or failed: input/output paths, options, or the job."""
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
+
+
+def exception_line(lines: list[str]) -> str | None:
+    """The last ``SomeError: message`` line of a Python traceback in ``lines`` (a job's log, a replica's error)."""
+    return next((ln.strip() for ln in reversed(lines) if _EXCEPTION.match(ln.strip())), None)

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rayfleet.errors import ConfigError, JobError
+from rayfleet.errors import ConfigError, JobError, exception_line
 from rayfleet.jobs.resources import Demand, check_fits
 from rayfleet.jobs.submit import JobInfo, JobsClient
 
 __all__ = ["Submission", "JobEnd", "prepare", "submit", "follow", "demand", "parse_env", "read_requirements",
-           "check_package", "package_limit", "failure_summary", "failure_hint", "KIND"]
+           "check_package", "package_limit", "package_name", "write_package", "failure_summary", "failure_hint", "KIND"]
 
 KIND = "submit"
 # Ray's packaging warns about every file over 10 MiB; check_package says what matters once.
@@ -121,20 +121,43 @@ def package_limit() -> int:
     return min(GCS_STORAGE_MAX_SIZE, ray_constants.DASHBOARD_CLIENT_MAX_SIZE)
 
 
+def _rules() -> tuple[bool, list[str]]:
+    """How Ray's Jobs SDK packages a working dir from this machine: (respect .gitignore, default excludes)."""
+    from ray._private import ray_constants
+
+    return (os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1",
+            ray_constants.get_runtime_env_default_excludes())
+
+
+def package_name(path: Path) -> str:
+    """``_ray_pkg_<content hash>.zip``: the name Ray gives ``path``'s package (changes with its content)."""
+    from ray._private.runtime_env.packaging import get_uri_for_directory
+
+    include_gitignore, excludes = _rules()
+    return get_uri_for_directory(str(path), include_gitignore, excludes=excludes).rsplit("/", 1)[-1]
+
+
+def write_package(path: Path, dest: Path, *, include_parent_dir: bool = False) -> None:
+    """Zip ``path`` into ``dest`` exactly as Ray packages a working dir."""
+    from ray._private.runtime_env.packaging import create_package
+
+    include_gitignore, excludes = _rules()
+    create_package(str(path), dest, include_gitignore=include_gitignore, include_parent_dir=include_parent_dir,
+                   excludes=excludes, logger=_QUIET)
+
+
 def _package_files(path: Path) -> list[tuple[int, Path]]:
     """(size, file) of every file Ray would package from ``path``, by Ray's own traversal."""
-    from ray._private import ray_constants
     from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
 
-    include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
+    include_gitignore, excludes = _rules()
     files: list[tuple[int, Path]] = []
 
     def handler(p: Path) -> None:
         if p.is_file():
             files.append((p.stat().st_size, p))
 
-    _dir_travel(path, [_get_excludes(path, ray_constants.get_runtime_env_default_excludes())], handler,
-                include_gitignore=include_gitignore)
+    _dir_travel(path, [_get_excludes(path, excludes)], handler, include_gitignore=include_gitignore)
     return files
 
 
@@ -145,14 +168,9 @@ def check_package(path: Path) -> int:
     files = _package_files(path)
     size = sum(s for s, _ in files)
     if size >= limit:
-        from ray._private import ray_constants
-        from ray._private.runtime_env.packaging import create_package
-
-        include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
         with tempfile.TemporaryDirectory(prefix="rayfleet-pkg-") as tmp:
             zipped = Path(tmp) / "package.zip"
-            create_package(str(path), zipped, include_gitignore=include_gitignore,
-                           excludes=ray_constants.get_runtime_env_default_excludes(), logger=_QUIET)
+            write_package(path, zipped)
             size = zipped.stat().st_size
     if size < limit:
         return size
@@ -256,7 +274,6 @@ def follow(client: JobsClient, job_id: str, *, on_line: Callable[[str], None] | 
     return JobEnd(client.info(job_id), tail)
 
 
-_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
 _EXIT_CODE = re.compile(r"exit code (-?\d+)")
 
 
@@ -270,7 +287,7 @@ def failure_summary(end: JobEnd) -> str:
         return f"{end.info.status}: {what}" + (": " + " ".join(errors) if errors else f" ({msg.splitlines()[0]})")
     code = _EXIT_CODE.search(msg.split(", last available logs")[0])
     out = end.info.status + (f" (exit code {code.group(1)})" if code else "")
-    exc = next((ln.strip() for ln in reversed(end.tail) if _EXCEPTION.match(ln.strip())), None)
+    exc = exception_line(end.tail)
     if exc:
         return f"{out}: {exc}"
     first = msg.splitlines()[0].split(", last available logs")[0] if msg else ""

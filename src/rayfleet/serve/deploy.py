@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rayfleet.config.service import ServiceSpec
-from rayfleet.errors import ServeError
+from rayfleet.errors import ServeError, exception_line
 
 # The service's one Serve deployment (serve/app.py); its RUNNING replicas are the service's replicas.
 MODEL_DEPLOYMENT = "Translator"
@@ -274,8 +274,7 @@ def _user_error(text: str) -> str | None:
         own = [f for f in frames if "site-packages" not in f[0] and "/rayfleet/" not in f[0]
                and not re.search(r"/lib/python3\.\d+/", f[0]) and not f[0].startswith("<")]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    exc = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", ln)),
-               lines[-1] if lines else "")
+    exc = exception_line(lines) or (lines[-1] if lines else "")
     if not own:
         return exc or None
     path, line, func = own[-1]

@@ -50,10 +50,7 @@ def _check_module(import_path: str, working_dir: Path, has_requirements: bool) -
 
 def package_app(spec: ServiceSpec, base_dir: Path, storage: Path | None) -> dict[str, Any]:
     """The runtime_env of an own app: its working_dir packaged (see the module docstring)."""
-    from ray._private import ray_constants
-    from ray._private.runtime_env.packaging import create_package, get_uri_for_directory
-
-    from rayfleet.jobs.own import _QUIET, check_package, read_requirements
+    from rayfleet.jobs.own import check_package, package_name, read_requirements, write_package
     from rayfleet.registry.refs import default_storage
 
     app = spec.app
@@ -64,17 +61,13 @@ def package_app(spec: ServiceSpec, base_dir: Path, storage: Path | None) -> dict
     requirements = read_requirements(base_dir / app.requirements) if app.requirements else []
     _check_module(app.import_path, wd, bool(requirements))
     check_package(wd)
-    include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
-    excludes = ray_constants.get_runtime_env_default_excludes()
-    name = get_uri_for_directory(str(wd), include_gitignore, excludes=excludes).rsplit("/", 1)[-1]
     root = Path(storage) if storage is not None else default_storage()
-    package = root / "apps" / spec.name / name
+    package = root / "apps" / spec.name / package_name(wd)
     if not package.exists():
         try:
             package.parent.mkdir(parents=True, exist_ok=True)
             tmp = package.with_suffix(f".{os.getpid()}.tmp")
-            create_package(str(wd), tmp, include_gitignore=include_gitignore, include_parent_dir=True,
-                           excludes=excludes, logger=_QUIET)
+            write_package(wd, tmp, include_parent_dir=True)
             tmp.replace(package)
         except OSError as e:
             raise ConfigError(f"Can't write the app's package {package}: {e.strerror}.",

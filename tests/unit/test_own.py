@@ -104,5 +104,10 @@ def test_user_error_names_the_users_file_line_and_exception():
         "FileNotFoundError: [Errno 2] No such file or directory: 'model.json'\n")
     assert _user_error(text) == ("app.py, line 44, in __init__: FileNotFoundError: [Errno 2] No such file or "
                                  "directory: 'model.json'")
+    syntax = ('  File "/venv/lib/python3.11/site-packages/ray/_common/utils.py", line 113, in import_attr\n'
+              '  File "/tmp/x/runtime_resources/working_dir_files/file_ab12/echo.py", line 10\n'
+              '    return {"out" + body["text"]}\n'
+              "SyntaxError: invalid syntax\n")
+    assert _user_error(syntax) == "echo.py, line 10: SyntaxError: invalid syntax"
     assert _user_error("AttributeError: module 'app' has no attribute 'nothing'\n") == \
         "AttributeError: module 'app' has no attribute 'nothing'"

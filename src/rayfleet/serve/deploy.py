@@ -261,7 +261,7 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
         time.sleep(0.5)
 
 
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in (\S+))?')   # a SyntaxError's frame has no "in"
 
 
 def _user_error(text: str) -> str | None:
@@ -282,7 +282,7 @@ def _user_error(text: str) -> str | None:
         if marker in path:
             path = path.split(marker, 1)[1].split("/", 1)[-1]
             break
-    return f"{path}, line {line}, in {func}: {exc}"
+    return f"{path}, line {line}" + (f", in {func}" if func else "") + f": {exc}"
 
 
 def _status(target: ServeTarget, name: str, app: dict[str, Any]) -> ServiceStatus:

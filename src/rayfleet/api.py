@@ -221,16 +221,13 @@ class Cluster:
     def init(self, **kwargs: Any):
         """``ray.init`` on this cluster with its auth token (for notebooks and scripts)."""
         import ray
-        from ray._raylet import AuthenticationTokenLoader, Config
 
+        from rayfleet._compat.ray import reload_auth
         from rayfleet.cluster.state import auth_env
 
         if self.token_path is not None:
             os.environ.update(auth_env(self.token_path))
-            # Ray reads its auth mode and token once per process: make it read them again (the same
-            # refresh Ray does when it turns token auth on itself), so init works after `import ray`.
-            Config.initialize("")
-            AuthenticationTokenLoader.instance().reset_cache()
+            reload_auth()  # Ray read them once already if it was imported: init works after `import ray`
         return ray.init(address=self.address, **kwargs)
 
     @property

@@ -6,10 +6,17 @@ catches them and prints ``error: <message>`` plus the hint.
     RayfleetError
     ├── ConfigError            a YAML file is malformed or a field is invalid
     ├── ClusterError           the local/fleet cluster can't be started, reached or stopped
-    │   └── ClusterNotRunning  an operation needs a cluster that is not up
+    │   ├── ClusterNotRunning  an operation needs a cluster that is not up
+    │   └── SSHError           a node can't be reached over SSH (or a command on it timed out)
     ├── ModelError             a model can't be found or loaded
     ├── ServeError             a service can't be deployed, listed or deleted
-    └── ClientError            a request to a running service failed
+    ├── ClientError            a request to a running service failed
+    ├── JobError               a Ray Job can't be submitted, found, followed or stopped
+    ├── TrainError             a training or tuning run failed (the job ran, the run did not finish)
+    │   └── DataError          a data file is missing, empty, or has the wrong columns
+    ├── RegistryError          the model registry can't be reached, or a model/version/alias is unknown
+    ├── BulkError              a bulk translation can't start or failed
+    └── CompatError            an installed library is not the version rayfleet's adapter was written for
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ __all__ = [
     "ClusterNotRunning",
     "ModelError",
     "ServeError",
+    "SSHError",
     "ClientError",
+    "JobError",
+    "TrainError",
+    "DataError",
+    "RegistryError",
+    "BulkError",
+    "CompatError",
 ]
 
 
@@ -57,6 +71,10 @@ class ClusterNotRunning(ClusterError):
     """An operation needs a running cluster and there is none."""
 
 
+class SSHError(ClusterError):
+    """A node could not be reached over SSH (or a command on it timed out)."""
+
+
 class ModelError(RayfleetError):
     """A model can't be found or loaded."""
 
@@ -73,17 +91,6 @@ class ClientError(RayfleetError):
                  context: str | None = None):
         super().__init__(message, hint=hint, context=context)
         self.status = status
-
-
-# Training, jobs and the model registry:
-#
-#     RayfleetError
-#     ├── JobError        a Ray Job can't be submitted, found, followed or stopped
-#     ├── TrainError      a training or tuning run failed (the job ran, the run did not finish)
-#     │   └── DataError   a data file is missing, empty, or has the wrong columns
-#     └── RegistryError   the model registry can't be reached, or a model/version/alias is unknown
-
-__all__ += ["JobError", "TrainError", "DataError", "RegistryError", "BulkError"]
 
 
 class JobError(RayfleetError):
@@ -104,6 +111,11 @@ class RegistryError(RayfleetError):
 
 class BulkError(RayfleetError):
     """A bulk translation (translate-file) can't start or failed: input/output paths, options, or the job."""
+
+
+class CompatError(RayfleetError):
+    """An installed library is not the version one of rayfleet's adapters (``rayfleet._compat``) was
+    written for: its private internals may have changed shape."""
 
 
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")

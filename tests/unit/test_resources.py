@@ -11,10 +11,14 @@ from rayfleet.jobs.resources import RAY_DATA_STARVED, Demand, StallGuard, Usage,
 pytestmark = pytest.mark.unit
 
 
-def usage(*nodes: tuple[float, float]) -> Usage:
-    """Nodes as (used, total) CPUs."""
+def usage(*nodes: tuple[float, float], pending: tuple = ()) -> Usage:
+    """Nodes as (used, total) CPUs; ``pending``: Ray's waiting demands as (bundles, count)."""
     node_list = [{"CPU": n} for n in nodes]
-    return Usage(cluster={"CPU": (sum(u for u, _ in nodes), sum(t for _, t in nodes))}, nodes=node_list)
+    return Usage(cluster={"CPU": (sum(u for u, _ in nodes), sum(t for _, t in nodes))}, nodes=node_list,
+                 pending=pending)
+
+
+WORKER_GROUP = (({"CPU": 1.0}, {"CPU": 1.0}), 1)   # a pending placement group of 2 x 1 CPU
 
 
 def test_a_job_bigger_than_the_cluster_is_refused_with_the_fix():
@@ -48,7 +52,7 @@ class Clock:
 
 
 def test_guard_reports_waiting_only_once_placing_and_only_when_it_lasts():
-    clock, now = Clock(), {"u": usage((1, 2))}
+    clock, now = Clock(), {"u": usage((1, 2), pending=(WORKER_GROUP,))}
     guard = StallGuard(Demand("job", 2, 1.0), lambda: now["u"], lambda: ["job other (train)"], clock=clock,
                        check_every_s=5, repeat_s=30)
     assert guard.tick() is None               # not asking for workers yet (data preparation)
@@ -69,6 +73,17 @@ def test_guard_reports_waiting_only_once_placing_and_only_when_it_lasts():
     now["u"] = usage((2, 2))
     clock.t = 70
     assert guard.tick() is None               # running jobs don't wait
+
+
+def test_guard_is_silent_while_the_jobs_own_placed_workers_start():
+    # 1 CPU held by a service, 1 by the job's worker, which is placed but has not reported yet:
+    # the free CPUs can't hold the demand, yet Ray has nothing pending, so nothing waits.
+    clock = Clock()
+    guard = StallGuard(Demand("job", 1, 1.0), lambda: usage((2, 2)), lambda: ["service translator"], clock=clock,
+                       check_every_s=5)
+    guard.placing = True
+    for clock.t in (5, 10, 15, 60):
+        assert guard.tick() is None
 
 
 def test_guard_stops_a_job_whose_demand_became_unplaceable():

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, ProgressColumn
 
 from rayfleet.cluster.target import fleet_target, load_fleet
+from rayfleet.jobs.submit import quiet_ray_logs
 
 __all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "fleet_target", "load_fleet", "quiet_ray_logs",
            "print_report"]
@@ -45,17 +46,6 @@ def print_report(report) -> None:
         if r.fix:
             line += f" — fix: {r.fix}"
         console.print(line, markup=False)
-
-
-def quiet_ray_logs() -> None:
-    """Ray's client-side INFO lines (packaging, uploads, websocket closes) are not the user's business."""
-    import logging
-
-    import ray.dashboard.modules.job.sdk  # noqa: F401 - these modules set their loggers to INFO on import
-
-    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
-                 "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class JobProgress:

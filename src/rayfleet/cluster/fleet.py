@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.launcher import (remote_token_path, render, render_yaml, started_mark,
                                        worker_start_command)
@@ -40,7 +41,6 @@ __all__ = ["FleetPaths", "paths", "up", "down", "nodes", "auth_headers", "dashbo
            "ray_processes", "export_config", "exec_on", "logs"]
 
 Progress = Callable[[str], None]
-_RAY_PROCESS_PATTERN = "gcs_server|raylet|ray::|dashboard.py|log_monitor.py|monitor.py|ray.util.client.server|runtime_env"
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def _head_session(fleet: FleetSpec, timeout_s: float = 30) -> str:
     """The session name of the Ray running on the head (every node of it shares it)."""
     tmp = shlex.quote(fleet.temp_dir)
     r = runner_for(fleet, fleet.head, paths(fleet).known_hosts).run(
-        f"basename \"$(readlink {tmp}/session_latest)\"", timeout_s=timeout_s)
+        f"basename \"$(readlink {tmp}/{SESSION_LATEST})\"", timeout_s=timeout_s)
     return r.stdout.strip()
 
 
@@ -260,7 +260,7 @@ def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:
     def one(node) -> tuple[str, list[str]]:
         r = runner_for(fleet, node, paths(fleet).known_hosts)
         try:
-            res = r.run(f"pgrep -a -f {shlex.quote(_RAY_PROCESS_PATTERN)} | grep -v pgrep || true", timeout_s=20)
+            res = r.run(f"pgrep -a -f {shlex.quote(ray_process_pattern())} | grep -v pgrep || true", timeout_s=20)
         except SSHError as e:
             return node.host, [f"(unreachable: {e.message})"]
         return node.host, [ln for ln in res.stdout.splitlines() if ln.strip()]
@@ -279,8 +279,7 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     # The head's autoscaler keeps its provider state in $RAY_TMPDIR/ray (= temp_dir/ray);
     # /tmp/ray and temp_dir itself are where older setups and Ray's defaults put it.
     stop_cmd = (f"{ray} stop --force >/dev/null 2>&1; rm -f "
-                + " ".join(f"{d}/cluster-{name}.{ext}" for d in ("/tmp/ray", tmp, f"{tmp}/ray")
-                           for ext in ("state", "lock"))
+                + " ".join(f for d in ("/tmp/ray", tmp, f"{tmp}/ray") for f in launcher_state_files(name, d))
                 + f" {shlex.quote(started_mark(fleet))}; true")
     if progress:
         progress(f"stopping Ray on {len(fleet.nodes)} nodes")
@@ -297,8 +296,8 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     with ThreadPoolExecutor(len(fleet.nodes)) as pool:
         errors = [e for e in pool.map(stop, fleet.nodes) if e]
     for d in (p.ray_tmp, p.ray_tmp / "ray"):  # the launcher's own state (RAY_TMPDIR/ray)
-        for f in d.glob(f"cluster-{fleet.name}.*"):
-            f.unlink()
+        for f in launcher_state_files(fleet.name, str(d)):
+            Path(f).unlink(missing_ok=True)
     deadline = time.monotonic() + 20
     while True:
         left = {h: procs for h, procs in ray_processes(fleet).items() if procs}
@@ -324,7 +323,7 @@ def exec_on(fleet: FleetSpec, host: str, command: str, timeout_s: float = 600):
 
 def logs(fleet: FleetSpec, host: str, lines: int = 50) -> str:
     """The tail of the main Ray logs on one node."""
-    d = shlex.quote(f"{fleet.temp_dir}/session_latest/logs")
+    d = shlex.quote(session_logs(fleet.temp_dir))
     r = exec_on(fleet, host, f"cd {d} 2>/dev/null || {{ echo 'no Ray logs on this node'; exit 0; }}; "
                               f"for f in raylet.out gcs_server.out monitor.log dashboard.log; do "
                               f"[ -f $f ] && {{ echo \"==> $f <==\"; tail -n {lines} $f; }}; done; true")

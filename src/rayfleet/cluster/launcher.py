@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from rayfleet._compat.ray import RAYLET_COMMAND, raylet_args
 from rayfleet.cluster.serving import serve_env
 from rayfleet.config.fleet import FleetSpec, NodeSpec, ResourcesSpec
 from rayfleet.errors import ConfigError
@@ -59,7 +60,7 @@ def _per_node_resources(fleet: FleetSpec, nodes: list[NodeSpec]) -> str:
         arms.append(f"{shlex.quote(n.host)}) RES={shlex.quote(flags)} ;;")
     default = " ".join(_resource_flags(fleet.resources))
     arms.append(f"*) RES={shlex.quote(default)} ;;")
-    return f'case "$IP" in ' + " ".join(arms) + " esac"
+    return 'case "$IP" in ' + " ".join(arms) + " esac"
 
 
 def _env(fleet: FleetSpec) -> str:
@@ -124,10 +125,11 @@ def started_mark(fleet: FleetSpec) -> str:
 def _raylet_of(fleet: FleetSpec, session: str) -> str:
     """A shell test: a raylet of this head and of session ``session`` runs here. ``session``
     is shell text that expands to a session name inside double quotes."""
-    gcs = f"{fleet.head.host}:{fleet.ports.gcs}"
+    gcs_arg, session_arg = raylet_args(f"{fleet.head.host}:{fleet.ports.gcs}", session)
     # [r]: the pattern must not match the command line of the shell that runs it
-    return (f"pgrep -af '[r]aylet/[r]aylet' | grep -F -- {shlex.quote(f'--gcs-address={gcs} ')} "
-            f'| grep -qE -- "--session-name={session}( |\\$)"')
+    binary = "/".join(f"[{part[0]}]{part[1:]}" for part in RAYLET_COMMAND.split("/"))
+    return (f"pgrep -af '{binary}' | grep -F -- {shlex.quote(gcs_arg + ' ')} "
+            f'| grep -qE -- "{session_arg}( |\\$)"')
 
 
 def _worker_start(fleet: FleetSpec) -> str:

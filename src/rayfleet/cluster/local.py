@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from rayfleet._compat.ray import session_logs
 from rayfleet.cluster import processes
 from rayfleet.cluster.serving import serve_env
 from rayfleet.cluster.state import (
@@ -208,7 +209,7 @@ def start(
         if time.monotonic() > deadline:
             raise ClusterError(
                 f"The cluster started but its dashboard at {cluster.dashboard_url} does not answer.",
-                hint=f"Look at the logs under {temp_dir}/session_latest/logs, then run 'rayfleet down --local'.",
+                hint=f"Look at the logs under {session_logs(str(temp_dir))}, then run 'rayfleet down --local'.",
             )
         time.sleep(0.5)
     return StartResult(cluster, already_running=False)

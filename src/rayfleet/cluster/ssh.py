@@ -14,13 +14,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from rayfleet.errors import ClusterError
+from rayfleet.errors import SSHError
 
 __all__ = ["SSHError", "Result", "SSHRunner"]
-
-
-class SSHError(ClusterError):
-    """A node could not be reached over SSH (or a command on it timed out)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
 import shlex
@@ -113,51 +112,37 @@ def read_requirements(path: str | Path) -> list[str]:
 
 
 def package_limit() -> int:
-    """The largest working-directory package Ray accepts through the Jobs API: its upload size
-    limit (the dashboard's request size) or its storage limit (the gRPC message size)."""
-    from ray._private import ray_constants
-    from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
+    """The largest working-dir package Ray accepts through the Jobs API, in bytes."""
+    from rayfleet._compat.ray import package_limit as limit
 
-    return min(GCS_STORAGE_MAX_SIZE, ray_constants.DASHBOARD_CLIENT_MAX_SIZE)
-
-
-def _rules() -> tuple[bool, list[str]]:
-    """How Ray's Jobs SDK packages a working dir from this machine: (respect .gitignore, default excludes)."""
-    from ray._private import ray_constants
-
-    return (os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1",
-            ray_constants.get_runtime_env_default_excludes())
+    return limit()
 
 
 def package_name(path: Path) -> str:
     """``_ray_pkg_<content hash>.zip``: the name Ray gives ``path``'s package (changes with its content)."""
-    from ray._private.runtime_env.packaging import get_uri_for_directory
+    from rayfleet._compat.ray import package_uri_name
 
-    include_gitignore, excludes = _rules()
-    return get_uri_for_directory(str(path), include_gitignore, excludes=excludes).rsplit("/", 1)[-1]
+    return package_uri_name(path)
 
 
 def write_package(path: Path, dest: Path, *, include_parent_dir: bool = False) -> None:
     """Zip ``path`` into ``dest`` exactly as Ray packages a working dir."""
-    from ray._private.runtime_env.packaging import create_package
+    from rayfleet._compat.ray import create_package
 
-    include_gitignore, excludes = _rules()
-    create_package(str(path), dest, include_gitignore=include_gitignore, include_parent_dir=include_parent_dir,
-                   excludes=excludes, logger=_QUIET)
+    create_package(path, dest, include_parent_dir=include_parent_dir, logger=_QUIET)
 
 
 def _package_files(path: Path) -> list[tuple[int, Path]]:
     """(size, file) of every file Ray would package from ``path``, by Ray's own traversal."""
-    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+    from rayfleet._compat.ray import walk_package
 
-    include_gitignore, excludes = _rules()
     files: list[tuple[int, Path]] = []
 
     def handler(p: Path) -> None:
         if p.is_file():
             files.append((p.stat().st_size, p))
 
-    _dir_travel(path, [_get_excludes(path, excludes)], handler, include_gitignore=include_gitignore)
+    walk_package(path, handler)
     return files
 
 

@@ -183,7 +183,9 @@ class StallGuard:
         if not self.started and not _placeable(self.demand, usage.node_totals()) and self._starved is None:
             self._starved, self._starved_since = (f"it needs {_n(self.demand.total_cpus)} CPUs and the cluster "
                                                   f"has {_n(usage.total('CPU'))} now"), now
-        blocked = self.placing and not self.started and is_blocked(self.demand, usage)
+        # Ray's own pending demands say whether anything waits: the free resources alone can't,
+        # since the job's workers, once placed, hold the CPUs its demand counts as missing.
+        blocked = self.placing and not self.started and bool(usage.pending) and is_blocked(self.demand, usage)
         if not blocked:
             self._blocked_since = None
         elif self._blocked_since is None:

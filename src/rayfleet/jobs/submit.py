@@ -31,12 +31,20 @@ class JobInfo:
     message: str
 
 
+def quiet_ray_logs() -> None:
+    """Ray's client-side INFO lines (packaging, uploads, websocket closes) are not the user's business."""
+    from rayfleet._compat.ray import quiet_sdk_loggers
+
+    quiet_sdk_loggers()
+
+
 class JobsClient:
     """Submit, list, read, follow and stop Ray Jobs on one cluster."""
 
     def __init__(self, dashboard_url: str, headers: dict[str, str]):
         from ray.job_submission import JobSubmissionClient
 
+        quiet_ray_logs()
         self.dashboard_url = dashboard_url
         self.headers = dict(headers)
         try:

@@ -32,7 +32,6 @@ __all__ = ["Registry", "VersionInfo", "ModelInfo", "normalize_uri"]
 
 _METRIC_TAG = "metric."
 _MODEL_ARTIFACT = "model"
-_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 
 
 @dataclass(frozen=True)
@@ -139,20 +138,14 @@ class Registry:
             _quiet_mlflow()
             from mlflow.tracking import MlflowClient
 
-            # MLflow's SQL store makes ./mlruns in the current directory for its default
-            # experiment unless this (private) variable names another artifact root.
-            saved = os.environ.get(_ROOT_ENV)
-            os.environ[_ROOT_ENV] = self.artifact_root
+            from rayfleet._compat.mlflow import default_artifact_root
+
             try:
-                client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-                client.search_experiments(max_results=1)  # creates/migrates the schema now
+                with default_artifact_root(self.artifact_root):  # not ./mlruns
+                    client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+                    client.search_experiments(max_results=1)  # creates/migrates the schema now
             except Exception as e:  # noqa: BLE001
                 raise RegistryError(f"The registry at {_redact(self.uri)} can't be opened: {e}") from e
-            finally:
-                if saved is None:
-                    os.environ.pop(_ROOT_ENV, None)
-                else:
-                    os.environ[_ROOT_ENV] = saved
             self._client = client
         return self._client
 

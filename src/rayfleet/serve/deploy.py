@@ -78,10 +78,10 @@ def replica_options(spec: ServiceSpec, *, only_set: bool = False) -> dict[str, A
 
 
 def _client(target: ServeTarget):
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+    from rayfleet._compat.ray import serve_client
 
     try:
-        return ServeSubmissionClient(target.dashboard_url, headers=dict(target.headers))
+        return serve_client(target.dashboard_url, target.headers)
     except Exception as e:  # Ray raises ConnectionError/RuntimeError subclasses here
         raise ServeError(f"Can't reach the Ray dashboard at {target.dashboard_url}: {e}",
                          hint="Is the cluster up? Check with: rayfleet status") from e

@@ -26,22 +26,20 @@ IMPORT_PATH = "rayfleet.serve.own:build"
 
 def build(args: dict[str, Any]):
     """``args``: ``import_path``, ``args`` (the builder's), ``options`` (the ingress deployment's)."""
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
-    from ray._common.utils import import_attr
+    from rayfleet._compat.ray import build_app, set_ingress_options
 
-    app = call_user_app_builder_with_args_if_necessary(import_attr(args["import_path"]), args.get("args") or {})
+    app = build_app(args["import_path"], args.get("args") or {})
     options = args.get("options") or {}
     if options:
-        # The ingress deployment, with its bound arguments kept, gets the service's sizing.
-        app._bound_deployment = app._bound_deployment.options(**options)
+        set_ingress_options(app, options)  # the service's sizing, on the app's own ingress deployment
     return app
 
 
 def check(args: dict[str, Any]) -> str:
     """Build the app as ``build`` does, without deploying it; a line naming its deployments."""
-    app = build(args)
-    ingress = app._bound_deployment
-    return f"ok: {args['import_path']} builds; ingress deployment {ingress.name}"
+    from rayfleet._compat.ray import ingress
+
+    return f"ok: {args['import_path']} builds; ingress deployment {ingress(build(args)).name}"
 
 
 if __name__ == "__main__":

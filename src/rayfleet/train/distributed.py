@@ -18,7 +18,8 @@ import socket
 from dataclasses import dataclass
 
 from ray.train.torch import TorchConfig
-from ray.train.torch.config import _TorchBackend
+
+from rayfleet._compat.ray import torch_backend
 
 __all__ = ["torch_config", "interface_of", "pin_gloo_interface"]
 
@@ -48,7 +49,7 @@ def pin_gloo_interface() -> str | None:
     return name
 
 
-class _FleetTorchBackend(_TorchBackend):
+class _FleetTorchBackend(torch_backend()):
     def on_start(self, worker_group, backend_config) -> None:
         worker_group.execute(pin_gloo_interface)
         super().on_start(worker_group, backend_config)

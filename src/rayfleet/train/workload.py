@@ -91,7 +91,6 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
                   tracking: dict[str, str] | None, extra_config: dict[str, Any] | None = None,
                   callbacks: list | None = None):
     """A TorchTrainer for the spec (also used by ``tune``, one per trial)."""
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -139,7 +138,7 @@ def _quiet_ray_data() -> None:
 
 
 def _fit(trainer) -> Any:
-    from ray.train.v2.api.exceptions import TrainingFailedError
+    from ray.train import TrainingFailedError
 
     try:
         return trainer.fit()

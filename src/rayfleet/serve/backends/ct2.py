@@ -226,29 +226,21 @@ def _quantize_int8(spec, qmax: int) -> None:
 
 
 def _convert(model_dir: Path, out_dir: Path, quantization: str, weight_bits: int) -> None:
-    from ctranslate2.converters import TransformersConverter
     from transformers.utils import logging as hf_logging
+
+    from rayfleet._compat.ctranslate2 import convert
 
     own_int8 = quantization in ("int8", "int8_float32") and weight_bits < 8
 
-    class _Converter(TransformersConverter):
-        def load_model(self, model_class, model_name_or_path, **kwargs):
-            model = super().load_model(model_class, model_name_or_path, **kwargs)
-            _fold_decoder_start(model)
-            return model
-
-        def _load(self):
-            spec = super()._load()
-            if own_int8:
-                spec.validate()
-                _quantize_int8(spec, 2 ** (weight_bits - 1) - 1)
-            return spec
+    def quantize(spec) -> None:
+        spec.validate()
+        _quantize_int8(spec, 2 ** (weight_bits - 1) - 1)
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the replica's log
     try:
-        _Converter(str(model_dir)).convert(str(out_dir), quantization=None if own_int8 else quantization,
-                                           force=True)
+        convert(str(model_dir), str(out_dir), quantization=None if own_int8 else quantization,
+                on_model=_fold_decoder_start, on_spec=quantize if own_int8 else None)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -43,5 +43,5 @@ def test_too_small_a_range_is_refused_with_the_flag_names():
         LocalPorts(min_worker=10002, max_worker=19999, min_replica=19000, max_replica=20999).check()
     with pytest.raises(ClusterError, match="inside the Serve replica port range"):
         LocalPorts(serve=30010).check()
-    with pytest.raises(ValueError, match="overlaps the worker range"):
+    with pytest.raises(ValueError, match="overlaps the worker port range"):
         PortsSpec(min_worker=10002, max_worker=10999, min_replica=10500, max_replica=11500)

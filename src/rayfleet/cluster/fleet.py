@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ from rayfleet.cluster.launcher import (remote_token_path, render, render_yaml, s
                                        worker_start_command)
 from rayfleet.cluster.preflight import runner_for
 from rayfleet.cluster.ssh import SSHError
-from rayfleet.cluster.state import ensure_token, state_dir
+from rayfleet.cluster.state import auth_headers as state_auth_headers
+from rayfleet.cluster.state import ensure_token, ray_executable, state_dir, with_venv_path
 from rayfleet.config.fleet import FleetSpec
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
@@ -81,7 +81,7 @@ def auth_headers(fleet: FleetSpec) -> dict[str, str]:
     if not token.exists():
         raise ClusterNotRunning(f"Fleet '{fleet.name}' has no auth token yet ({token}).",
                                 hint="Bring it up first: rayfleet up -f fleet.yaml")
-    return {"Authorization": f"Bearer {token.read_text().strip()}"}
+    return state_auth_headers(token)
 
 
 def _launcher_env(fleet: FleetSpec) -> dict[str, str]:
@@ -91,13 +91,7 @@ def _launcher_env(fleet: FleetSpec) -> dict[str, str]:
     env["RAY_UP_enable_autoscaler_v2"] = "0"   # v2 is broken with provider 'local' on Ray 2.60
     env["RAY_TMPDIR"] = str(p.ray_tmp)         # the launcher's local state files, per fleet
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def _ray_cli() -> str:
-    c = Path(sys.executable).parent / "ray"
-    return str(c) if c.exists() else "ray"
+    return with_venv_path(env)
 
 
 def export_config(fleet: FleetSpec) -> str:
@@ -143,7 +137,7 @@ def _run_launcher(fleet: FleetSpec, args: list[str], log_name: str, timeout_s: f
     log = p.dir / log_name
     with open(log, "w") as f:
         try:
-            r = subprocess.run([_ray_cli(), *args], env=_launcher_env(fleet), stdout=f, stderr=subprocess.STDOUT,
+            r = subprocess.run([ray_executable(), *args], env=_launcher_env(fleet), stdout=f, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, timeout=timeout_s, cwd=p.dir)
         except subprocess.TimeoutExpired as e:
             raise ClusterError(f"'ray {args[0]}' did not finish in {timeout_s:.0f} s.", hint=f"See {log}.") from e

@@ -16,7 +16,6 @@ import hashlib
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 import requests
 
 from rayfleet._compat.ray import session_logs
-from rayfleet.cluster import processes
+from rayfleet.cluster import processes, state
 from rayfleet.cluster.serving import serve_env
 from rayfleet.cluster.state import (
     LocalCluster,
@@ -35,8 +34,10 @@ from rayfleet.cluster.state import (
     ensure_token,
     forget_local_cluster,
     load_local_cluster,
+    ray_executable,
     save_local_cluster,
     state_dir,
+    with_venv_path,
 )
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
@@ -51,15 +52,9 @@ class StartResult:
     already_running: bool
 
 
-def ray_executable() -> str:
-    """The ``ray`` CLI of the Python that runs rayfleet (same venv, same version)."""
-    candidate = Path(sys.executable).parent / "ray"
-    return str(candidate) if candidate.exists() else "ray"
-
-
 def auth_headers(cluster: LocalCluster) -> dict[str, str]:
     """HTTP headers that authenticate rayfleet's own calls to the dashboard/Jobs API."""
-    return {"Authorization": f"Bearer {Path(cluster.token_path).read_text().strip()}"}
+    return state.auth_headers(cluster.token_path)
 
 
 def pids(cluster: LocalCluster) -> list[int]:
@@ -174,8 +169,7 @@ def start(
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     for key, value in serve_env(ports.min_replica, ports.max_replica).items():  # HAProxy + direct ingress
         env.setdefault(key, value)  # a variable set by the user wins (e.g. RAY_SERVE_ENABLE_HA_PROXY=0)
-    # Jobs' entrypoints ('python ...') must find this venv's Python, with Ray and rayfleet.
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env = with_venv_path(env)
     log_path = directory / "ray-start.log"
     with open(log_path, "w") as log:
         try:

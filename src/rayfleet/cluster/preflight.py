@@ -18,8 +18,8 @@ Checks, in the words the table uses:
 
 How (one SSH session per host, two rounds): rayfleet logs in to every host at
 once and runs one probe script there (the venv's Python). Round 1, on its own:
-Python and rayfleet versions, free disk, Ray's version (``bin/ray --version``, see
-RAY_VERSION_FROM_METADATA) and ``nvidia-smi -L`` started in the background, every port bound (free?) and then held
+Python and rayfleet versions, free disk, Ray's version (``bin/ray --version``, or see
+below) and ``nvidia-smi -L`` started in the background, every port bound (free?) and then held
 listening on the node's address, the storage test file written. When every
 host has answered, round 2 (one line sent down each session): the clock is
 read (the line's round trip is milliseconds, not an SSH login), every other
@@ -59,8 +59,8 @@ _LOGIN_MARK = "rayfleet-check-login"
 # `bin/ray --version` costs ~3 s of CPU per host (it imports Ray's whole CLI) and was most
 # of the check's time. When bin/ray is pip's launcher for the venv's own Python, what it
 # prints is known without running it: click's version_option prints the version of the
-# 'ray' distribution that Python sees. Any other bin/ray (a wrapper, another Python) is run.
-RAY_VERSION_FROM_METADATA = True
+# 'ray' distribution that Python sees. Any other bin/ray (a wrapper, another Python) is run
+# (probe.py's ray_version).
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class _HostCheck:
 
     def start(self) -> None:
         cfg = {"ip": self.node.host, "ports": _ports_for(self.fleet, self.node), "temp_dir": self.fleet.temp_dir,
-               "ray": self.ray, "ray_fast": RAY_VERSION_FROM_METADATA, "gpus": self.gpus_wanted, "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
+               "ray": self.ray, "gpus": self.gpus_wanted, "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
                "storage": self.fleet.storage.path if self.fleet.storage else None}
         cmd = (f"echo {_LOGIN_MARK}; exec {shlex.quote(self.py)} -c {shlex.quote(_PROBE)} "
                f"{shlex.quote(json.dumps(cfg))}")

@@ -49,8 +49,7 @@ def ray_version():
         return {"rc": 0, "out": "ray, version " + importlib.metadata.version("ray"), "how": "metadata"}
     except Exception:
         return None
-ray_fast = ray_version() if cfg.get("ray_fast", True) else None
-ray_p = ray_fast or start([cfg["ray"], "--version"])
+ray_p = ray_version() or start([cfg["ray"], "--version"])
 gpu_p = start(["nvidia-smi", "-L"]) if cfg["gpus"] else None
 out = {"python": platform.python_version()}
 try:

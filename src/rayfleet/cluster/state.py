@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rayfleet.cluster.serving import MIN_REPLICA_PORTS
+from rayfleet.config.ports import DEFAULTS, port_problem
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
 __all__ = [
@@ -25,6 +26,10 @@ __all__ = [
     "ensure_token",
     "read_token",
     "auth_env",
+    "auth_headers",
+    "ray_executable",
+    "with_venv_path",
+    "reachable_host",
     "load_local_cluster",
     "save_local_cluster",
     "forget_local_cluster",
@@ -36,65 +41,30 @@ _CLUSTER_FILE = "local.json"
 
 @dataclass(frozen=True)
 class LocalPorts:
-    """Ports of a local cluster. Ray's own defaults, except Serve's HTTP port."""
+    """Ports of a local cluster (``config/ports.py`` has the defaults and the rules)."""
 
-    gcs: int = 6379
-    dashboard: int = 8265
-    serve: int = 8000
-    client_server: int = 10001
-    dashboard_agent: int = 52365
-    min_worker: int = 10002
-    max_worker: int = 19999
+    gcs: int = DEFAULTS["gcs"]
+    dashboard: int = DEFAULTS["dashboard"]
+    serve: int = DEFAULTS["serve"]
+    client_server: int = DEFAULTS["client_server"]
+    dashboard_agent: int = DEFAULTS["dashboard_agent"]
+    min_worker: int = DEFAULTS["min_worker"]
+    max_worker: int = DEFAULTS["max_worker"]
     # HAProxy's stats and metrics, then the Serve replicas' own HTTP and gRPC ports: cluster/serving.py.
-    min_replica: int = 30000
-    max_replica: int = 31999
+    min_replica: int = DEFAULTS["min_replica"]
+    max_replica: int = DEFAULTS["max_replica"]
 
     def check(self) -> None:
-        """Raise ClusterError when two components would share a port."""
-        ranges = ("min_worker", "max_worker", "min_replica", "max_replica")
-        named = {k: v for k, v in asdict(self).items() if k not in ranges}
-        for name, port in named.items():
-            if not 1 <= port <= 65535:
-                raise ClusterError(
-                    f"Got {port} for the {name} port; expected an integer 1-65535."
-                )
-            if self.min_worker <= port <= self.max_worker:
-                raise ClusterError(
-                    f"The {name} port {port} lies inside the worker port range "
-                    f"{self.min_worker}-{self.max_worker}.",
-                    hint="Pick another port, or move the range with --min-worker-port/--max-worker-port.",
-                )
-            if self.min_replica <= port <= self.max_replica:
-                raise ClusterError(
-                    f"The {name} port {port} lies inside the Serve replica port range "
-                    f"{self.min_replica}-{self.max_replica}.",
-                    hint="Pick another port, or move the range with --min-replica-port/--max-replica-port.",
-                )
-        seen: dict[int, str] = {}
-        for name, port in named.items():
-            if port in seen:
-                raise ClusterError(
-                    f"The {seen[port]} and {name} ports are both {port}; each needs its own port."
-                )
-            seen[port] = name
-        if self.min_worker > self.max_worker:
-            raise ClusterError(
-                f"Worker port range {self.min_worker}-{self.max_worker} is empty; "
-                "--min-worker-port must not exceed --max-worker-port."
-            )
-        if self.max_replica - self.min_replica + 1 < MIN_REPLICA_PORTS:
-            raise ClusterError(
-                f"Serve replica port range {self.min_replica}-{self.max_replica} needs at least "
-                f"{MIN_REPLICA_PORTS} ports "
-                "(HAProxy's stats and metrics, replica HTTP, replica gRPC); widen "
-                "--min-replica-port/--max-replica-port."
-            )
-        if self.min_replica <= self.max_worker and self.min_worker <= self.max_replica:
-            raise ClusterError(
-                f"The Serve replica port range {self.min_replica}-{self.max_replica} overlaps the worker "
-                f"port range {self.min_worker}-{self.max_worker}.",
-                hint="Move one of them (--min/max-replica-port, --min/max-worker-port).",
-            )
+        """Raise ClusterError when the plan breaks a port rule (two components on one port, ...)."""
+        problem = port_problem(asdict(self), lambda field: "--" + _FLAGS.get(field, field).replace("_", "-"))
+        if problem:
+            raise ClusterError(problem[0], hint=problem[1])
+
+
+# The `rayfleet up --local` flag of each field, where it is not the field's own name.
+_FLAGS = {"gcs": "port", "client_server": "client-port", "dashboard_agent": "agent-port"}
+_FLAGS.update({k: f"{k}_port" for k in ("dashboard", "serve", "min_worker", "max_worker", "min_replica",
+                                        "max_replica")})
 
 
 @dataclass(frozen=True)
@@ -121,8 +91,7 @@ class LocalCluster:
 
     @property
     def serve_url(self) -> str:
-        host = "127.0.0.1" if self.serve_host in ("0.0.0.0", "") else self.serve_host
-        return f"http://{host}:{self.ports.serve}"
+        return f"http://{reachable_host(self.serve_host)}:{self.ports.serve}"
 
 
 def state_dir() -> Path:
@@ -156,6 +125,28 @@ def read_token(directory: Path | None = None) -> str:
 def auth_env(token_path: str | Path) -> dict[str, str]:
     """Environment that makes Ray's processes and clients use token auth."""
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+def auth_headers(token_path: str | Path) -> dict[str, str]:
+    """HTTP headers that authenticate rayfleet's own calls to a dashboard (Jobs API, Serve REST)."""
+    return {"Authorization": f"Bearer {Path(token_path).read_text().strip()}"}
+
+
+def ray_executable() -> str:
+    """The ``ray`` CLI of the Python that runs rayfleet (same venv, same version)."""
+    candidate = Path(sys.executable).parent / "ray"
+    return str(candidate) if candidate.exists() else "ray"
+
+
+def with_venv_path(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this venv's bin first on PATH: what Ray starts from it ('python ...' entrypoints,
+    the launcher's commands) finds this Python, with Ray and rayfleet."""
+    return {**env, "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")}
+
+
+def reachable_host(bind_host: str, wildcard: str = "127.0.0.1") -> str:
+    """Where to reach a server bound to ``bind_host``: a wildcard bind (0.0.0.0, empty) at ``wildcard``."""
+    return wildcard if bind_host in ("0.0.0.0", "") else bind_host
 
 
 def load_local_cluster(directory: Path | None = None) -> LocalCluster:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
-from rayfleet.cluster.state import LocalCluster
+from rayfleet.cluster.state import LocalCluster, reachable_host
 from rayfleet.config.fleet import FleetSpec
 from rayfleet.config.loader import load_model
 from rayfleet.errors import ClusterNotRunning, ConfigError
@@ -43,13 +43,12 @@ def load_fleet(path: str | Path | None) -> FleetSpec:
 
 
 def target_for(cluster: LocalCluster) -> ServeTarget:
-    public = "127.0.0.1" if cluster.serve_host in ("0.0.0.0", "") else cluster.serve_host
     return ServeTarget(
         dashboard_url=cluster.dashboard_url,
         headers=local.auth_headers(cluster),
         serve_host=cluster.serve_host,
         serve_port=cluster.ports.serve,
-        public_host=public,
+        public_host=reachable_host(cluster.serve_host),
     )
 
 
@@ -63,8 +62,8 @@ def fleet_target(fleet: FleetSpec) -> ServeTarget:
         # 127.0.0.1 and on the others at their address: only all interfaces works.
         serve_host="0.0.0.0",
         serve_port=fleet.ports.serve,
-        public_host=fleet.head.host if host == "0.0.0.0" else host,
-        proxy_location="EveryNode" if host == "0.0.0.0" else "HeadOnly",
+        public_host=reachable_host(host, wildcard=fleet.head.host),
+        proxy_location="HeadOnly" if reachable_host(host) == host else "EveryNode",
     )
 
 

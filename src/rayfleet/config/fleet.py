@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rayfleet.cluster.serving import MIN_REPLICA_PORTS
+from rayfleet.config.ports import DEFAULTS, RANGES, port_problem
 from rayfleet.config.base import Model
 
 __all__ = [
@@ -63,48 +63,35 @@ class NodeSpec(Model):
 class PortsSpec(Model):
     """Ports on the nodes. Defaults are Ray's, except Serve's HTTP port."""
 
-    gcs: Port = Field(default=6379, description="GCS (the cluster address) on the head.")
-    dashboard: Port = Field(default=8265, description="Dashboard and Jobs API on the head.")
-    serve: Port = Field(default=8000, description="Serve HTTP on every node.")
-    client_server: Port = Field(default=10001, description="Ray Client server on the head.")
-    dashboard_agent: Port = Field(default=52365, description="Dashboard agent HTTP on every node.")
+    gcs: Port = Field(default=DEFAULTS["gcs"], description="GCS (the cluster address) on the head.")
+    dashboard: Port = Field(default=DEFAULTS["dashboard"], description="Dashboard and Jobs API on the head.")
+    serve: Port = Field(default=DEFAULTS["serve"], description="Serve HTTP on every node.")
+    client_server: Port = Field(default=DEFAULTS["client_server"], description="Ray Client server on the head.")
+    dashboard_agent: Port = Field(default=DEFAULTS["dashboard_agent"],
+                                  description="Dashboard agent HTTP on every node.")
     node_manager: Port = Field(default=6380, description="Raylet on every node.")
     object_manager: Port = Field(default=6381, description="Object manager on every node.")
     metrics_export: Port = Field(default=6382, description="Metrics on every node.")
     runtime_env_agent: Port = Field(default=6383, description="Runtime env agent on every node.")
     dashboard_agent_grpc: Port = Field(default=6384, description="Dashboard agent gRPC on every node.")
-    min_worker: Port = Field(default=10002, description="Lowest worker port.")
+    min_worker: Port = Field(default=DEFAULTS["min_worker"], description="Lowest worker port.")
+    # 1,000 ports, not Ray's 10,000: a fleet's firewall opens this range between the nodes.
     max_worker: Port = Field(default=10999, description="Highest worker port.")
-    min_replica: Port = Field(default=30000, description="Lowest port of the Serve range on every node: HAProxy's "
+    min_replica: Port = Field(default=DEFAULTS["min_replica"],
+                              description="Lowest port of the Serve range on every node: HAProxy's "
                               "stats, its metrics, then the replicas' HTTP and gRPC ports.")
-    max_replica: Port = Field(default=31999, description="Highest Serve replica port on every node.")
+    max_replica: Port = Field(default=DEFAULTS["max_replica"], description="Highest Serve replica port on every node.")
 
     @model_validator(mode="after")
     def _distinct(self) -> "PortsSpec":
-        named = self.fixed()
-        seen: dict[int, str] = {}
-        for name, port in named.items():
-            if port in seen:
-                raise ValueError(f"{seen[port]} and {name} are both {port}; each needs its own port")
-            seen[port] = name
-            if self.min_worker <= port <= self.max_worker:
-                raise ValueError(f"{name} ({port}) lies inside the worker range {self.min_worker}-{self.max_worker}")
-            if self.min_replica <= port <= self.max_replica:
-                raise ValueError(f"{name} ({port}) lies inside the replica range {self.min_replica}-{self.max_replica}")
-        if self.min_worker > self.max_worker:
-            raise ValueError("min_worker must not exceed max_worker")
-        if self.max_replica - self.min_replica + 1 < MIN_REPLICA_PORTS:
-            raise ValueError(f"the replica range needs at least {MIN_REPLICA_PORTS} ports (HAProxy's stats and "
-                             "metrics, replica HTTP, replica gRPC): widen min_replica-max_replica")
-        if self.min_replica <= self.max_worker and self.min_worker <= self.max_replica:
-            raise ValueError(f"the replica range {self.min_replica}-{self.max_replica} overlaps the worker range "
-                             f"{self.min_worker}-{self.max_worker}; move one of them")
+        problem = port_problem(self.model_dump(), lambda field: f"ports.{field}")
+        if problem:
+            raise ValueError(" ".join(p for p in problem if p))
         return self
 
     def fixed(self) -> dict[str, int]:
         """Every single port (not the worker or replica ranges)."""
-        ranges = ("min_worker", "max_worker", "min_replica", "max_replica")
-        return {k: v for k, v in self.model_dump().items() if k not in ranges}
+        return {k: v for k, v in self.model_dump().items() if k not in RANGES}
 
 
 class AutoscaleSpec(Model):

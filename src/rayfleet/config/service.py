@@ -4,12 +4,13 @@ Serve application (``app: {import_path: ...}``)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pysbd.languages import LANGUAGE_CODES
 
 from rayfleet.config.base import Model
+from rayfleet.serve.backends.base import BackendName, ComputeType, Device
 
 __all__ = [
     "ServiceSpec",
@@ -22,12 +23,10 @@ __all__ = [
     "CTranslate2Spec",
     "AppSpec",
     "DEFAULT_MODEL",
-    "BACKENDS",
     "SENTENCE_LANGUAGES",
 ]
 
 DEFAULT_MODEL = "Helsinki-NLP/opus-mt-en-fr"
-BACKENDS = ("auto", "transformers", "ctranslate2")
 # Source languages whose sentences the service can split: pysbd's (ISO 639-1).
 SENTENCE_LANGUAGES = tuple(sorted(LANGUAGE_CODES))
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -52,7 +51,7 @@ class BatchingSpec(Model):
 class CTranslate2Spec(Model):
     """Settings of the ``ctranslate2`` backend (also used when ``auto`` picks it)."""
 
-    compute_type: Literal["int8", "int8_float32", "float32", "int8_float16", "float16"] = Field(
+    compute_type: ComputeType = Field(
         default="int8", description="Weights/compute precision; int8_float16 and float16 need a GPU.")
     inter_threads: Annotated[int, Field(
         ge=1, le=64, description="Batches CTranslate2 runs at once in a replica (a large batch is split by length).")] = 1
@@ -152,11 +151,11 @@ class ServiceSpec(Model):
     source_language: str = Field(
         default="en", description="Language of the input texts (ISO 639-1): texts longer than the model's window "
                                   "are split into sentences by this language's rules.")
-    backend: Literal["auto", "transformers", "ctranslate2"] = Field(
+    backend: BackendName = Field(
         default="auto",
         description="Inference library; auto = ctranslate2 when it can load the model, else transformers.")
     ctranslate2: CTranslate2Spec = Field(default_factory=CTranslate2Spec, description="ctranslate2 backend settings.")
-    device: Literal["cpu", "cuda", "auto"] = Field(default="auto", description="Where the model runs.")
+    device: Device = Field(default="auto", description="Where the model runs.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Decoding settings.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec, description="Fixed count or autoscaling.")

@@ -275,11 +275,6 @@ class Translator:
         }
         return JSONResponse(body, headers={VERSION_HEADER: self.version})
 
-    def check_health(self) -> None:
-        """Serve's health check: the replica is healthy while its backend is loaded."""
-        if self.backend is None:
-            raise RuntimeError("backend not loaded")
-
 
 def deployment_options(spec: ServiceSpec) -> dict[str, Any]:
     """Options of the service's one deployment (``Translator``)."""

@@ -13,7 +13,14 @@ from urllib.parse import urlparse
 
 from rayfleet.errors import ModelError
 
-__all__ = ["resolve_model", "looks_like_path"]
+__all__ = ["resolve_model", "looks_like_path", "hub_offline"]
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set, read now and by huggingface_hub's own rule (1/ON/YES/TRUE)."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ENV_VARS_TRUE_VALUES
 
 _HINT = ("Pass a local directory that holds a model saved with save_pretrained "
          "(config.json, tokenizer files, weights), e.g. --model /models/opus-mt-en-fr "
@@ -69,7 +76,7 @@ def resolve_model(model: str, *, storage: str | Path | None = None) -> str:
     cached = try_to_load_from_cache(model, "config.json")
     if isinstance(cached, str):
         return model
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         raise ModelError(f"Model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set.",
                          hint=_HINT)
     reason = _hub_reachable()

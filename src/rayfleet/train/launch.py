@@ -25,7 +25,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rayfleet.config.job import JobSpec
 from rayfleet.config.loader import load_model
@@ -33,9 +33,8 @@ from rayfleet.errors import JobError, ModelError, RayfleetError, TrainError
 from rayfleet.jobs.resources import Demand, Usage, check_fits
 from rayfleet.jobs.submit import JobsClient, follow_events
 from rayfleet.registry.refs import artifact_root, default_storage, fleet_storage, is_ref, registry_uri
-from rayfleet.jobs import events
 
-__all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "watch", "wait_result", "storage_of"]
+__all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "wait_result", "storage_of"]
 
 
 @dataclass(frozen=True)
@@ -159,12 +158,6 @@ def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: i
     client.submit(entrypoint, submission_id=run_name, runtime_env=runtime_env,
                   metadata={"rayfleet.kind": mode, "rayfleet.name": spec.name})
     return Launch(job_id=run_name, run_dir=run_dir, registry_uri=uri, demand=demand, note=note)
-
-
-def watch(client: JobsClient, job_id: str, *, poll_s: float = 0.5) -> Iterator[tuple[dict[str, Any] | None, str]]:
-    """(event, line) for every log line of the job until it ends; event is None for other lines."""
-    for line in client.follow(job_id, poll_s=poll_s):
-        yield events.parse(line), line
 
 
 def wait_result(client: JobsClient, job_id: str, *, on_event=None, poll_s: float = 1.0, on_poll=None,

@@ -30,12 +30,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 __all__ = ["BackendSettings", "TranslationBackend", "ModelLimits", "model_limits", "count_tokens", "load_backend",
-           "BACKEND_NAMES"]
+           "BACKEND_NAMES", "BackendName", "ComputeType", "Device", "COMPUTE_TYPES", "GPU_COMPUTE_TYPES"]
 
-BACKEND_NAMES = ("auto", "transformers", "ctranslate2")
+# The one list of backends, compute types and devices: service.yaml's fields and the CLI check against these.
+BackendName = Literal["auto", "transformers", "ctranslate2"]
+ComputeType = Literal["int8", "int8_float32", "float32", "int8_float16", "float16"]
+Device = Literal["cpu", "cuda", "auto"]
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
+COMPUTE_TYPES: tuple[str, ...] = get_args(ComputeType)
+GPU_COMPUTE_TYPES = ("int8_float16", "float16")
 
 logger = logging.getLogger("rayfleet.serve.backends")
 

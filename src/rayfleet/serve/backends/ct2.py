@@ -44,21 +44,18 @@ from pathlib import Path
 import ctranslate2
 
 from rayfleet.errors import ModelError
-from rayfleet.serve.backends.base import BackendSettings, count_tokens, model_limits
+from rayfleet.serve.backends.base import (COMPUTE_TYPES, GPU_COMPUTE_TYPES, BackendSettings, count_tokens,
+                                          model_limits)
 
 __all__ = [
     "CTranslate2Backend",
     "ConvertedModel",
-    "COMPUTE_TYPES",
-    "GPU_COMPUTE_TYPES",
     "convert_cached",
     "default_cache_dir",
     "int8_weight_bits",
     "gpu_only_for_torch",
 ]
 
-COMPUTE_TYPES = ("int8", "int8_float32", "float32", "int8_float16", "float16")
-GPU_COMPUTE_TYPES = ("int8_float16", "float16")
 
 logger = logging.getLogger("rayfleet.serve.backends")
 
@@ -148,7 +145,9 @@ def _local_model_dir(model: str) -> Path:
         return Path(snapshot_download(model, allow_patterns=_HUB_PATTERNS, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached (the exception type varies by version): try the hub
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    from rayfleet.serve.models import hub_offline
+
+    if hub_offline():
         raise ModelError(f"Model {model!r} is not a directory nor in the Hugging Face cache (HF_HUB_OFFLINE is set).",
                          hint="Pass a local directory saved with save_pretrained, e.g. --model /path/to/opus-mt-en-fr")
     try:

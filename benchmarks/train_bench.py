@@ -108,7 +108,7 @@ eval: {{every_steps: {args.steps}, max_samples: 100}}
         wall = time.monotonic() - t0
     finally:
         local.stop()
-    ray_sps = float(result["metrics"]["train_samples_per_s"])
+    ray_sps = float(result.metrics["train_samples_per_s"])
     print(f"  {ray_sps:.0f} samples/s in the training loop; {wall:.0f} s end to end "
           f"(start-up, data, final eval and registration included)", flush=True)
 

@@ -131,8 +131,9 @@ class TrainRun:
         return StallGuard(self.demand, self.cluster.jobs_client.usage, self.cluster.holders(self.id),
                           timeout_s=timeout_s)
 
-    def wait(self, *, on_event=None, on_poll=None, on_log=None) -> dict[str, Any]:
-        """Follow the job to its end; the ``result`` event (metrics, registered version). A JobError
+    def wait(self, *, on_event=None, on_poll=None, on_log=None):
+        """Follow the job to its end, each ``rayfleet.jobs.events.TrainEvent`` to ``on_event``; return the
+        ``TrainResult`` (``.metrics``, ``.model``, ``.version``: the registered version). A JobError
         raised while following (e.g. by a guard in ``on_poll``) stops the job."""
         from rayfleet.errors import JobError
         from rayfleet.train.launch import wait_result
@@ -160,8 +161,9 @@ class FileRun:
         return StallGuard(launch.demand(self.job), self.cluster.jobs_client.usage, self.cluster.holders(self.id),
                           timeout_s=timeout_s)
 
-    def wait(self, *, on_event=None, on_poll=None, on_log=None) -> dict[str, Any]:
-        """Follow the job to its end; its summary. A JobError while following stops the job."""
+    def wait(self, *, on_event=None, on_poll=None, on_log=None):
+        """Follow the job to its end, each ``rayfleet.jobs.events.BulkEvent`` to ``on_event``; return the
+        ``BulkResult`` (lines translated, bad lines, output). A JobError while following stops the job."""
         from rayfleet.bulk import launch
         from rayfleet.errors import JobError
 

@@ -22,6 +22,8 @@ catches them and prints ``error: <message>`` plus the hint.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 __all__ = [
     "exception_line",
@@ -39,6 +41,8 @@ __all__ = [
     "RegistryError",
     "BulkError",
     "CompatError",
+    "foreign",
+    "describe_foreign",
 ]
 
 
@@ -124,3 +128,57 @@ _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warnin
 def exception_line(lines: list[str]) -> str | None:
     """The last ``SomeError: message`` line of a Python traceback in ``lines`` (a job's log, a replica's error)."""
     return next((ln.strip() for ln in reversed(lines) if _EXCEPTION.match(ln.strip())), None)
+
+
+# ---- foreign errors -------------------------------------------------------------------------
+# How an error raised by another library reads in one of ours: (the exception's class, as
+# "module.Class" anywhere in its MRO) -> (reason, hint or None). The first match wins; anything
+# else reads as "Type: message".
+
+_UNREACHABLE = "Is the cluster up, and is this its address? Check with: rayfleet status"
+
+
+def _status(e: BaseException) -> tuple[str, str | None] | None:
+    """Ray's dashboard SDKs raise RuntimeError("Request failed with status code N: ...")."""
+    m = re.search(r"status code (\d{3})", str(e))
+    if m and m.group(1) in ("401", "403"):
+        return (f"the cluster refused rayfleet's token (HTTP {m.group(1)})",
+                "The token rayfleet sent is not this cluster's: was the cluster started from another "
+                "RAYFLEET_HOME, or its token replaced? Restart it with rayfleet down/up.")
+    return None
+
+
+FOREIGN: list[tuple[str, Callable[[BaseException], tuple[str, str | None] | None]]] = [
+    ("requests.exceptions.ConnectionError", lambda e: ("can't connect", _UNREACHABLE)),
+    ("requests.exceptions.Timeout", lambda e: ("no answer in time", _UNREACHABLE)),
+    ("httpx.ConnectError", lambda e: ("can't connect", _UNREACHABLE)),
+    ("httpx.TimeoutException", lambda e: ("no answer in time", _UNREACHABLE)),
+    ("builtins.ConnectionError", lambda e: (str(e) or "can't connect", _UNREACHABLE)),
+    ("mlflow.exceptions.MlflowException", lambda e: (getattr(e, "message", None) or str(e), None)),
+    ("builtins.RuntimeError", _status),
+]
+
+
+def describe_foreign(e: BaseException) -> tuple[str, str | None]:
+    """(reason, hint) for an exception another library raised, by the FOREIGN table."""
+    names = {f"{t.__module__}.{t.__qualname__}" for t in type(e).__mro__}
+    for name, read in FOREIGN:
+        if name in names:
+            got = read(e)
+            if got is not None:
+                return got
+    text = str(e).strip()
+    return (f"{type(e).__name__}: {text}" if text else type(e).__name__), None
+
+
+@contextmanager
+def foreign(error: type[RayfleetError], what: str, *, hint: str | None = None) -> Iterator[None]:
+    """Inside, an exception of another library becomes ``error("<what>: <reason>")`` (``describe_foreign``);
+    ``hint`` when given, else the table's. Our own errors pass through unchanged."""
+    try:
+        yield
+    except RayfleetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - this is the one place foreign errors are read
+        reason, known = describe_foreign(e)
+        raise error(f"{what}: {reason}", hint=hint or known) from e

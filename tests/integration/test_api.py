@@ -64,10 +64,10 @@ def test_a_training_run_through_the_api(local_cluster, tmp_path):
                    .replace("max_steps: 500", "max_steps: 40").replace("every_steps: 100", "every_steps: 20")
                    .replace("name: en-fr-tiny", "name: en-fr-api"))
     run = c.train(job, num_workers=1)
-    events: list[dict] = []
+    events: list = []
     result = run.wait(on_event=events.append)
-    assert {e["event"] for e in events} >= {"phase", "start", "progress", "eval"}
-    assert result["model"] == "en-fr-api" and result["version"] == "1"
+    assert {e.event for e in events} >= {"phase", "start", "progress", "eval"}
+    assert result.model == "en-fr-api" and result.version == "1"
     assert any(j.id == run.id and j.kind == "train" and j.status == "SUCCEEDED" for j in c.jobs())
     models = {m.name: m for m in c.models()}
     assert [v.version for v in models["en-fr-api"].versions] == ["1"]

@@ -13,8 +13,9 @@ import signal
 import pytest
 
 from rayfleet.cluster import local
-from rayfleet.jobs.submit import JobsClient
-from rayfleet.train.launch import load_job, submit, watch
+from rayfleet.jobs import events
+from rayfleet.jobs.submit import JobsClient, follow_events
+from rayfleet.train.launch import load_job, submit
 
 from test_train import THRESHOLD, write_spec
 
@@ -29,45 +30,39 @@ def test_killed_worker_resumes_from_checkpoint(local_cluster, tmp_path):
     client = JobsClient(local_cluster.dashboard_url, local.auth_headers(local_cluster))
     launch = submit(client, spec)
 
-    pids: list[int] = []
-    killed_pid = None
-    last_step_before_kill = 0
-    max_step_before_resume = 0
-    resumed_from = None
-    starts = 0
-    result = error = None
-    for ev, _line in watch(client, launch.job_id):
-        if ev is None:
-            continue
-        kind = ev["event"]
-        if kind == "start":
-            starts += 1
-            if killed_pid is None:
-                pids = ev["pids"]
-            elif resumed_from is None:
-                resumed_from = ev["resumed_from"]
-        elif kind == "progress":
-            if killed_pid is None:
-                last_step_before_kill = ev["step"]
-                if ev["step"] >= KILL_AT_STEP:
-                    killed_pid = pids[-1]  # a non-zero rank: the rank-0 process reports
-                    os.kill(killed_pid, signal.SIGKILL)
-            if resumed_from is None:
-                max_step_before_resume = max(max_step_before_resume, ev["step"])
-        elif kind == "result":
-            result = ev
-        elif kind == "error":
-            error = ev
+    seen = {"pids": [], "killed": None, "last_before_kill": 0, "max_before_resume": 0, "resumed_from": None,
+            "starts": 0}
+
+    def on_event(ev) -> None:
+        if isinstance(ev, events.TrainStart):
+            seen["starts"] += 1
+            if seen["killed"] is None:
+                seen["pids"] = ev.pids
+            elif seen["resumed_from"] is None:
+                seen["resumed_from"] = ev.resumed_from
+        elif isinstance(ev, events.TrainProgress):
+            if seen["killed"] is None:
+                seen["last_before_kill"] = ev.step
+                if ev.step >= KILL_AT_STEP:
+                    seen["killed"] = seen["pids"][-1]  # a non-zero rank: the rank-0 process reports
+                    os.kill(seen["killed"], signal.SIGKILL)
+            if seen["resumed_from"] is None:
+                seen["max_before_resume"] = max(seen["max_before_resume"], ev.step)
+
+    out = follow_events(client, launch.job_id, events.TrainEvent, on_event=on_event)
+    result, error = out.result, out.error
+    killed_pid, resumed_from, starts = seen["killed"], seen["resumed_from"], seen["starts"]
+    last_step_before_kill, max_step_before_resume = seen["last_before_kill"], seen["max_before_resume"]
     assert error is None, error
     assert killed_pid is not None, "the run ended before the kill step"
     assert resumed_from is not None, f"no resumed worker group (starts={starts})"
     steps_redone = max_step_before_resume - resumed_from
-    exact = result["metrics"]["exact_match"]
+    exact = result.metrics["exact_match"]
     print(f"\nkilled worker pid {killed_pid} at step ~{last_step_before_kill}; resumed from the checkpoint "
           f"at step {resumed_from}; steps redone {steps_redone} (checkpoint interval {CHECKPOINT_EVERY}); "
           f"final exact match {exact:.3f}")
     assert resumed_from % CHECKPOINT_EVERY == 0 and resumed_from > 0
     assert steps_redone <= CHECKPOINT_EVERY
     assert exact >= THRESHOLD
-    assert result["version"] == "1"
+    assert result.version == "1"
     assert client.info(launch.job_id).status == "SUCCEEDED"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rayfleet.bulk.plan import BulkError, BulkJob, Layout, check_line
+from rayfleet.jobs.events import BulkEvent, BulkResult
 from rayfleet.jobs.resources import Demand, check_fits
 from rayfleet.jobs.submit import TERMINAL, JobsClient, follow_events
 
@@ -206,19 +207,14 @@ def submit(client: JobsClient, job: BulkJob) -> str:
                          metadata={"rayfleet.kind": KIND, "rayfleet.name": Path(job.input).name})
 
 
-def follow(client: JobsClient, job_id: str, *, on_event: Callable[[dict[str, Any]], None] | None = None,
+def follow(client: JobsClient, job_id: str, *, on_event: Callable[[Any], None] | None = None,
            poll_s: float = 0.5, on_poll: Callable[[], None] | None = None,
-           on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Follow the job to its end; return its ``result`` event, or raise BulkError with the job's error."""
-    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s, on_poll=on_poll, on_log=on_log)
-    if out.succeeded:
-        return out.result
-    if out.error is not None:
-        raise BulkError(out.error.get("message") or f"Job {job_id} failed.", hint=out.error.get("hint"))
-    raise BulkError(f"Job {job_id} ended {out.info.status}: {out.info.message or 'no result'}",
-                    hint=f"See the log with: rayfleet jobs logs {job_id}. Finished parts are kept: "
-                         "run the same command again to resume.",
-                    context=out.context())
+           on_log: Callable[[str], None] | None = None) -> BulkResult:
+    """Follow the job to its end (``events.BulkEvent``s to ``on_event``); return its result event, or
+    raise BulkError with the job's error."""
+    return follow_events(client, job_id, BulkEvent, on_event=on_event, poll_s=poll_s, on_poll=on_poll,
+                         on_log=on_log).result_or_raise(
+        BulkError, resume="Finished parts are kept: run the same command again to resume.")
 
 
 def stop(client: JobsClient, job_id: str, *, timeout_s: float = 60) -> str:

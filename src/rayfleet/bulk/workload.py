@@ -28,7 +28,6 @@ import re
 import shutil
 import sys
 import time
-import traceback
 from collections import deque
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -36,8 +35,8 @@ from typing import Any
 
 from rayfleet.bulk.plan import (BulkError, BulkJob, Layout, Manifest, Scan, assemble, num_parts, part_lines,
                                 plan_chunks, scan_input, write_atomic)
-from rayfleet.errors import RayfleetError
-from rayfleet.jobs.events import emit
+from rayfleet.jobs.driver import run_driver
+from rayfleet.jobs.events import BulkProgress, BulkResult, BulkStart, Phase, emit
 
 __all__ = ["main", "run"]
 
@@ -98,7 +97,7 @@ def _prepare(job: BulkJob, layout: Layout) -> tuple[Any, Scan, Manifest]:
         layout.output.unlink(missing_ok=True)
         layout.errors.unlink(missing_ok=True)
     layout.remove_temporaries()
-    emit("phase", name="scanning the input")
+    emit(Phase(name="scanning the input"))
     scan = scan_input(job.input, part_size=job.part_size, batch_size=job.batch_size)
     if scan.lines == 0:
         raise BulkError(f"Input file {job.input} is empty.")
@@ -150,7 +149,7 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     actors = _actors(job, len(chunks))
-    emit("phase", name=f"translating with up to {actors} actor(s)", waits_for_resources=True)
+    emit(Phase(name=f"translating with up to {actors} actor(s)", waits_for_resources=True))
     threads = max(1, int(job.cpus_per_actor))
     settings = {"model": job.model, "device": "cuda" if job.gpus_per_actor > 0 else "auto",
                 "num_threads": threads, "max_new_tokens": job.max_new_tokens}
@@ -188,8 +187,8 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
                 window.popleft()
             if now - last >= _PROGRESS_EVERY_S:
                 last = now
-                emit("progress", lines_done=lines_before + done_lines, lines=scan.lines,
-                     lines_per_s=_rate(window), parts_written=written)
+                emit(BulkProgress(lines_done=lines_before + done_lines, lines=scan.lines,
+                                  lines_per_s=_rate(window), parts_written=written))
     except Exception as e:  # Ray wraps UDF and actor failures: name the error underneath
         raise BulkError(f"Translation failed after {written} of {len(parts)} part(s): {_root_cause(e)}",
                         hint=f"See the full log with: rayfleet jobs logs {job.job_id}. The finished parts "
@@ -198,8 +197,8 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
         missing = {p: expected[p] - len(rows) for p, rows in pending.items()}
         raise BulkError(f"Ray Data returned too few lines for parts {sorted(missing)}; they were not written.",
                         hint="Run the same command again to translate them.")
-    emit("progress", lines_done=lines_before + done_lines, lines=scan.lines, lines_per_s=_rate(window),
-         parts_written=written)
+    emit(BulkProgress(lines_done=lines_before + done_lines, lines=scan.lines, lines_per_s=_rate(window),
+                      parts_written=written))
     return actors
 
 
@@ -231,8 +230,8 @@ def _bad_lines(layout: Layout, n_parts: int) -> int:
     return count
 
 
-def run(job: BulkJob) -> dict[str, Any]:
-    """Translate job.input into job.output (resuming); return the ``result`` event's fields."""
+def run(job: BulkJob) -> BulkResult:
+    """Translate job.input into job.output (resuming); return the ``result`` event."""
     layout = Layout(Path(job.output))
     t0 = time.monotonic()
     lock, scan, _ = _prepare(job, layout)
@@ -241,8 +240,8 @@ def run(job: BulkJob) -> dict[str, Any]:
         done = layout.done_parts(n)
         todo = [p for p in range(n) if p not in done]
         lines_before = sum(part_lines(scan, job.part_size, p) for p in done)
-        emit("start", lines=scan.lines, parts=n, parts_done=len(done), lines_done=lines_before,
-             part_size=job.part_size)
+        emit(BulkStart(lines=scan.lines, parts=n, parts_done=len(done), lines_done=lines_before,
+                       part_size=job.part_size))
         actors = _translate(job, layout, scan, todo, lines_before) if todo else 0
         if _bad_lines(layout, n) == scan.lines:
             first = layout.part_bad(0).read_text().splitlines()[:1]
@@ -252,40 +251,21 @@ def run(job: BulkJob) -> dict[str, Any]:
                             f"(line 1: {why}).",
                             hint=f'Each line must be a JSON object with a non-empty string field "{job.field}"; '
                                  "name another field with --field.")
-        emit("phase", name="writing the output")
+        emit(Phase(name="writing the output"))
         count, bad = assemble(layout, n)
     finally:
         lock.close()
     seconds = time.monotonic() - t0
     translated_now = scan.lines - lines_before
-    return {"output": str(layout.output), "errors_file": str(layout.errors) if bad else None,
-            "lines": scan.lines, "translated": count, "bad": len(bad),
-            "bad_lines": [[n_, e] for n_, e in bad[:_BAD_SHOWN]], "parts": n, "parts_skipped": len(done),
-            "parts_translated": len(todo), "actors": actors, "seconds": round(seconds, 1),
-            "lines_per_s": round(translated_now / seconds, 1) if seconds > 0 else None}
+    return BulkResult(output=str(layout.output), errors_file=str(layout.errors) if bad else None,
+                      lines=scan.lines, translated=count, bad=len(bad), bad_lines=bad[:_BAD_SHOWN], parts=n,
+                      parts_skipped=len(done), parts_translated=len(todo), actors=actors, seconds=round(seconds, 1),
+                      lines_per_s=round(translated_now / seconds, 1) if seconds > 0 else None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m rayfleet.bulk.workload JOB_JSON\n")
-        return 2
-    job_id = "ID"
-    try:
-        job = BulkJob.from_json(argv[0])
-        job_id = job.job_id or job_id
-        result = run(job)
-    except RayfleetError as e:
-        if e.__cause__ is not None:
-            traceback.print_exception(e.__cause__)
-        emit("error", message=e.message, hint=e.hint)
-        return 1
-    except Exception as e:  # noqa: BLE001 - the job's last word must be an event the client understands
-        traceback.print_exc()
-        emit("error", message=f"{type(e).__name__}: {e}", hint=f"See the full log with: rayfleet jobs logs {job_id}")
-        return 1
-    emit("result", **result)
-    return 0
+    return run_driver(argv, "python -m rayfleet.bulk.workload JOB_JSON", BulkJob.from_json, run,
+                      lambda job: job.job_id)
 
 
 if __name__ == "__main__":

@@ -92,14 +92,14 @@ class JobProgress:
             self.progress.start()
         self.task = self.progress.add_task(description, **fields)
 
-    def phase(self, ev: dict) -> None:
-        """A ``phase`` event: on the spinner, or a printed line without a terminal."""
-        if self.guard is not None and ev.get("waits_for_resources"):
+    def phase(self, ev) -> None:
+        """A ``Phase`` event: on the spinner, or a printed line without a terminal."""
+        if self.guard is not None and ev.waits_for_resources:
             self.guard.placing = True
         if self.plain:
-            self.line(f"{ev['name'].capitalize()} ...")
+            self.line(f"{ev.name.capitalize()} ...")
         elif self.task is None and not self.quiet:
-            self.status.update(f"{ev['name'].capitalize()} ...")
+            self.status.update(f"{ev.name.capitalize()} ...")
 
     def describe(self) -> str | None:
         """Where the job is, for the heartbeat (None: nothing to say yet)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from rayfleet.cli._common import FLEET_OPTION, JobProgress, console
 from rayfleet.config.service import DEFAULT_MODEL
+from rayfleet.jobs import events
 
 __all__ = ["register"]
 
@@ -17,51 +18,50 @@ _BAD_SHOWN = 10
 
 
 class _Follower(JobProgress):
-    """Turns the job's events into a live progress bar (lines done / total, lines/s, ETA)."""
+    """Turns the job's events (``events.BulkEvent``) into a live progress bar (lines done / total, lines/s, ETA)."""
 
     def __init__(self, quiet: bool, guard=None):
         super().__init__(quiet, TextColumn("translating"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
                          TextColumn("{task.fields[lps]} lines/s"), TextColumn("ETA"), TimeRemainingColumn(),
                          guard=guard)
-        self._last: dict[str, Any] | None = None
+        self._last: events.BulkProgress | None = None
         self._total: int | None = None
 
     def describe(self) -> str | None:
         if self._last is None:
             return None
-        return f"{self._last['lines_done']}/{self._total or '?'} lines, {self._last['lines_per_s']:.0f} lines/s"
+        return f"{self._last.lines_done}/{self._total or '?'} lines, {self._last.lines_per_s:.0f} lines/s"
 
-    def __call__(self, ev: dict[str, Any]) -> None:
-        kind = ev["event"]
-        if kind == "phase":
+    def __call__(self, ev: events.Event) -> None:
+        if isinstance(ev, events.Phase):
             self.phase(ev)
-        elif kind == "start":
-            self._total = ev["lines"]
+        elif isinstance(ev, events.BulkStart):
+            self._total = ev.lines
             self.progressed(started=True)
-            if ev["parts_done"]:
-                self.line(f"Resuming: {ev['parts_done']} of {ev['parts']} parts ({ev['lines_done']} of "
-                          f"{ev['lines']} lines) are done already and are skipped.")
-            if ev["parts_done"] < ev["parts"]:
-                self.start_bar("translate", total=ev["lines"], completed=ev["lines_done"], lps="-")
-        elif kind == "progress" and self.task is not None:
+            if ev.parts_done:
+                self.line(f"Resuming: {ev.parts_done} of {ev.parts} parts ({ev.lines_done} of "
+                          f"{ev.lines} lines) are done already and are skipped.")
+            if ev.parts_done < ev.parts:
+                self.start_bar("translate", total=ev.lines, completed=ev.lines_done, lps="-")
+        elif isinstance(ev, events.BulkProgress) and self.task is not None:
             self._last = ev
             self.progressed(started=True)
-            self.progress.update(self.task, completed=ev["lines_done"], lps=f"{ev['lines_per_s']:.0f}")
+            self.progress.update(self.task, completed=ev.lines_done, lps=f"{ev.lines_per_s:.0f}")
 
 
-def _print_result(r: dict[str, Any]) -> None:
-    rate = f", {r['lines_per_s']:.1f} lines/s" if r.get("lines_per_s") and r["parts_translated"] else ""
-    console.print(f"Translated {r['translated']} of {r['lines']} lines into {r['output']} in {r['seconds']:.1f} s"
+def _print_result(r: events.BulkResult) -> None:
+    rate = f", {r.lines_per_s:.1f} lines/s" if r.lines_per_s and r.parts_translated else ""
+    console.print(f"Translated {r.translated} of {r.lines} lines into {r.output} in {r.seconds:.1f} s"
                   f"{rate}.", markup=False)
-    console.print(f"Parts: {r['parts']} in all, {r['parts_translated']} translated, {r['parts_skipped']} skipped "
+    console.print(f"Parts: {r.parts} in all, {r.parts_translated} translated, {r.parts_skipped} skipped "
                   f"(done by an earlier run).", markup=False)
-    if r["bad"]:
-        console.print(f"{r['bad']} bad line(s) skipped, not translated (all listed in {r['errors_file']}):",
+    if r.bad:
+        console.print(f"{r.bad} bad line(s) skipped, not translated (all listed in {r.errors_file}):",
                       markup=False)
-        for n, why in r["bad_lines"][:_BAD_SHOWN]:
+        for n, why in r.bad_lines[:_BAD_SHOWN]:
             console.print(f"  line {n}: {why}", markup=False)
-        if r["bad"] > _BAD_SHOWN:
-            console.print(f"  ... and {r['bad'] - _BAD_SHOWN} more", markup=False)
+        if r.bad > _BAD_SHOWN:
+            console.print(f"  ... and {r.bad - _BAD_SHOWN} more", markup=False)
 
 
 def translate_file(

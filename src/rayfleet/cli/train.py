@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from rich.table import Table
 
 from rayfleet.cli._common import FLEET_OPTION, JobProgress, console
+from rayfleet.jobs import events
 from rayfleet.jobs.submit import JobsClient
 
 __all__ = ["register"]
@@ -37,64 +38,62 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
 
 
 class _Follower(JobProgress):
-    """Turns job events into a live progress bar and a few printed lines."""
+    """Turns job events (``events.TrainEvent``) into a live progress bar and a few printed lines."""
 
     def __init__(self, quiet: bool, guard=None):
         super().__init__(quiet, TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                          TextColumn("step"), MofNCompleteColumn(),
                          TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"), TextColumn("ETA"),
                          TimeRemainingColumn(), guard=guard)
-        self._last: dict[str, Any] | None = None
+        self._last: events.TrainProgress | None = None
 
     def describe(self) -> str | None:
         ev = self._last
         if ev is None:
             return None
-        return (f"step {ev['step']}/{ev.get('total_steps') or '?'} (epoch {ev['epoch']}/{ev['epochs']}): "
-                f"loss {ev['loss']:.3f}, {ev['samples_per_s']:.0f} samples/s")
+        return (f"step {ev.step}/{ev.total_steps or '?'} (epoch {ev.epoch}/{ev.epochs}): "
+                f"loss {ev.loss:.3f}, {ev.samples_per_s:.0f} samples/s")
 
-    def _ensure_task(self, ev: dict[str, Any]) -> None:
+    def _ensure_task(self, total_steps: int) -> None:
         if self.task is None:
-            self.start_bar("train", total=ev.get("total_steps"), epoch=1, epochs="?", loss="-", sps="-")
+            self.start_bar("train", total=total_steps, epoch=1, epochs="?", loss="-", sps="-")
 
-    def __call__(self, ev: dict[str, Any]) -> None:
-        kind = ev["event"]
-        if kind == "phase":
+    def __call__(self, ev: events.Event) -> None:
+        if isinstance(ev, events.Phase):
             self.phase(ev)
-        elif kind == "start":
-            if ev.get("resumed_from") is not None:
-                console.print(f"Worker group restarted: resuming from the checkpoint at step {ev['resumed_from']}.")
-            elif ev.get("nodes"):
-                nodes = sorted(set(ev["nodes"]))
-                self.line(f"Training with {ev.get('workers', len(ev['nodes']))} worker(s) on "
-                          f"{len(nodes)} node(s): {', '.join(nodes)}")
+        elif isinstance(ev, events.TrainStart):
+            if ev.resumed_from is not None:
+                console.print(f"Worker group restarted: resuming from the checkpoint at step {ev.resumed_from}.")
+            elif ev.nodes:
+                nodes = sorted(set(ev.nodes))
+                self.line(f"Training with {ev.workers} worker(s) on {len(nodes)} node(s): {', '.join(nodes)}")
             self.progressed(started=True)
-            self._ensure_task(ev)
-            self.progress.update(self.task, total=ev["total_steps"], completed=ev.get("resumed_from") or 0)
-        elif kind == "progress":
+            self._ensure_task(ev.total_steps)
+            self.progress.update(self.task, total=ev.total_steps, completed=ev.resumed_from or 0)
+        elif isinstance(ev, events.TrainProgress):
             self._last = ev
             self.progressed(started=True)
-            self._ensure_task(ev)
-            self.progress.update(self.task, completed=ev["step"], epoch=ev["epoch"], epochs=ev["epochs"],
-                                 loss=f"{ev['loss']:.3f}", sps=f"{ev['samples_per_s']:.0f}")
-        elif kind == "eval":
+            self._ensure_task(ev.total_steps)
+            self.progress.update(self.task, completed=ev.step, epoch=ev.epoch, epochs=ev.epochs,
+                                 loss=f"{ev.loss:.3f}", sps=f"{ev.samples_per_s:.0f}")
+        elif isinstance(ev, events.Eval):
             self.progressed(started=True)
-            self.line(f"step {ev['step']}: {_fmt_metrics(ev)}")
-        elif kind == "warning":
-            console.print(f"warning: {ev.get('message')}", style="yellow", markup=False)
-        elif kind == "trial":
+            self.line(f"step {ev.step}: {_fmt_metrics(ev.model_dump())}")
+        elif isinstance(ev, events.Warning):
+            console.print(f"warning: {ev.message}", style="yellow", markup=False)
+        elif isinstance(ev, events.Trial):
             self.progressed()
-            self.line(f"trial {ev.get('trial')}: {ev.get('config')} -> {_fmt_metrics(ev.get('metrics', {}))}")
+            self.line(f"trial {ev.trial}: {ev.config} -> {_fmt_metrics(ev.metrics)}")
 
 
-def _print_result(result: dict[str, Any]) -> None:
-    console.print(f"Evaluation: {_fmt_metrics(result.get('metrics', {}))}")
-    if result.get("model"):
-        aliases = f" (alias {', '.join(result['aliases'])})" if result.get("aliases") else ""
-        console.print(f"Registered {result['model']} version {result['version']}{aliases}: "
-                      f"registry://{result['model']}/{result['version']}")
-    if result.get("best_config"):
-        console.print(f"Best trial config: {result['best_config']}")
+def _print_result(result: events.TrainResult) -> None:
+    console.print(f"Evaluation: {_fmt_metrics(result.metrics)}")
+    if result.model:
+        aliases = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
+        console.print(f"Registered {result.model} version {result.version}{aliases}: "
+                      f"registry://{result.model}/{result.version}")
+    if result.best_config:
+        console.print(f"Best trial config: {result.best_config}")
 
 
 def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet: bool,

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from rayfleet.errors import JobError
+from rayfleet.errors import JobError, RayfleetError, foreign
 
 __all__ = ["JobsClient", "JobInfo", "JobOutcome", "follow_events", "TERMINAL"]
 
@@ -47,23 +47,18 @@ class JobsClient:
         quiet_ray_logs()
         self.dashboard_url = dashboard_url
         self.headers = dict(headers)
-        try:
+        with foreign(JobError, f"Can't reach the Ray Jobs API at {dashboard_url}"):
             self._client = JobSubmissionClient(address=dashboard_url, headers=dict(headers))
-        except Exception as e:  # Ray raises ConnectionError/RuntimeError subclasses here
-            raise JobError(f"Can't reach the Ray Jobs API at {dashboard_url}: {e}",
-                           hint="Is the cluster up? Check with: rayfleet status") from e
 
     def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str] | None = None,
                runtime_env: dict[str, Any] | None = None, entrypoint_num_cpus: float = 0,
                entrypoint_num_gpus: float = 0, entrypoint_resources: dict[str, float] | None = None) -> str:
-        try:
+        with foreign(JobError, f"Submitting job {submission_id} failed"):
             return self._client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                                            metadata=metadata or {}, runtime_env=runtime_env or {},
                                            entrypoint_num_cpus=entrypoint_num_cpus,
                                            entrypoint_num_gpus=entrypoint_num_gpus or None,
                                            entrypoint_resources=entrypoint_resources)
-        except Exception as e:
-            raise JobError(f"Submitting job {submission_id} failed: {e}") from e
 
     def usage(self):
         """What the cluster has and uses now (``rayfleet.jobs.resources.Usage``)."""
@@ -80,10 +75,8 @@ class JobsClient:
                        end_ms=int(d.end_time or 0), message=d.message or "")
 
     def list(self) -> list[JobInfo]:
-        try:
+        with foreign(JobError, f"Can't list jobs at {self.dashboard_url}"):
             jobs = self._client.list_jobs()
-        except Exception as e:
-            raise JobError(f"Can't list jobs at {self.dashboard_url}: {e}") from e
         return sorted((self._info(j) for j in jobs if j.submission_id), key=lambda j: j.start_ms)
 
     def info(self, job_id: str) -> JobInfo:
@@ -96,18 +89,14 @@ class JobsClient:
 
     def logs(self, job_id: str) -> str:
         self.info(job_id)
-        try:
+        with foreign(JobError, f"Can't read the logs of job {job_id}"):
             return self._client.get_job_logs(job_id)
-        except Exception as e:
-            raise JobError(f"Can't read the logs of job {job_id}: {e}") from e
 
     def stop(self, job_id: str) -> bool:
         """Ask the job to stop; True if it was running."""
         self.info(job_id)
-        try:
+        with foreign(JobError, f"Can't stop job {job_id}"):
             return bool(self._client.stop_job(job_id))
-        except Exception as e:
-            raise JobError(f"Can't stop job {job_id}: {e}") from e
 
     def follow(self, job_id: str, *, poll_s: float = 0.5,
                on_poll: Callable[[], None] | None = None) -> Iterator[str]:
@@ -151,10 +140,8 @@ class JobsClient:
             if on_poll is not None:
                 on_poll()
             status = self.info(job_id).status
-            try:
+            with foreign(JobError, f"Can't read the logs of job {job_id}"):
                 text = self._client.get_job_logs(job_id)
-            except Exception as e:
-                raise JobError(f"Can't read the logs of job {job_id}: {e}") from e
             if len(text) < seen:  # log rotated or truncated: start over
                 seen = 0
             chunk, seen = partial + text[seen:], len(text)
@@ -229,8 +216,8 @@ class JobOutcome:
     """How a followed job ended: its final info, its ``result`` and ``error`` events, the last other log lines."""
 
     info: JobInfo
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
+    result: Any | None              # the protocol's result event (events.TrainResult, events.BulkResult)
+    error: Any | None               # events.Error
     tail: list[str]
 
     @property
@@ -240,19 +227,30 @@ class JobOutcome:
     def context(self) -> str | None:
         return "\n".join(self.tail[-10:]) or None
 
+    def result_or_raise(self, error: type[RayfleetError], *, resume: str = "") -> Any:
+        """The result event of a job that succeeded; else ``error`` with the job's own message and hint
+        (its error event), or how it ended and where its log is (``resume``: what to do next)."""
+        if self.succeeded:
+            return self.result
+        job_id = self.info.id
+        if self.error is not None:
+            raise error(self.error.message, hint=self.error.hint, context=self.context())
+        raise error(f"Job {job_id} ended {self.info.status}: {self.info.message or 'no result'}",
+                    hint=f"See the log with: rayfleet jobs logs {job_id}.{' ' + resume if resume else ''}",
+                    context=self.context())
 
-def follow_events(client: JobsClient, job_id: str, *, on_event: Callable[[dict[str, Any]], None] | None = None,
+
+def follow_events(client: JobsClient, job_id: str, protocol: Any, *, on_event: Callable[[Any], None] | None = None,
                   poll_s: float = 0.5, on_poll: Callable[[], None] | None = None,
                   on_log: Callable[[str], None] | None = None) -> JobOutcome:
-    """Follow the job's log to its end, passing each event (``rayfleet.jobs.events``) to ``on_event``,
-    every other log line to ``on_log``, and calling ``on_poll`` once per poll."""
+    """Follow the job's log to its end, passing each event of ``protocol`` (``rayfleet.jobs.events``) to
+    ``on_event``, every other log line to ``on_log``, and calling ``on_poll`` once per poll."""
     from rayfleet.jobs import events
 
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    result = error = None
     tail: list[str] = []
     for line in client.follow(job_id, poll_s=poll_s, on_poll=on_poll):
-        ev = events.parse(line)
+        ev = events.parse(line, protocol)
         if ev is None:
             tail = (tail + [line])[-20:]
             if on_log is not None:
@@ -260,8 +258,8 @@ def follow_events(client: JobsClient, job_id: str, *, on_event: Callable[[dict[s
             continue
         if on_event is not None:
             on_event(ev)
-        if ev["event"] == "result":
+        if ev.event == "result":
             result = ev
-        elif ev["event"] == "error":
+        elif ev.event == "error":
             error = ev
     return JobOutcome(client.info(job_id), result, error, tail)

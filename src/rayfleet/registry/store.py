@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from rayfleet.errors import RegistryError
+from rayfleet.errors import RegistryError, foreign
 from rayfleet.registry.refs import ModelRef, parse_ref, registry_uri
 from rayfleet.registry.refs import artifact_root as _artifact_root
 
@@ -140,12 +140,10 @@ class Registry:
 
             from rayfleet._compat.mlflow import default_artifact_root
 
-            try:
-                with default_artifact_root(self.artifact_root):  # not ./mlruns
-                    client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-                    client.search_experiments(max_results=1)  # creates/migrates the schema now
-            except Exception as e:  # noqa: BLE001
-                raise RegistryError(f"The registry at {_redact(self.uri)} can't be opened: {e}") from e
+            with foreign(RegistryError, f"The registry at {_redact(self.uri)} can't be opened"), \
+                    default_artifact_root(self.artifact_root):  # not ./mlruns
+                client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+                client.search_experiments(max_results=1)  # creates/migrates the schema now
             self._client = client
         return self._client
 
@@ -306,11 +304,9 @@ class Registry:
 
             dest = Path(cache_dir or Path.home() / ".cache" / "rayfleet") / info.name / info.version
             dest.mkdir(parents=True, exist_ok=True)
-            try:
+            with foreign(RegistryError, f"Can't download {ref}"):
                 path = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(dest),
                                                                 tracking_uri=self.uri))
-            except Exception as e:  # noqa: BLE001
-                raise RegistryError(f"Can't download {ref}: {e}") from e
         if not (path / "config.json").is_file():
             raise RegistryError(f"{ref} points to {path}, which holds no model (config.json is missing).",
                                 hint="The artifact store may have moved; re-register the model.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rayfleet.config.service import ServiceSpec
-from rayfleet.errors import ServeError, exception_line
+from rayfleet.errors import ServeError, exception_line, foreign
 
 # The service's one Serve deployment (serve/app.py); its RUNNING replicas are the service's replicas.
 MODEL_DEPLOYMENT = "Translator"
@@ -80,18 +80,13 @@ def replica_options(spec: ServiceSpec, *, only_set: bool = False) -> dict[str, A
 def _client(target: ServeTarget):
     from rayfleet._compat.ray import serve_client
 
-    try:
+    with foreign(ServeError, f"Can't reach the Ray dashboard at {target.dashboard_url}"):
         return serve_client(target.dashboard_url, target.headers)
-    except Exception as e:  # Ray raises ConnectionError/RuntimeError subclasses here
-        raise ServeError(f"Can't reach the Ray dashboard at {target.dashboard_url}: {e}",
-                         hint="Is the cluster up? Check with: rayfleet status") from e
 
 
 def _details(client, target: ServeTarget) -> dict[str, Any]:
-    try:
+    with foreign(ServeError, f"Can't read Serve's state from {target.dashboard_url}"):
         return client.get_serve_details()
-    except Exception as e:
-        raise ServeError(f"Can't read Serve's state from {target.dashboard_url}: {e}") from e
 
 
 def _app_configs(details: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,10 +106,8 @@ def _put(client, target: ServeTarget, apps: list[dict[str, Any]]) -> None:
         "http_options": {"host": target.serve_host, "port": target.serve_port},
         "applications": apps,
     }
-    try:
+    with foreign(ServeError, "Serve refused the config"):
         client.deploy_applications(config)
-    except Exception as e:
-        raise ServeError(f"Serve refused the config: {e}") from e
 
 
 def _app_config(spec: ServiceSpec, key_hashes: list[str], extra_args: dict[str, Any] | None,

@@ -18,23 +18,45 @@ Run layout in the storage path::
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from rayfleet.config.job import JobSpec
 from rayfleet.config.loader import load_model
 from rayfleet.errors import JobError, ModelError, RayfleetError, TrainError
+from rayfleet.jobs.events import TrainEvent, TrainResult
 from rayfleet.jobs.resources import Demand, Usage, check_fits
 from rayfleet.jobs.submit import JobsClient, follow_events
 from rayfleet.registry.refs import artifact_root, default_storage, fleet_storage, is_ref, registry_uri
 
 __all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "wait_result", "storage_of"]
+
+
+class TrainJob(BaseModel):
+    """``job.json`` in the run dir: what ``rayfleet train``/``tune`` hands the job's driver
+    (``python -m rayfleet.train.workload JOB.json``), written and read through this model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["train", "tune"]
+    spec: JobSpec
+    run_name: str                   # also the Ray job's submission id
+    run_dir: str
+    train_storage: str              # Ray Train's storage_path (the runs dir)
+    registry_uri: str | None
+    artifact_root: str
+    samples: int | None = None      # tune: trials to run
+
+    @classmethod
+    def read(cls, path: str | Path) -> "TrainJob":
+        return cls.model_validate_json(Path(path).read_text())
 
 
 @dataclass(frozen=True)
@@ -142,13 +164,13 @@ def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: i
     run_dir = storage / "runs" / run_name
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
-        job = {"mode": mode, "spec": spec.to_json(), "run_name": run_name, "run_dir": str(run_dir),
-               "train_storage": str(storage / "runs"), "registry_uri": uri,
-               "artifact_root": artifact_root(storage), "samples": samples}
+        job = TrainJob(mode=mode, spec=spec, run_name=run_name, run_dir=str(run_dir),
+                       train_storage=str(storage / "runs"), registry_uri=uri, artifact_root=artifact_root(storage),
+                       samples=samples)
         job_file = run_dir / "job.json"
         fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(job, f, indent=2)
+            f.write(job.model_dump_json(indent=2))
     except OSError as e:
         raise JobError(f"Can't write the run directory {run_dir}: {e.strerror}.",
                        hint="Set storage_path in the job spec to a writable directory.") from e
@@ -161,13 +183,8 @@ def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: i
 
 
 def wait_result(client: JobsClient, job_id: str, *, on_event=None, poll_s: float = 1.0, on_poll=None,
-                on_log=None) -> dict[str, Any]:
-    """Follow the job to its end; return the ``result`` event, or raise TrainError with the job's error."""
-    out = follow_events(client, job_id, on_event=on_event, poll_s=poll_s, on_poll=on_poll, on_log=on_log)
-    if out.succeeded:
-        return out.result
-    if out.error is not None:
-        raise TrainError(f"Job {job_id} failed: {out.error.get('message')}", hint=out.error.get("hint"),
-                         context=out.context())
-    raise TrainError(f"Job {job_id} ended {out.info.status}: {out.info.message or 'no result'}",
-                     hint=f"See the log with: rayfleet jobs logs {job_id}", context=out.context())
+                on_log=None) -> TrainResult:
+    """Follow the job to its end (``events.TrainEvent``s to ``on_event``); return its result event, or
+    raise TrainError with the job's error."""
+    return follow_events(client, job_id, TrainEvent, on_event=on_event, poll_s=poll_s, on_poll=on_poll,
+                         on_log=on_log).result_or_raise(TrainError)

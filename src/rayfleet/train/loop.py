@@ -119,7 +119,7 @@ class _Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self._tracking:
             return
-        from rayfleet.jobs.events import emit
+        from rayfleet.jobs.events import Warning, emit
 
         try:
             if self._store is None:
@@ -128,7 +128,7 @@ class _Tracker:
                 self._store = Registry(self._tracking["uri"], artifact_root=self._tracking.get("artifact_root"))
             self._store.log_metrics(self._tracking["run_id"], metrics, step)
         except Exception as e:  # noqa: BLE001 - any tracking failure is reported, training goes on
-            emit("warning", message=f"could not log metrics to MLflow: {e}")
+            emit(Warning(message=f"could not log metrics to MLflow: {e}"))
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -137,7 +137,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
 
     from rayfleet.config.job import JobSpec
-    from rayfleet.jobs.events import emit
+    from rayfleet.jobs.events import Checkpoint, Eval, TrainProgress, TrainStart, emit
     from rayfleet.train.modeling import load_model, load_tokenizer, new_model, save_model
 
     spec = JobSpec.from_json(config["spec"])
@@ -183,8 +183,8 @@ def train_loop(config: dict[str, Any]) -> None:
     where = _gather((os.getpid(), ray.util.get_node_ip_address()), world)
     pids, nodes = [p for p, _ in where], [n for _, n in where]
     if rank == 0:
-        emit("start", total_steps=total, steps_per_epoch=steps_per_epoch, workers=world, pids=pids, nodes=nodes,
-             resumed_from=step if state is not None else None, train_pairs_per_worker=len(src))
+        emit(TrainStart(total_steps=total, steps_per_epoch=steps_per_epoch, workers=world, pids=pids, nodes=nodes,
+                        resumed_from=step if state is not None else None, train_pairs_per_worker=len(src)))
     tracker = _Tracker(config.get("tracking") if rank == 0 else None)
 
     perm_epoch, perm = -1, None
@@ -223,9 +223,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
         now = time.monotonic()
         if rank == 0 and (now - last_emit >= _PROGRESS_EVERY_S or step == total):
-            emit("progress", step=step, total_steps=total, epoch=epoch + 1,
-                 epochs=math.ceil(total / steps_per_epoch), loss=round(window_loss / window_n, 4),
-                 lr=scheduler.get_last_lr()[0], samples_per_s=round(window_n * batch_size * world / window_time, 1))
+            emit(TrainProgress(step=step, total_steps=total, epoch=epoch + 1,
+                               epochs=math.ceil(total / steps_per_epoch), loss=round(window_loss / window_n, 4),
+                               lr=scheduler.get_last_lr()[0],
+                               samples_per_s=round(window_n * batch_size * world / window_time, 1)))
             window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, now
 
         do_eval = step % ev.every_steps == 0 or step == total
@@ -236,7 +237,7 @@ def train_loop(config: dict[str, Any]) -> None:
             hyps = _gather((evaluate(model, tokenizer, val_src, spec.data.max_target_length, device), val_ref), world)
             last_eval = text_metrics([h for hs, _ in hyps for h in hs], [r for _, rs in hyps for r in rs])
             if rank == 0:
-                emit("eval", step=step, **last_eval)
+                emit(Eval(step=step, **last_eval))
                 tracker.log({**last_eval, "loss": loss_value}, step)
         metrics = {"step": step, "epoch": epoch + 1, "loss": loss_value, **last_eval,
                    "train_samples_per_s": round(train_steps * batch_size * world / max(train_time, 1e-9), 1)}
@@ -247,6 +248,6 @@ def train_loop(config: dict[str, Any]) -> None:
                             "step": step, "eval": last_eval}, Path(d) / "state.pt")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                                  checkpoint_dir_name=f"checkpoint-step-{step:07d}")
-            emit("checkpoint", step=step)
+            emit(Checkpoint(step=step))
         else:
             ray.train.report(metrics)

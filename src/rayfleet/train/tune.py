@@ -16,7 +16,8 @@ from typing import Any
 
 from rayfleet.config.job import Distribution, JobSpec
 from rayfleet.errors import TrainError
-from rayfleet.jobs.events import emit
+from rayfleet.jobs.events import Phase, Trial, TrainResult, emit
+from rayfleet.train.launch import TrainJob
 
 __all__ = ["run_tune", "search_space"]
 
@@ -42,7 +43,7 @@ def search_space(spec: JobSpec) -> dict[str, Any]:
     return {k: _sampler(getattr(s, k)) for k in _KEYS if getattr(s, k) is not None}
 
 
-def run_tune(job: dict[str, Any]) -> dict[str, Any]:
+def run_tune(job: TrainJob) -> TrainResult:
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
@@ -51,15 +52,15 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
     from rayfleet.registry.store import Registry
     from rayfleet.train.workload import _quiet_ray_data, build_trainer, flat_params, prepare
 
-    spec = JobSpec.from_json(job["spec"])
+    spec = job.spec
     s = spec.search
     if s is None:
         raise TrainError("The job spec has no 'search:' block.")
-    run_dir, run_name = Path(job["run_dir"]), job["run_name"]
-    emit("phase", name="preparing data and tokenizer")
-    paths = prepare(spec, run_dir, registry_uri=job.get("registry_uri"), artifact_root=job.get("artifact_root"))
-    registry = Registry(job["registry_uri"], artifact_root=job.get("artifact_root"))
-    run_id = registry.start_run(spec.name, run_name, {**flat_params(spec), "search.samples": job["samples"],
+    run_dir, run_name = Path(job.run_dir), job.run_name
+    emit(Phase(name="preparing data and tokenizer"))
+    paths = prepare(spec, run_dir, registry_uri=job.registry_uri, artifact_root=job.artifact_root)
+    registry = Registry(job.registry_uri, artifact_root=job.artifact_root)
+    run_id = registry.start_run(spec.name, run_name, {**flat_params(spec), "search.samples": job.samples,
                                                       "search.metric": s.metric},
                                 tags={"rayfleet.job": run_name, "rayfleet.kind": "tune"})
     # Tune stops a trial (ASHA) by killing its actor, and with it the trial's TrainController, which
@@ -71,7 +72,7 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
     address = os.environ.get("RAY_ADDRESS")
     ray.init(log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)
     _quiet_ray_data()
-    storage = job["train_storage"]
+    storage = job.train_storage
     total = spec.training.max_steps or 10**9
     every = min(spec.eval.every_steps, spec.checkpoints.every_steps)
 
@@ -90,21 +91,21 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
             tune.with_resources(trial, {"CPU": 0, "memory": 1}),
             param_space=search_space(spec),
             tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, num_samples=job["samples"], max_concurrent_trials=s.max_concurrent,
+                metric=s.metric, mode=s.mode, num_samples=job.samples, max_concurrent_trials=s.max_concurrent,
                 # stop_last_trials=False: a trial that reaches max_t ends by itself (fit() returns and
                 # the worker group is shut down) instead of being killed at its last report.
                 scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=s.grace_period * every,
                                         stop_last_trials=False)),
             run_config=tune.RunConfig(name=f"{run_name}-tune", storage_path=storage, verbose=0),
         )
-        emit("phase", name=f"running {job['samples']} trials", waits_for_resources=True)
+        emit(Phase(name=f"running {job.samples} trials", waits_for_resources=True))
         grid = tuner.fit()
         trials = []
         for i, r in enumerate(grid):
             metrics = {k: v for k, v in (r.metrics or {}).items() if k in ("exact_match", "bleu", "chrf", "loss",
                                                                            "step")}
-            trials.append({"trial": i, "config": r.config, "metrics": metrics, "error": str(r.error or "")[:200]})
-            emit("trial", **trials[-1])
+            trials.append(Trial(trial=i, config=r.config, metrics=metrics, error=str(r.error or "")[:200]))
+            emit(trials[-1])
             registry.log_metrics(run_id, {f"trial_{i}.{k}": v for k, v in metrics.items()}, step=i)
         try:
             best = grid.get_best_result(metric=s.metric, mode=s.mode)
@@ -118,13 +119,13 @@ def run_tune(job: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"metrics": metrics, "best_config": best.config, "checkpoint": ckpt,
                                "run_id": run_id, "trials": len(trials)}
         if spec.register is not None:
-            emit("phase", name=f"registering {spec.register.model_name}")
+            emit(Phase(name=f"registering {spec.register.model_name}"))
             info = registry.register(spec.register.model_name, Path(ckpt) / "model", run_id, metrics=metrics,
                                      alias=spec.register.alias,
                                      description=f"EN→FR model, best of rayfleet tune {spec.name}")
             out.update(model=info.name, version=info.version, aliases=info.aliases)
         ok = True
-        return out
+        return TrainResult(**out)
     finally:
         try:
             registry.finish_run(run_id, ok)

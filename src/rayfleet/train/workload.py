@@ -19,15 +19,15 @@ Exit status 0 on success; on failure an ``error`` event says why, exit 1.
 
 from __future__ import annotations
 
-import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 from rayfleet.config.job import JobSpec
-from rayfleet.errors import RayfleetError, TrainError
-from rayfleet.jobs.events import emit
+from rayfleet.errors import TrainError
+from rayfleet.jobs.driver import run_driver
+from rayfleet.jobs.events import MlflowRun, Phase, TrainResult, emit
+from rayfleet.train.launch import TrainJob
 
 __all__ = ["main", "prepare", "build_trainer", "flat_params"]
 
@@ -149,38 +149,37 @@ def _fit(trainer) -> Any:
                               "to survive more worker failures.") from e
 
 
-def _train(job: dict[str, Any]) -> dict[str, Any]:
+def _train(job: TrainJob) -> TrainResult:
     import ray
 
-    spec = JobSpec.from_json(job["spec"])
-    run_dir = Path(job["run_dir"])
-    emit("phase", name="preparing data and tokenizer")
-    paths = prepare(spec, run_dir, registry_uri=job.get("registry_uri"), artifact_root=job.get("artifact_root"))
+    spec = job.spec
+    run_dir = Path(job.run_dir)
+    emit(Phase(name="preparing data and tokenizer"))
+    paths = prepare(spec, run_dir, registry_uri=job.registry_uri, artifact_root=job.artifact_root)
     registry = None
     run_id = None
-    if job.get("registry_uri"):
+    if job.registry_uri:
         from rayfleet.registry.store import Registry
 
-        registry = Registry(job["registry_uri"], artifact_root=job.get("artifact_root"))
-        run_id = registry.start_run(spec.name, job["run_name"], flat_params(spec),
-                                    tags={"rayfleet.job": job["run_name"]})
-        emit("mlflow_run", run_id=run_id)
+        registry = Registry(job.registry_uri, artifact_root=job.artifact_root)
+        run_id = registry.start_run(spec.name, job.run_name, flat_params(spec), tags={"rayfleet.job": job.run_name})
+        emit(MlflowRun(run_id=run_id))
     ray.init(log_to_driver=True)
     _quiet_ray_data()
-    emit("phase", name="reading and tokenizing the data")
+    emit(Phase(name="reading and tokenizing the data"))
     ok = False
     try:
-        trainer = build_trainer(spec, paths, run_name=job["run_name"], storage=job["train_storage"],
+        trainer = build_trainer(spec, paths, run_name=job.run_name, storage=job.train_storage,
                                 tracking={"uri": registry.uri, "run_id": run_id,
                                           "artifact_root": registry.artifact_root} if registry else None)
-        emit("phase", name="starting workers", waits_for_resources=True)
+        emit(Phase(name="starting workers", waits_for_resources=True))
         result = _fit(trainer)
         if result.checkpoint is None:
             raise TrainError("Training finished without a checkpoint; nothing to register.")
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         out: dict[str, Any] = {"metrics": metrics, "checkpoint": result.checkpoint.path, "run_id": run_id}
         if registry is not None and spec.register is not None:
-            emit("phase", name=f"registering {spec.register.model_name}")
+            emit(Phase(name=f"registering {spec.register.model_name}"))
             with result.checkpoint.as_directory() as ckpt:
                 info = registry.register(spec.register.model_name, Path(ckpt) / "model", run_id,
                                          metrics={k: metrics[k] for k in ("bleu", "chrf", "exact_match", "loss",
@@ -189,7 +188,7 @@ def _train(job: dict[str, Any]) -> dict[str, Any]:
                                          description=f"EN→FR model trained by rayfleet job {spec.name}")
             out.update(model=info.name, version=info.version, aliases=info.aliases)
         ok = True
-        return out
+        return TrainResult(**out)
     finally:
         if registry is not None and run_id is not None:
             try:
@@ -198,29 +197,17 @@ def _train(job: dict[str, Any]) -> dict[str, Any]:
                 pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m rayfleet.train.workload JOB.json\n")
-        return 2
-    try:
-        job = json.loads(Path(argv[0]).read_text())
-        if job.get("mode") == "tune":
-            from rayfleet.train.tune import run_tune
+def _run(job: TrainJob) -> TrainResult:
+    if job.mode == "tune":
+        from rayfleet.train.tune import run_tune
 
-            result = run_tune(job)
-        else:
-            result = _train(job)
-    except RayfleetError as e:
-        emit("error", message=e.message, hint=e.hint)
-        traceback.print_exc()
-        return 1
-    except Exception as e:  # noqa: BLE001 - reported to the client as an event, with the traceback in the log
-        emit("error", message=f"{type(e).__name__}: {e}", hint="See the full log with: rayfleet jobs logs ID")
-        traceback.print_exc()
-        return 1
-    emit("result", **result)
-    return 0
+        return run_tune(job)
+    return _train(job)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_driver(argv, "python -m rayfleet.train.workload JOB.json", TrainJob.read, _run,
+                      lambda job: job.run_name)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +132,83 @@ class _Tracker:
             emit(Warning(message=f"could not log metrics to MLflow: {e}"))
 
 
+@dataclass
+class _Run:
+    """What one worker's loop carries from step to step."""
+
+    spec: Any                 # JobSpec
+    model: Any                # the model (its DDP wrapper in ``ddp`` when world > 1)
+    ddp: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any               # a GradScaler for fp16, else None
+    amp_dtype: Any            # autocast dtype on CUDA, else None
+    device: Any
+    rank: int
+    world: int
+    batch_size: int
+    src: list[list[int]]      # this worker's tokenized shard
+    tgt: list[list[int]]
+    val_src: list[str]        # this worker's part of the validation set
+    val_ref: list[str]
+    steps_per_epoch: int
+    total: int
+    step: int = 0
+    last_eval: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
+
+
 def train_loop(config: dict[str, Any]) -> None:
+    from rayfleet.jobs.events import TrainProgress, emit
+
+    run = _restore_or_init(config)
+    tracker = _Tracker(config.get("tracking") if run.rank == 0 else None)
+    _announce(run)
+    t = run.spec.training
+    perm_epoch, perm = -1, None
+    window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, time.monotonic()
+    train_time, train_steps = 0.0, 0
+    while run.step < run.total:
+        epoch = run.step // run.steps_per_epoch
+        if epoch != perm_epoch:  # the data order is a function of seed, epoch and rank: a resume keeps it
+            perm, perm_epoch = _order(len(run.src), t.seed, epoch, run.rank), epoch
+        pos = (run.step % run.steps_per_epoch) * run.batch_size
+        t0 = time.perf_counter()
+        loss_value = _train_step(run, perm[pos:pos + run.batch_size])
+        dt = time.perf_counter() - t0
+        train_time, train_steps = train_time + dt, train_steps + 1
+        window_loss, window_n, window_time = window_loss + loss_value, window_n + 1, window_time + dt
+
+        now = time.monotonic()
+        if run.rank == 0 and (now - last_emit >= _PROGRESS_EVERY_S or run.step == run.total):
+            emit(TrainProgress(step=run.step, total_steps=run.total, epoch=epoch + 1,
+                               epochs=math.ceil(run.total / run.steps_per_epoch),
+                               loss=round(window_loss / window_n, 4), lr=run.scheduler.get_last_lr()[0],
+                               samples_per_s=round(window_n * run.batch_size * run.world / window_time, 1)))
+            window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, now
+
+        do_eval = run.step % run.spec.eval.every_steps == 0 or run.step == run.total
+        do_ckpt = run.step % run.spec.checkpoints.every_steps == 0 or run.step == run.total
+        if not (do_eval or do_ckpt):
+            continue
+        if do_eval:
+            _evaluate(run, tracker, loss_value)
+        metrics = {"step": run.step, "epoch": epoch + 1, "loss": loss_value, **run.last_eval,
+                   "train_samples_per_s": round(train_steps * run.batch_size * run.world / max(train_time, 1e-9),
+                                                1)}
+        _report(run, metrics, checkpoint=do_ckpt)
+
+
+def _restore_or_init(config: dict[str, Any]) -> _Run:
+    """The model, optimizer and data of this worker: from the latest checkpoint when the worker group
+    was restarted, else fresh (the base model, or a new one ``from_scratch``)."""
     import ray.train
     import ray.train.torch
     import torch
 
     from rayfleet.config.job import JobSpec
-    from rayfleet.jobs.events import Checkpoint, Eval, TrainProgress, TrainStart, emit
-    from rayfleet.train.modeling import load_model, load_tokenizer, new_model, save_model
+    from rayfleet.train.modeling import load_model, load_tokenizer, new_model
 
     spec = JobSpec.from_json(config["spec"])
     t, ev = spec.training, spec.eval
@@ -148,7 +218,6 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    use_cuda = device.type == "cuda"
     tokenizer = load_tokenizer(config["tokenizer"])
 
     checkpoint = ray.train.get_checkpoint()
@@ -171,83 +240,91 @@ def train_loop(config: dict[str, Any]) -> None:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total))
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision) if use_cuda else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    step = 0
-    last_eval: dict[str, float] = {}
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision) if device.type == "cuda" \
+        else None
+    run = _Run(spec=spec, model=model, ddp=ddp, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+               scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None, amp_dtype=amp_dtype,
+               device=device, rank=rank, world=world, batch_size=batch_size, src=src, tgt=tgt, val_src=val_src,
+               val_ref=val_ref, steps_per_epoch=steps_per_epoch, total=total)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, last_eval = state["step"], state.get("eval", {})
+        run.step, run.last_eval, run.resumed = state["step"], state.get("eval", {}), True
+    return run
 
-    where = _gather((os.getpid(), ray.util.get_node_ip_address()), world)
-    pids, nodes = [p for p, _ in where], [n for _, n in where]
-    if rank == 0:
-        emit(TrainStart(total_steps=total, steps_per_epoch=steps_per_epoch, workers=world, pids=pids, nodes=nodes,
-                        resumed_from=step if state is not None else None, train_pairs_per_worker=len(src)))
-    tracker = _Tracker(config.get("tracking") if rank == 0 else None)
 
-    perm_epoch, perm = -1, None
-    window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, time.monotonic()
-    train_time, train_steps = 0.0, 0
-    while step < total:
-        epoch = step // steps_per_epoch
-        if epoch != perm_epoch:
-            g = torch.Generator().manual_seed(t.seed * 100_003 + epoch * 1009 + rank)
-            perm, perm_epoch = torch.randperm(len(src), generator=g).tolist(), epoch
-        pos = (step % steps_per_epoch) * batch_size
-        idx = perm[pos:pos + batch_size]
-        t0 = time.perf_counter()
-        input_ids, mask, labels = pad_batch([src[i] for i in idx], [tgt[i] for i in idx], tokenizer.pad_token_id)
-        input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
-        with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = ddp(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-        scheduler.step()
-        step += 1
-        loss_value = float(loss.detach())
-        dt = time.perf_counter() - t0
-        train_time += dt
-        train_steps += 1
-        window_loss, window_n, window_time = window_loss + loss_value, window_n + 1, window_time + dt
+def _announce(run: _Run) -> None:
+    """The ``start`` event: each rank's process and node (every rank takes part in the gather)."""
+    from rayfleet.jobs.events import TrainStart, emit
 
-        now = time.monotonic()
-        if rank == 0 and (now - last_emit >= _PROGRESS_EVERY_S or step == total):
-            emit(TrainProgress(step=step, total_steps=total, epoch=epoch + 1,
-                               epochs=math.ceil(total / steps_per_epoch), loss=round(window_loss / window_n, 4),
-                               lr=scheduler.get_last_lr()[0],
-                               samples_per_s=round(window_n * batch_size * world / window_time, 1)))
-            window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, now
+    import ray
 
-        do_eval = step % ev.every_steps == 0 or step == total
-        do_ckpt = step % spec.checkpoints.every_steps == 0 or step == total
-        if not (do_eval or do_ckpt):
-            continue
-        if do_eval:
-            hyps = _gather((evaluate(model, tokenizer, val_src, spec.data.max_target_length, device), val_ref), world)
-            last_eval = text_metrics([h for hs, _ in hyps for h in hs], [r for _, rs in hyps for r in rs])
-            if rank == 0:
-                emit(Eval(step=step, **last_eval))
-                tracker.log({**last_eval, "loss": loss_value}, step)
-        metrics = {"step": step, "epoch": epoch + 1, "loss": loss_value, **last_eval,
-                   "train_samples_per_s": round(train_steps * batch_size * world / max(train_time, 1e-9), 1)}
-        if do_ckpt and rank == 0:
-            with tempfile.TemporaryDirectory(prefix="rayfleet-ckpt-") as d:
-                save_model(model, tokenizer, Path(d) / "model")
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "step": step, "eval": last_eval}, Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                                 checkpoint_dir_name=f"checkpoint-step-{step:07d}")
-            emit(Checkpoint(step=step))
-        else:
-            ray.train.report(metrics)
+    where = _gather((os.getpid(), ray.util.get_node_ip_address()), run.world)
+    if run.rank == 0:
+        emit(TrainStart(total_steps=run.total, steps_per_epoch=run.steps_per_epoch, workers=run.world,
+                        pids=[p for p, _ in where], nodes=[n for _, n in where],
+                        resumed_from=run.step if run.resumed else None, train_pairs_per_worker=len(run.src)))
+
+
+def _order(n: int, seed: int, epoch: int, rank: int) -> list[int]:
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + rank)).tolist()
+
+
+def _train_step(run: _Run, idx: list[int]) -> float:
+    """One optimizer step on the rows ``idx`` of the shard; the loss."""
+    import torch
+
+    t = run.spec.training
+    input_ids, mask, labels = pad_batch([run.src[i] for i in idx], [run.tgt[i] for i in idx],
+                                        run.tokenizer.pad_token_id)
+    input_ids, mask, labels = input_ids.to(run.device), mask.to(run.device), labels.to(run.device)
+    with torch.autocast(device_type="cuda", dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        loss = run.ddp(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip)
+        run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return float(loss.detach())
+
+
+def _evaluate(run: _Run, tracker: "_Tracker", loss_value: float) -> None:
+    """Translate the validation set (each rank its part), score it on all of it, report from rank 0."""
+    from rayfleet.jobs.events import Eval, emit
+
+    hyps = _gather((evaluate(run.model, run.tokenizer, run.val_src, run.spec.data.max_target_length, run.device),
+                    run.val_ref), run.world)
+    run.last_eval = text_metrics([h for hs, _ in hyps for h in hs], [r for _, rs in hyps for r in rs])
+    if run.rank == 0:
+        emit(Eval(step=run.step, **run.last_eval))
+        tracker.log({**run.last_eval, "loss": loss_value}, run.step)
+
+
+def _report(run: _Run, metrics: dict[str, Any], *, checkpoint: bool) -> None:
+    """``ray.train.report`` on every rank (a barrier); with a checkpoint from rank 0 when ``checkpoint``."""
+    import ray.train
+    import torch
+
+    from rayfleet.jobs.events import Checkpoint, emit
+    from rayfleet.train.modeling import save_model
+
+    if not (checkpoint and run.rank == 0):
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="rayfleet-ckpt-") as d:
+        save_model(run.model, run.tokenizer, Path(d) / "model")
+        torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                    "step": run.step, "eval": run.last_eval}, Path(d) / "state.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                         checkpoint_dir_name=f"checkpoint-step-{run.step:07d}")
+    emit(Checkpoint(step=run.step))

@@ -43,26 +43,53 @@ def search_space(spec: JobSpec) -> dict[str, Any]:
     return {k: _sampler(getattr(s, k)) for k in _KEYS if getattr(s, k) is not None}
 
 
-def run_tune(job: TrainJob) -> TrainResult:
-    import ray
-    from ray import tune
-    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
-    from ray.tune.schedulers import ASHAScheduler
+_KEPT = ("exact_match", "bleu", "chrf", "loss", "step")   # the metrics a trial's result keeps
 
+
+def run_tune(job: TrainJob) -> TrainResult:
+    """Run the job's trials (one TorchTrainer each, ASHA stopping the weak), register the best."""
     from rayfleet.registry.store import Registry
-    from rayfleet.train.workload import _quiet_ray_data, build_trainer, flat_params, prepare
+    from rayfleet.train.workload import flat_params, prepare
 
     spec = job.spec
     s = spec.search
     if s is None:
         raise TrainError("The job spec has no 'search:' block.")
-    run_dir, run_name = Path(job.run_dir), job.run_name
     emit(Phase(name="preparing data and tokenizer"))
-    paths = prepare(spec, run_dir, registry_uri=job.registry_uri, artifact_root=job.artifact_root)
+    paths = prepare(spec, Path(job.run_dir), registry_uri=job.registry_uri, artifact_root=job.artifact_root)
     registry = Registry(job.registry_uri, artifact_root=job.artifact_root)
-    run_id = registry.start_run(spec.name, run_name, {**flat_params(spec), "search.samples": job.samples,
-                                                      "search.metric": s.metric},
-                                tags={"rayfleet.job": run_name, "rayfleet.kind": "tune"})
+    run_id = registry.start_run(spec.name, job.run_name, {**flat_params(spec), "search.samples": job.samples,
+                                                          "search.metric": s.metric},
+                                tags={"rayfleet.job": job.run_name, "rayfleet.kind": "tune"})
+    ok = False
+    try:
+        tuner = _tuner(job, paths)
+        emit(Phase(name=f"running {job.samples} trials", waits_for_resources=True))
+        grid = tuner.fit()
+        for i, r in enumerate(grid):
+            metrics = {k: v for k, v in (r.metrics or {}).items() if k in _KEPT}
+            emit(Trial(trial=i, config=r.config, metrics=metrics, error=str(r.error or "")[:200]))
+            registry.log_metrics(run_id, {f"trial_{i}.{k}": v for k, v in metrics.items()}, step=i)
+        result = _register_best(job, grid, registry, run_id)
+        ok = True
+        return result
+    finally:
+        try:
+            registry.finish_run(run_id, ok)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _tuner(job: TrainJob, paths: dict[str, str]):
+    """A Tuner whose trials each drive a TorchTrainer of the job, on ``ray.init`` of this job's cluster."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    from rayfleet.train.workload import _quiet_ray_data, build_trainer
+
+    spec, s = job.spec, job.spec.search
     # Tune stops a trial (ASHA) by killing its actor, and with it the trial's TrainController, which
     # then never shuts its worker group down: the workers' placement group (job-scoped) outlives it.
     # Ray Train's detached PlacementGroupCleaner removes it, but it finds the cluster through the
@@ -72,62 +99,51 @@ def run_tune(job: TrainJob) -> TrainResult:
     address = os.environ.get("RAY_ADDRESS")
     ray.init(log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)
     _quiet_ray_data()
-    storage = job.train_storage
     total = spec.training.max_steps or 10**9
     every = min(spec.eval.every_steps, spec.checkpoints.every_steps)
 
     def trial(config: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id()
-        trainer = build_trainer(spec, paths, run_name=f"{run_name}-{trial_id}", storage=storage, tracking=None,
-                                extra_config=config, callbacks=[TuneReportCallback()])
+        trainer = build_trainer(spec, paths, run_name=f"{job.run_name}-{trial_id}", storage=job.train_storage,
+                                tracking=None, extra_config=config, callbacks=[TuneReportCallback()])
         trainer.fit()
 
-    ok = False
+    return tune.Tuner(
+        # The trial only drives its TorchTrainer: no CPU of its own, or on a cluster its workers fill
+        # (1 worker beside the translator on 2 cores) 0.99 CPU stays free and nothing ever starts.
+        # A placement group bundle can't be all zeros: one byte of memory stands in.
+        tune.with_resources(trial, {"CPU": 0, "memory": 1}),
+        param_space=search_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, num_samples=job.samples, max_concurrent_trials=s.max_concurrent,
+            # stop_last_trials=False: a trial that reaches max_t ends by itself (fit() returns and
+            # the worker group is shut down) instead of being killed at its last report.
+            scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=s.grace_period * every,
+                                    stop_last_trials=False)),
+        run_config=tune.RunConfig(name=f"{job.run_name}-tune", storage_path=job.train_storage, verbose=0),
+    )
+
+
+def _register_best(job: TrainJob, grid, registry, run_id: str) -> TrainResult:
+    """The best trial's final checkpoint, registered when the spec says so."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    spec, s = job.spec, job.spec.search
     try:
-        tuner = tune.Tuner(
-            # The trial only drives its TorchTrainer: no CPU of its own, or on a cluster its workers fill
-            # (1 worker beside the translator on 2 cores) 0.99 CPU stays free and nothing ever starts.
-            # A placement group bundle can't be all zeros: one byte of memory stands in.
-            tune.with_resources(trial, {"CPU": 0, "memory": 1}),
-            param_space=search_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, num_samples=job.samples, max_concurrent_trials=s.max_concurrent,
-                # stop_last_trials=False: a trial that reaches max_t ends by itself (fit() returns and
-                # the worker group is shut down) instead of being killed at its last report.
-                scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=s.grace_period * every,
-                                        stop_last_trials=False)),
-            run_config=tune.RunConfig(name=f"{run_name}-tune", storage_path=storage, verbose=0),
-        )
-        emit(Phase(name=f"running {job.samples} trials", waits_for_resources=True))
-        grid = tuner.fit()
-        trials = []
-        for i, r in enumerate(grid):
-            metrics = {k: v for k, v in (r.metrics or {}).items() if k in ("exact_match", "bleu", "chrf", "loss",
-                                                                           "step")}
-            trials.append(Trial(trial=i, config=r.config, metrics=metrics, error=str(r.error or "")[:200]))
-            emit(trials[-1])
-            registry.log_metrics(run_id, {f"trial_{i}.{k}": v for k, v in metrics.items()}, step=i)
-        try:
-            best = grid.get_best_result(metric=s.metric, mode=s.mode)
-        except RuntimeError as e:
-            raise TrainError(f"No trial finished: {e}") from e
-        ckpt = (best.metrics or {}).get(CHECKPOINT_PATH_KEY)
-        if not ckpt or not (Path(ckpt) / "model" / "config.json").is_file():
-            raise TrainError("The best trial left no final checkpoint; nothing to register.")
-        metrics = {k: v for k, v in best.metrics.items() if k in ("bleu", "chrf", "exact_match", "loss", "step")}
-        registry.log_metrics(run_id, metrics, step=int(metrics.get("step", 0)))
-        out: dict[str, Any] = {"metrics": metrics, "best_config": best.config, "checkpoint": ckpt,
-                               "run_id": run_id, "trials": len(trials)}
-        if spec.register is not None:
-            emit(Phase(name=f"registering {spec.register.model_name}"))
-            info = registry.register(spec.register.model_name, Path(ckpt) / "model", run_id, metrics=metrics,
-                                     alias=spec.register.alias,
-                                     description=f"EN→FR model, best of rayfleet tune {spec.name}")
-            out.update(model=info.name, version=info.version, aliases=info.aliases)
-        ok = True
-        return TrainResult(**out)
-    finally:
-        try:
-            registry.finish_run(run_id, ok)
-        except Exception:  # noqa: BLE001
-            pass
+        best = grid.get_best_result(metric=s.metric, mode=s.mode)
+    except RuntimeError as e:
+        raise TrainError(f"No trial finished: {e}") from e
+    ckpt = (best.metrics or {}).get(CHECKPOINT_PATH_KEY)
+    if not ckpt or not (Path(ckpt) / "model" / "config.json").is_file():
+        raise TrainError("The best trial left no final checkpoint; nothing to register.")
+    metrics = {k: v for k, v in best.metrics.items() if k in _KEPT}
+    registry.log_metrics(run_id, metrics, step=int(metrics.get("step", 0)))
+    out: dict[str, Any] = {"metrics": metrics, "best_config": best.config, "checkpoint": ckpt,
+                           "run_id": run_id, "trials": len(grid)}
+    if spec.register is not None:
+        emit(Phase(name=f"registering {spec.register.model_name}"))
+        info = registry.register(spec.register.model_name, Path(ckpt) / "model", run_id, metrics=metrics,
+                                 alias=spec.register.alias,
+                                 description=f"EN→FR model, best of rayfleet tune {spec.name}")
+        out.update(model=info.name, version=info.version, aliases=info.aliases)
+    return TrainResult(**out)

@@ -11,6 +11,7 @@ Contract: ``start`` is idempotent (a running cluster is returned as is);
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -148,34 +149,49 @@ def start(
     directory = directory or state_dir()
     ports = ports or LocalPorts()
     ports.check()
-    try:
-        existing = load_local_cluster(directory)
-    except ClusterNotRunning:
-        existing = None
-    if existing is not None:
-        if is_alive(existing):
-            return StartResult(existing, already_running=True)
-        processes.terminate(existing.cluster_id, existing.pgid)  # leftovers of a crashed cluster
-        forget_local_cluster(directory)
-
+    running = _running_or_cleared(directory)
+    if running is not None:
+        return StartResult(running, already_running=True)
     _check_ports_free(ports)
     token_path = ensure_token(directory)
     temp_dir = _ray_temp_dir(directory)
     temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cluster_id = uuid.uuid4().hex[:12]
+    cluster = LocalCluster(cluster_id=uuid.uuid4().hex[:12], host="127.0.0.1", ports=ports, num_cpus=num_cpus,
+                           pgid=0, temp_dir=str(temp_dir), token_path=str(token_path), serve_host=serve_host)
+    pgid = _ray_start(cluster, dashboard_host, directory / "ray-start.log")
+    cluster = dataclasses.replace(cluster, pgid=pgid)
+    save_local_cluster(cluster, directory)
+    _wait_for_dashboard(cluster)
+    return StartResult(cluster, already_running=False)
+
+
+def _running_or_cleared(directory: Path) -> LocalCluster | None:
+    """The recorded cluster when it is alive; else its leftovers (a crashed cluster) ended and forgotten."""
+    try:
+        existing = load_local_cluster(directory)
+    except ClusterNotRunning:
+        return None
+    if is_alive(existing):
+        return existing
+    processes.terminate(existing.cluster_id, existing.pgid)
+    forget_local_cluster(directory)
+    return None
+
+
+def _ray_start(cluster: LocalCluster, dashboard_host: str, log_path: Path) -> int:
+    """``ray start --head`` in a new session (its pid is the session's id); ClusterError with the log's tail."""
+    ports = cluster.ports
     env = dict(os.environ)
-    env.update(auth_env(token_path))
-    env[processes.MARKER_ENV] = cluster_id
+    env.update(auth_env(cluster.token_path))
+    env[processes.MARKER_ENV] = cluster.cluster_id
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     for key, value in serve_env(ports.min_replica, ports.max_replica).items():  # HAProxy + direct ingress
         env.setdefault(key, value)  # a variable set by the user wins (e.g. RAY_SERVE_ENABLE_HA_PROXY=0)
-    env = with_venv_path(env)
-    log_path = directory / "ray-start.log"
     with open(log_path, "w") as log:
         try:
             proc = subprocess.Popen(
-                _ray_start_args(ports, "127.0.0.1", dashboard_host, temp_dir, num_cpus),
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                _ray_start_args(ports, cluster.host, dashboard_host, Path(cluster.temp_dir), cluster.num_cpus),
+                env=with_venv_path(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError as e:
@@ -185,28 +201,25 @@ def start(
             rc = proc.wait(timeout=_START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             rc = None
-    cluster = LocalCluster(
-        cluster_id=cluster_id, host="127.0.0.1", ports=ports, num_cpus=num_cpus,
-        pgid=proc.pid, temp_dir=str(temp_dir), token_path=str(token_path),
-        serve_host=serve_host,
-    )
     if rc != 0:
-        processes.terminate(cluster_id, proc.pid)
+        processes.terminate(cluster.cluster_id, proc.pid)
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise ClusterError(
             "'ray start --head' failed" + (" (timed out)" if rc is None else f" (exit {rc})") + ".",
             context=tail, hint=f"See the full log in {log_path}.",
         )
-    save_local_cluster(cluster, directory)
-    deadline = time.monotonic() + 60
+    return proc.pid
+
+
+def _wait_for_dashboard(cluster: LocalCluster, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
     while not is_alive(cluster):
         if time.monotonic() > deadline:
             raise ClusterError(
                 f"The cluster started but its dashboard at {cluster.dashboard_url} does not answer.",
-                hint=f"Look at the logs under {session_logs(str(temp_dir))}, then run 'rayfleet down --local'.",
+                hint=f"Look at the logs under {session_logs(cluster.temp_dir)}, then run 'rayfleet down --local'.",
             )
         time.sleep(0.5)
-    return StartResult(cluster, already_running=False)
 
 
 def stop(directory: Path | None = None) -> LocalCluster | None:

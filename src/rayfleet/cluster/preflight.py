@@ -398,7 +398,22 @@ def run_checks(fleet: FleetSpec, known_hosts: Path | None = None) -> Report:
                 c.session.close()
 
 
+_Round2 = dict[str, tuple[list[str], "list[str] | None"]]   # host -> (failed connects, storage marks seen)
+
+
 def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
+    """Both rounds on every host at once, then the checks that compare hosts with each other."""
+    live, out = _rounds(checks)
+    _compare_versions(fleet, checks)
+    _compare_ports(checks, live, out)
+    _compare_storage(fleet, live, out)
+    _compare_clocks(checks[0], live)
+    return _report(checks)
+
+
+def _rounds(checks: list[_HostCheck]) -> tuple[list[_HostCheck], _Round2]:
+    """Round 1 (logins, facts, ports held) on every host; round 2 (connects to the others' ports,
+    their storage files) on the reachable ones. The probes end either way."""
     t0 = time.monotonic()
     for c in checks:  # every login at once
         c.start()
@@ -406,10 +421,9 @@ def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
         list(pool.map(lambda c: c.round1(t0), checks))
 
     live = [c for c in checks if c.reachable]
-    # Round 2: each node connects to the ports the others hold, and looks for their storage files.
     listening = {c.node.host: c.listening for c in live if c.listening}
     marks = [c.mark for c in live if c.wrote == ""]
-    out: dict[str, tuple[list[str], list[str] | None]] = {}
+    out: _Round2 = {}
 
     def round2(c: _HostCheck) -> None:
         targets = [(h, p) for h, ports in listening.items() if h != c.node.host for p in ports]
@@ -421,10 +435,12 @@ def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
     finally:
         with ThreadPoolExecutor(len(checks)) as pool:
             list(pool.map(lambda c: c.finish(), checks))
+    return live, out
 
+
+def _compare_versions(fleet: FleetSpec, checks: list[_HostCheck]) -> None:
+    """Python, Ray and rayfleet must equal the head's."""
     head = checks[0]
-    by_host = {c.node.host: c for c in checks}
-    # Versions must equal the head's.
     for c in checks[1:]:
         for key in ("python", "ray", "rayfleet"):
             mine, theirs = c.facts.get(key), head.facts.get(key)
@@ -433,7 +449,10 @@ def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
                 c.put(c.res(key, False, f"{mine} here, {theirs} on the head",
                             f"install {key} {theirs} in {fleet.python} on {c.node.host} (same version everywhere)"))
 
-    # Ports reachable from the other nodes.
+
+def _compare_ports(checks: list[_HostCheck], live: list[_HostCheck], out: _Round2) -> None:
+    """Every port a node holds must be reachable from the other nodes."""
+    by_host = {c.node.host: c for c in checks}
     bad: dict[str, list[str]] = {}
     for c in live:
         for f in out.get(c.node.host, ([], None))[0]:
@@ -445,7 +464,9 @@ def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
             c.put(c.res("ports", False, "unreachable: " + "; ".join(failed[:4]),
                         "open these ports in the firewall between the nodes"))
 
-    # Storage: exists, writable, and every node sees every other node's file.
+
+def _compare_storage(fleet: FleetSpec, live: list[_HostCheck], out: _Round2) -> None:
+    """Storage exists, is writable, and every node sees every other node's file."""
     path = fleet.storage.path if fleet.storage else ""
     writers = [c for c in live if c.wrote == ""]
     for c in live:
@@ -466,7 +487,8 @@ def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
             else:
                 c.put(c.res("storage", True, f"{path} shared"))
 
-    # Clocks vs the head.
+
+def _compare_clocks(head: _HostCheck, live: list[_HostCheck]) -> None:
     for c in live:
         if c.rows.get("clock") is not None:
             continue
@@ -480,6 +502,8 @@ def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
             c.put(c.res("clock", ok, f"skew {skew:.2f} s vs the head",
                         "" if ok else "run NTP (chrony or systemd-timesyncd) on every node"))
 
+
+def _report(checks: list[_HostCheck]) -> Report:
     results: list[CheckResult] = []
     for c in checks:
         if not c.reachable:

@@ -268,7 +268,7 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     p = paths(fleet)
     known = p.known_hosts
     name = shlex.quote(fleet.name)
-    ray = shlex.quote(f"{fleet.python}/bin/ray")
+    ray = shlex.quote(fleet.ray_cli)
     tmp = shlex.quote(fleet.temp_dir)
     # The head's autoscaler keeps its provider state in $RAY_TMPDIR/ray (= temp_dir/ray);
     # /tmp/ray and temp_dir itself are where older setups and Ray's defaults put it.

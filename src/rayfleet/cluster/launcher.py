@@ -133,7 +133,7 @@ def _raylet_of(fleet: FleetSpec, session: str) -> str:
 
 
 def _worker_start(fleet: FleetSpec) -> str:
-    ray = f"{fleet.python}/bin/ray"
+    ray = fleet.ray_cli
     p = fleet.ports
     return " && ".join([
         f"IP={NODE_IP}", _per_node_resources(fleet, fleet.nodes), _env(fleet), "ulimit -n 65536 || true",
@@ -153,7 +153,7 @@ def worker_start_command(fleet: FleetSpec, session: str) -> str:
     the launcher's start command; then the one-shot mark for the autoscaler's updater."""
     if not re.fullmatch(r"session_[\w.-]+", session):
         raise ValueError(f"not a Ray session name: {session!r}")
-    ray = f"{fleet.python}/bin/ray"
+    ray = fleet.ray_cli
     mark = shlex.quote(started_mark(fleet))
     return (_locked(fleet)
             + f"if {_raylet_of(fleet, session)}; then echo 'Ray of this session already runs here'; exit 0; fi; "
@@ -177,7 +177,7 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
     if port != 22:
         raise ConfigError(f"ssh port {port}: Ray's cluster launcher (provider 'local') connects on port 22 only.",
                           hint="Run sshd on port 22 on the nodes, or use an ssh_config Host entry.")
-    ray = f"{fleet.python}/bin/ray"
+    ray = fleet.ray_cli
     p = fleet.ports
     ip = f"IP={NODE_IP}"
     res = _per_node_resources(fleet, fleet.nodes)

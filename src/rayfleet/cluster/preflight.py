@@ -181,7 +181,7 @@ class _HostCheck:
     def __init__(self, fleet: FleetSpec, node: NodeSpec, runner: SSHRunner, nonce: str):
         self.fleet, self.node, self.r = fleet, node, runner
         self.py = f"{fleet.python}/bin/python"
-        self.ray = f"{fleet.python}/bin/ray"
+        self.ray = fleet.ray_cli
         self.facts: dict = {}
         self.reachable = False
         self.python_runs = False

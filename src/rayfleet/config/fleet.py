@@ -195,5 +195,10 @@ class FleetSpec(Model):
         return len(self.workers) if self.autoscale.max_workers is None else self.autoscale.max_workers
 
     @property
+    def ray_cli(self) -> str:
+        """The ``ray`` CLI of the nodes' venv (the one locator for remote commands)."""
+        return f"{self.python}/bin/ray"
+
+    @property
     def auth_enabled(self) -> bool:
         return self.security.auth == "token"

@@ -190,8 +190,11 @@ def test_a_program_asking_for_more_than_any_node_has_is_stopped(cluster):
 
 
 def _start(args: list[str], **kw) -> subprocess.Popen:
+    """The CLI as a user's shell starts it: Ctrl-C (SIGINT) delivered, even when this test run was
+    started in the background of a shell without job control, which ignores SIGINT for its children."""
     exe = Path(sys.executable).parent / "rayfleet"
-    return subprocess.Popen([str(exe), *args], cwd=ROOT, env=dict(os.environ, COLUMNS="200"), **kw)
+    return subprocess.Popen([str(exe), *args], cwd=ROOT, env=dict(os.environ, COLUMNS="200"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 SLEEPER = ["submit", "--", "python", "-c", "import time; print('started', flush=True); time.sleep(120)"]

@@ -1,5 +1,6 @@
-"""The README's main command, end to end in a subprocess: ./run, the printed curl line, ./run stop;
-and bare ./run (the default hub model) where the Hugging Face Hub can't be reached."""
+"""The README's main command, end to end in a subprocess: ./run, the printed curl line, the README's
+"Your own code on the cluster" block beside ./run's translator, other models, ./run stop; and bare
+./run (the default hub model) where the Hugging Face Hub can't be reached. Cost: ~4 min on 2 cores."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import shlex
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,72 @@ from rayfleet.errors import ClusterNotRunning
 from rayfleet.testing.tiny_model import greedy_translations
 
 pytestmark = pytest.mark.e2e
+
+ANSI = re.compile(r"\x1b\[")
+
+
+def readme_own_code() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Your own code on the cluster"):]
+    start = section.index("```bash\n") + 8
+    block = section[start:section.index("```", start)]
+    return [shlex.split(line.split("  #", 1)[0]) for line in block.splitlines() if line.split("  #", 1)[0].strip()]
+
+
+def _sh(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    if args[0] == "rayfleet":
+        args = [str(Path(sys.executable).parent / "rayfleet"), *args[1:]]
+    elif args[0] == "python":
+        args = [sys.executable, *args[1:]]
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                       stdin=subprocess.DEVNULL)
+    print(f"$ {shlex.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
+    # rayfleet's output; (examples/api.py's stderr is Ray's own log, which colours the dashboard URL)
+    assert not ANSI.search(r.stdout + ("" if args[1:2] == ["examples/api.py"] else r.stderr)), \
+        "terminal codes in output that is not a terminal"
+    return r
+
+
+def readme_own_code_beside_the_translator(env: dict) -> None:
+    """README's "Your own code on the cluster", as written, with ./run's translator holding one of
+    the 2 CPUs and stdout a pipe: submit examples/own-code (Ray Train, DDP), serve examples/own-app,
+    curl it, list services, delete it, examples/api.py. The test only adds its own ports."""
+    commands = readme_own_code()
+    assert [c[:2] for c in commands] == [["rayfleet", "submit"], ["rayfleet", "serve"], ["curl", "-X"],
+                                         ["rayfleet", "services"], ["rayfleet", "services"],
+                                         ["python", "examples/api.py"]]
+    submit, serve, curl, services, delete, api = commands
+    serve_port = E2E_PORTS["serve"]
+    curl = [a.replace("127.0.0.1:8000", f"127.0.0.1:{serve_port}") for a in curl]
+    r = _sh(submit, env)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^final validation loss: 0\.0\d+$", r.stdout, re.M)
+    assert re.search(r"^Job train-\S+ succeeded\.$", r.stderr, re.M)
+
+    r = _sh(serve, env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["Service sentiment is up: 1 replica(s), app app:build",
+                                     f"  url:       http://127.0.0.1:{serve_port}/sentiment"]
+
+    r = _sh(curl, env)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"label": "positive", "score": 0.9608, "version": "1"}
+
+    r = _sh(services, env)
+    assert re.search(r"│ sentiment\s+│ app\s+│ RUNNING\s+│ 1\s+│ app:build", r.stdout), r.stdout
+    assert re.search(r"│ translator\s+│ translator\s+│ RUNNING\s+│ 1\s+│", r.stdout), r.stdout
+
+    r = _sh(delete, env)
+    assert r.returncode == 0 and r.stdout.strip() == "Deleted service sentiment."
+
+    r = _sh(api, env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert not any(line.startswith("waiting for resources") for line in out), out   # 1 CPU was free
+    assert any(re.fullmatch(r"job train-\S+: SUCCEEDED, final validation loss: 0\.0\d+", line) for line in out), out
+    assert f"service translator (translator, RUNNING): http://127.0.0.1:{serve_port}" in out
+    assert not any("sentiment" in line for line in out)
+    assert any(line.startswith("  The cat sleeps. -> ") and len(line) > 21 for line in out), out
+    assert re.fullmatch(r"a Ray task ran on [\d.]+", out[-1]), out
 
 
 def _run(*args: str, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -49,6 +117,8 @@ def test_run_serves_then_stop_leaves_nothing(tiny_model, short_model, tmp_path):
                                        max_new_tokens=ServiceSpec().generation.max_new_tokens)[body["text"]]
         assert expected.strip()
         assert json.loads(answer.stdout) == {"translation": expected}, answer.stdout
+
+        readme_own_code_beside_the_translator(env)
 
         # Again while up: harmless, same cluster, still serving.
         r2 = _run("--model", str(tiny_model), *up_flags(E2E_PORTS), env=env)

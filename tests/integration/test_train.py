@@ -92,6 +92,11 @@ def test_models_cli_lists_the_version(trained):
     assert MODEL_NAME in r.stdout and "staging" in r.stdout
     r = rayfleet_cli("models", "show", MODEL_NAME, "1")
     assert r.returncode == 0 and "exact_match" in r.stdout
+    # ... and the Python API the CLI stands on
+    import rayfleet
+
+    models = {m.name: m for m in rayfleet.connect().models()}
+    assert "1" in [v.version for v in models[MODEL_NAME].versions]
 
 
 def test_promote_and_serve_registry_ref(trained, serve_target):
@@ -120,3 +125,7 @@ def test_jobs_cli_lists_the_run(trained):
     r = rayfleet_cli("jobs")
     assert r.returncode == 0, r.stderr
     assert "tiny-test" in r.stdout and "SUCCEEDED" in r.stdout
+    import rayfleet
+
+    assert any(j.name == "tiny-test" and j.kind == "train" and j.status == "SUCCEEDED"
+               for j in rayfleet.connect().jobs())

@@ -30,7 +30,7 @@ from rayfleet.jobs.resources import Demand, check_fits
 from rayfleet.jobs.submit import JobInfo, JobsClient
 
 __all__ = ["Submission", "JobEnd", "prepare", "submit", "follow", "demand", "parse_env", "read_requirements",
-           "check_package", "package_limit", "package_name", "write_package", "failure_summary", "failure_hint", "KIND"]
+           "check_package", "package_limit", "write_package", "failure_summary", "failure_hint", "KIND"]
 
 KIND = "submit"
 # Ray's packaging warns about every file over 10 MiB; check_package says what matters once.
@@ -116,13 +116,6 @@ def package_limit() -> int:
     from rayfleet._compat.ray import package_limit as limit
 
     return limit()
-
-
-def package_name(path: Path) -> str:
-    """``_ray_pkg_<content hash>.zip``: the name Ray gives ``path``'s package (changes with its content)."""
-    from rayfleet._compat.ray import package_uri_name
-
-    return package_uri_name(path)
 
 
 def write_package(path: Path, dest: Path, *, include_parent_dir: bool = False) -> None:

@@ -50,7 +50,8 @@ def _check_module(import_path: str, working_dir: Path, has_requirements: bool) -
 
 def package_app(spec: ServiceSpec, base_dir: Path, storage: Path | None) -> dict[str, Any]:
     """The runtime_env of an own app: its working_dir packaged (see the module docstring)."""
-    from rayfleet.jobs.own import check_package, package_name, read_requirements, write_package
+    from rayfleet._compat.ray import package_uri_name
+    from rayfleet.jobs.own import check_package, read_requirements, write_package
     from rayfleet.registry.refs import default_storage
 
     app = spec.app
@@ -62,7 +63,7 @@ def package_app(spec: ServiceSpec, base_dir: Path, storage: Path | None) -> dict
     _check_module(app.import_path, wd, bool(requirements))
     check_package(wd)
     root = Path(storage) if storage is not None else default_storage()
-    package = root / "apps" / spec.name / package_name(wd)
+    package = root / "apps" / spec.name / package_uri_name(wd)
     if not package.exists():
         try:
             package.parent.mkdir(parents=True, exist_ok=True)

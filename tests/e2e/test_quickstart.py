@@ -1,7 +1,8 @@
 """README's "Quick start on a small machine", as written, on a 2-CPU local cluster, through
 the CLI with stdout a pipe (not a terminal): up, serve + translate, train the tiny example
 to exact match >= 0.9 beside the translator, translate-file with the trained model, down.
-Then the README's tune (shortened) beside the translator, what a job that can't fit gets
+Then the README's tune (shortened; every trial's result printed, the best registered) beside
+the translator, what a job that can't fit gets
 (refused before submit), and what one that waits for busy CPUs prints (the waiting line,
 then it runs once they are freed).
 
@@ -104,17 +105,28 @@ def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
         print(f"translate-file with the trained model: exact match {exact:.3f}")
         assert exact >= 0.9
 
-        # The README's tune, shortened (40 steps, 2 trials), beside the translator: 1 worker per trial.
+        # The README's tune, shortened (40 steps, 2 trials; chrF, in which trials this short already
+        # differ), beside the translator: 1 worker per trial, one trial after the other on the one free
+        # CPU (a finished trial must give its CPU back, or the second waits forever).
         short = tmp_path / "short.yaml"
         short.write_text((ROOT / "examples" / "finetune-tiny.yaml").read_text()
-                         .replace("max_steps: 500", "max_steps: 40").replace("every_steps: 100", "every_steps: 20"))
+                         .replace("max_steps: 500", "max_steps: 40").replace("every_steps: 100", "every_steps: 20")
+                         .replace("metric: exact_match", "metric: chrf"))
         r = _cli(["rayfleet", "tune", str(short), "--samples", "2"], env, timeout=900)
         assert r.returncode == 0, r.stderr
         # (translate-file's actors may still be going away: 0 or 1 CPU free; auto takes 1 either way)
         assert re.fullmatch(r"num_workers auto: 1 worker\(s\) \([01] of 2 CPUs free\)", r.stdout.splitlines()[0])
         assert "Running 2 trials ..." in r.stdout
-        assert len(re.findall(r"^trial \S+: \{", r.stdout, re.M)) == 2, r.stdout
+        trials = re.findall(r"^trial \S+: (\{.*\}) -> (.*)$", r.stdout, re.M)
+        assert len(trials) == 2, r.stdout
+        chrf = [float(re.search(r"chrf ([0-9.]+)", metrics).group(1)) for _, metrics in trials]
         assert "Registered en-fr-tiny version 2 (alias staging)" in r.stdout
+        r = _cli(["rayfleet", "models", "show", "en-fr-tiny", "2"], env)
+        assert r.returncode == 0, r.stderr
+        registered = dict(kv.rsplit(" ", 1) for kv in re.search(r"metrics:\s+(.*)", r.stdout).group(1).split(", "))
+        assert float(registered["chrf"]) == pytest.approx(max(chrf), abs=0.1)  # the best trial's model
+        assert float(registered["step"]) == 40
+        assert (Path(re.search(r"files:\s+(\S+)", r.stdout).group(1)) / "config.json").is_file()
 
         # A job that could never fit: refused before anything is submitted.
         r = _cli(train + ["--num-workers", "3"], env)

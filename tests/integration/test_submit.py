@@ -230,7 +230,10 @@ def test_ctrl_c_on_a_terminal_asks_and_stops(cluster):
         deadline = time.monotonic() + timeout
         while text not in out:
             assert time.monotonic() < deadline, out
-            out += os.read(main, 4096)
+            try:
+                out += os.read(main, 4096)
+            except OSError:  # EIO: the CLI closed the terminal (it exited)
+                pytest.fail(f"the CLI exited ({p.poll()}) before printing {text!r}: {out!r}")
 
     try:
         read_until(b"started")

@@ -3,22 +3,33 @@
 The run goes through the real CLI (``rayfleet train``), the real Ray Train / Ray
 Data / MLflow stack and a real Serve deployment of ``registry://NAME/VERSION``;
 the served model must translate held-out sentences word for word.
+
+Half-way between two checkpoints one training worker is killed (by PID, read from
+the job's ``start`` event): the run resumes from the last checkpoint, redoes at most
+one checkpoint interval, and still reaches the target. One training run for both
+(~2.5 min on 2 cores).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import rayfleet_cli
+from conftest import ROOT, rayfleet_cli
 
 pytestmark = pytest.mark.integration
 
 THRESHOLD = 0.9
 MODEL_NAME = "en-fr-test"
+CHECKPOINT_EVERY = 100
+KILL_AT_STEP = 150  # half-way between two checkpoints
 
 
 def write_spec(tmp: Path, *, name: str, model_name: str, max_steps: int = 500, extra: str = "") -> Path:
@@ -59,19 +70,71 @@ register:
     return spec
 
 
+class _Killer:
+    """Follows the job's events beside the CLI; kills a worker at ``KILL_AT_STEP``, then notes where
+    the restarted worker group resumed from."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.killed: int | None = None
+        self.last_before_kill = 0
+        self.max_before_resume = 0
+        self.resumed_from: int | None = None
+        self.starts = 0
+
+    def __call__(self, ev) -> None:
+        from rayfleet.jobs import events
+
+        if isinstance(ev, events.TrainStart):
+            self.starts += 1
+            if self.killed is None:
+                self.pids = ev.pids
+            elif self.resumed_from is None:
+                self.resumed_from = ev.resumed_from
+        elif isinstance(ev, events.TrainProgress):
+            if self.killed is None:
+                self.last_before_kill = ev.step
+                if ev.step >= KILL_AT_STEP:
+                    self.killed = self.pids[-1]  # a non-zero rank: the rank-0 process reports
+                    os.kill(self.killed, signal.SIGKILL)
+            if self.resumed_from is None:
+                self.max_before_resume = max(self.max_before_resume, ev.step)
+
+
 @pytest.fixture(scope="module")
 def trained(local_cluster, tmp_path_factory):
-    """Run `rayfleet train` once; yield (cli output, spec path)."""
+    """Run `rayfleet train` once, one worker killed mid-run; yield (cli output, tmp dir, killer)."""
+    from rayfleet.cluster import local
+    from rayfleet.jobs import events
+    from rayfleet.jobs.submit import JobsClient, follow_events
+
     tmp = tmp_path_factory.mktemp("train")
     spec = write_spec(tmp, name="tiny-test", model_name=MODEL_NAME)
-    r = rayfleet_cli("train", str(spec), "--quiet", timeout=900)
-    print(r.stdout, r.stderr)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout, tmp
+    p = subprocess.Popen([str(Path(sys.executable).parent / "rayfleet"), "train", str(spec), "--quiet"], cwd=ROOT,
+                         env=dict(os.environ, COLUMNS="200"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = []
+        for line in p.stdout:
+            first.append(line)
+            if m := re.match(r"Submitted job (\S+) ", line):
+                break
+        else:
+            pytest.fail(f"no job submitted: {''.join(first)}{p.stderr.read()}")
+        killer = _Killer()
+        client = JobsClient(local_cluster.dashboard_url, local.auth_headers(local_cluster))
+        follow_events(client, m.group(1), events.TrainEvent, on_event=killer)
+        rest, err = p.communicate(timeout=600)
+    finally:
+        p.kill()
+    out = "".join(first) + rest
+    print(out, err)
+    assert p.returncode == 0, out + err
+    return out, tmp, killer
 
 
 def test_train_reaches_exact_match_and_registers(trained):
-    out, _ = trained
+    out, _, _ = trained
     m = re.search(r"Evaluation: exact_match ([0-9.]+), bleu ([0-9.]+), chrf ([0-9.]+)", out)
     assert m, out
     exact, bleu, chrf = map(float, m.groups())
@@ -100,7 +163,7 @@ def test_models_cli_lists_the_version(trained):
 
 
 def test_promote_and_serve_registry_ref(trained, serve_target):
-    _, tmp = trained
+    _, tmp, _ = trained
     r = rayfleet_cli("models", "promote", MODEL_NAME, "1", "--alias", "production")
     assert r.returncode == 0, r.stderr
     assert f"{MODEL_NAME}@production -> version 1" in r.stdout
@@ -129,3 +192,17 @@ def test_jobs_cli_lists_the_run(trained):
 
     assert any(j.name == "tiny-test" and j.kind == "train" and j.status == "SUCCEEDED"
                for j in rayfleet.connect().jobs())
+
+
+@pytest.mark.faults
+def test_killed_worker_resumes_from_its_last_checkpoint(trained):
+    out, _, k = trained
+    assert k.killed is not None, "the run ended before the kill step"
+    assert k.resumed_from is not None, f"no resumed worker group (starts={k.starts})"
+    steps_redone = k.max_before_resume - k.resumed_from
+    print(f"\nkilled worker pid {k.killed} at step ~{k.last_before_kill}; resumed from the checkpoint at step "
+          f"{k.resumed_from}; steps redone {steps_redone} (checkpoint interval {CHECKPOINT_EVERY})")
+    assert k.resumed_from % CHECKPOINT_EVERY == 0 and k.resumed_from > 0
+    assert steps_redone <= CHECKPOINT_EVERY
+    # what the user sees; the target was still reached (test_train_reaches_exact_match_and_registers)
+    assert f"Worker group restarted: resuming from the checkpoint at step {k.resumed_from}." in out

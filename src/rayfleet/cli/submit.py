@@ -86,9 +86,9 @@ def submit(
 
 def _interrupted(job) -> None:
     """Ctrl-C: on a terminal, ask whether to stop the job; otherwise detach."""
-    import sys
+    import os
 
-    if sys.stdin.isatty() and err_console.is_terminal:
+    if os.isatty(0) and os.isatty(2):  # the prompt goes to stderr, the answer comes from stdin
         try:
             answer = input(f"\nStop job {job.id}? [y/N] ").strip().lower()
         except (EOFError, KeyboardInterrupt):

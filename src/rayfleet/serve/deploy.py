@@ -189,7 +189,7 @@ def _probe(url: str, api_key: str | None, deadline: float) -> None:
             return
         except ClientError as e:
             last = e.message
-            if e.status is not None and e.status < 500:
+            if e.status is not None and e.status < 500 and e.status != 404:  # 404: the proxy's, route not in yet
                 break
         if time.monotonic() > deadline:
             break

@@ -180,7 +180,7 @@ def _wait(what: str, predicate, timeout: float, interval: float = 1.0):
 
 
 def _running(serve_target, name: str) -> list[dict]:
-    return [r for r in model_replicas(serve_target, name) if r.get("state") == "RUNNING"]
+    return [r for r in model_replicas(serve_target, name) if r.state.value == "RUNNING"]
 
 
 @pytest.fixture(scope="module")
@@ -249,16 +249,16 @@ def test_autoscaling_and_a_killed_replica_under_load(local_cluster, serve_target
                 _running(serve_target, "auto")), timeout=120)
             print(f"scaled up to 2 replicas {time.monotonic() - t0:.1f} s after the load started")
             load.wait_for(10)
-            pids = {r["pid"] for r in two}
+            pids = {r.pid for r in two}
             victim = sorted(pids)[0]
             os.kill(victim, signal.SIGKILL)
             killed_at = load.count()
             t0 = time.monotonic()
             after = _wait("a replacement replica",
-                          lambda: (lambda rs: rs if len(rs) == 2 and victim not in {r["pid"] for r in rs} else None)(
+                          lambda: (lambda rs: rs if len(rs) == 2 and victim not in {r.pid for r in rs} else None)(
                               _running(serve_target, "auto")), timeout=120)
             print(f"replica {victim} killed under load; replaced in {time.monotonic() - t0:.1f} s "
-                  f"by {sorted({r['pid'] for r in after} - pids)}")
+                  f"by {sorted({r.pid for r in after} - pids)}")
             load.wait_for(10)
         assert load.count() > killed_at + 10
         assert load.errors == [], load.errors[:5]

@@ -5,6 +5,11 @@ We use Serve's declarative REST API on the dashboard (Ray's own
 needs only HTTP access to the dashboard, and redeploying an app updates it in
 place (Serve rolls replicas). Serve's config holds every app at once, so each
 call reads the deployed config, changes one app, and writes the whole config.
+
+Serve's state is read through Ray's own REST models (``ray.serve.schema``:
+``ServeInstanceDetails``, ``ApplicationDetails``, ``ReplicaDetails``); the deployed
+configs are written back exactly as Serve returned them (re-validating and dumping
+them could add defaults the user never set).
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rayfleet.config.service import ServiceSpec
 from rayfleet.errors import ServeError, exception_line, foreign
+
+if TYPE_CHECKING:
+    from ray.serve.schema import ApplicationDetails, ReplicaDetails
 
 # The service's one Serve deployment (serve/app.py); its RUNNING replicas are the service's replicas.
 MODEL_DEPLOYMENT = "Translator"
@@ -84,20 +92,29 @@ def _client(target: ServeTarget):
         return serve_client(target.dashboard_url, target.headers)
 
 
-def _details(client, target: ServeTarget) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _State:
+    """Serve's state: its typed view of every app, and the deployed configs as Serve returned them."""
+
+    apps: dict[str, "ApplicationDetails"]
+    raw: dict[str, Any]
+
+    def configs(self) -> list[dict[str, Any]]:
+        """Every app's config, to write back with one app changed (only rayfleet's apps have one)."""
+        for name, app in self.apps.items():
+            if app.deployed_app_config is None:
+                raise ServeError(f"Serve application {name!r} was deployed outside rayfleet (with serve.run).",
+                                 hint="Delete it with 'serve shutdown' or redeploy it through rayfleet.")
+        return [self.raw["applications"][name]["deployed_app_config"] for name in self.apps]
+
+
+def _state(client, target: ServeTarget) -> _State:
+    from ray.serve.schema import ServeInstanceDetails
+
     with foreign(ServeError, f"Can't read Serve's state from {target.dashboard_url}"):
-        return client.get_serve_details()
-
-
-def _app_configs(details: dict[str, Any]) -> list[dict[str, Any]]:
-    configs = []
-    for name, app in (details.get("applications") or {}).items():
-        cfg = app.get("deployed_app_config")
-        if cfg is None:
-            raise ServeError(f"Serve application {name!r} was deployed outside rayfleet (with serve.run).",
-                             hint="Delete it with 'serve shutdown' or redeploy it through rayfleet.")
-        configs.append(cfg)
-    return configs
+        raw = client.get_serve_details()
+        details = ServeInstanceDetails(**raw)
+    return _State(details.applications, raw)
 
 
 def _put(client, target: ServeTarget, apps: list[dict[str, Any]]) -> None:
@@ -124,27 +141,26 @@ def _app_config(spec: ServiceSpec, key_hashes: list[str], extra_args: dict[str, 
     return cfg
 
 
-def _ingress(app: dict[str, Any]) -> str:
+def _ingress(app: "ApplicationDetails") -> str:
     """The app's ingress deployment: the translator's ``Translator``, or the one Serve names."""
-    topology = app.get("deployment_topology") or {}
-    deployments = app.get("deployments") or {}
-    if MODEL_DEPLOYMENT in deployments:
+    if MODEL_DEPLOYMENT in app.deployments:
         return MODEL_DEPLOYMENT
-    return topology.get("ingress_deployment") or next(iter(deployments), MODEL_DEPLOYMENT)
+    topology = app.deployment_topology
+    return (topology.ingress_deployment if topology else None) or next(iter(app.deployments), MODEL_DEPLOYMENT)
 
 
-def _replica_count(app: dict[str, Any]) -> int:
-    dep = (app.get("deployments") or {}).get(_ingress(app)) or {}
-    return sum(1 for r in dep.get("replicas") or [] if r.get("state") == "RUNNING")
+def _running(replicas: list["ReplicaDetails"]) -> list["ReplicaDetails"]:
+    return [r for r in replicas if r.state.value == "RUNNING"]
 
 
-def _failure_message(app: dict[str, Any]) -> str:
-    parts = [app.get("message") or ""]
-    for dep in (app.get("deployments") or {}).values():
-        if dep.get("message"):
-            parts.append(dep["message"])
-    text = "\n".join(p for p in parts if p).strip()
-    lines = text.splitlines()
+def _replica_count(app: "ApplicationDetails") -> int:
+    dep = app.deployments.get(_ingress(app))
+    return len(_running(dep.replicas)) if dep else 0
+
+
+def _failure_message(app: "ApplicationDetails") -> str:
+    parts = [app.message] + [dep.message for dep in app.deployments.values()]
+    lines = "\n".join(p for p in parts if p).strip().splitlines()
     return "\n".join(lines[-25:])
 
 
@@ -212,21 +228,21 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
     if key_hashes and not api_key:
         raise ValueError("a service with API keys is probed with one of them: pass api_key")
     client = _client(target)
-    details = _details(client, target)
-    apps = _app_configs(details)
-    for other in apps:
+    state = _state(client, target)
+    configs = state.configs()
+    for other in configs:
         if other["name"] != spec.name and other.get("route_prefix") == spec.route_prefix:
             raise ServeError(f"Route prefix {spec.route_prefix!r} is already used by service {other['name']!r}.",
                              hint="Give this service another route_prefix, or delete the other one.")
-    previous = (details.get("applications") or {}).get(spec.name, {}).get("last_deployed_time_s", 0)
-    new_apps = [a for a in apps if a["name"] != spec.name] + [_app_config(spec, key_hashes, extra_args, runtime_env)]
-    _put(client, target, new_apps)
+    previous = state.apps[spec.name].last_deployed_time_s if spec.name in state.apps else 0
+    new_apps = [a for a in configs if a["name"] != spec.name]
+    _put(client, target, new_apps + [_app_config(spec, key_hashes, extra_args, runtime_env)])
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
-        app = (_details(client, target).get("applications") or {}).get(spec.name)
-        status = app.get("status") if app else "NOT_STARTED"
-        fresh = bool(app) and app.get("last_deployed_time_s", 0) > previous
+        app = _state(client, target).apps.get(spec.name)
+        status = app.status.value if app else "NOT_STARTED"
+        fresh = app is not None and app.last_deployed_time_s > previous
         if progress and status != last:
             progress(status)
             last = status
@@ -278,42 +294,42 @@ def _user_error(text: str) -> str | None:
     return f"{path}, line {line}" + (f", in {func}" if func else "") + f": {exc}"
 
 
-def _status(target: ServeTarget, name: str, app: dict[str, Any]) -> ServiceStatus:
-    cfg = app.get("deployed_app_config") or {}
-    args = cfg.get("args") or {}
-    own = cfg.get("import_path") == OWN_APP_IMPORT_PATH
-    spec = args.get("spec") or {}
-    prefix = app.get("route_prefix") or cfg.get("route_prefix") or "/"
+def _status(target: ServeTarget, name: str, app: "ApplicationDetails") -> ServiceStatus:
+    cfg = app.deployed_app_config
+    args = (cfg.args if cfg else None) or {}
+    own = cfg is not None and cfg.import_path == OWN_APP_IMPORT_PATH
+    prefix = app.route_prefix or (cfg.route_prefix if cfg else None) or "/"
     return ServiceStatus(
-        name=name, status=app.get("status", "?"), route_prefix=prefix, url=target.url(prefix),
-        replicas=_replica_count(app), model=args.get("import_path", "?") if own else spec.get("model", "?"),
-        message=app.get("message") or "", kind="app" if own else "translator",
+        name=name, status=app.status.value, route_prefix=prefix, url=target.url(prefix),
+        replicas=_replica_count(app),
+        model=args.get("import_path", "?") if own else (args.get("spec") or {}).get("model", "?"),
+        message=app.message, kind="app" if own else "translator",
     )
 
 
-def model_replicas(target: ServeTarget, name: str) -> list[dict[str, Any]]:
-    """The model replicas of service ``name``: Serve's replica details (state, pid, node_ip, ...)."""
-    app = (_details(_client(target), target).get("applications") or {}).get(name) or {}
-    return list(((app.get("deployments") or {}).get(MODEL_DEPLOYMENT) or {}).get("replicas") or [])
+def model_replicas(target: ServeTarget, name: str) -> list["ReplicaDetails"]:
+    """The model replicas of service ``name``: Serve's replica details (``state``, ``pid``, ``node_ip``, ...)."""
+    app = _state(_client(target), target).apps.get(name)
+    dep = app.deployments.get(MODEL_DEPLOYMENT) if app else None
+    return list(dep.replicas) if dep else []
 
 
 def list_services(target: ServeTarget) -> list[ServiceStatus]:
-    details = _details(_client(target), target)
-    return [_status(target, name, app) for name, app in sorted((details.get("applications") or {}).items())]
+    apps = _state(_client(target), target).apps
+    return [_status(target, name, app) for name, app in sorted(apps.items())]
 
 
 def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120) -> None:
     """Remove one service; the others keep serving."""
     client = _client(target)
-    details = _details(client, target)
-    apps = _app_configs(details)
-    if name not in {a["name"] for a in apps}:
-        known = ", ".join(sorted(a["name"] for a in apps)) or "none"
+    state = _state(client, target)
+    if name not in state.apps:
+        known = ", ".join(sorted(state.apps)) or "none"
         raise ServeError(f"No service named {name!r} (deployed: {known}).",
                          hint="List them with: rayfleet services")
-    _put(client, target, [a for a in apps if a["name"] != name])
+    _put(client, target, [a for a in state.configs() if a["name"] != name])
     deadline = time.monotonic() + timeout_s
-    while name in (_details(client, target).get("applications") or {}):
+    while name in _state(client, target).apps:
         if time.monotonic() > deadline:
             raise ServeError(f"Service {name!r} is still being deleted after {timeout_s:.0f} s.")
         time.sleep(0.5)

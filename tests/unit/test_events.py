@@ -108,6 +108,22 @@ def test_job_json_round_trips_and_refuses_unknown_keys(tmp_path):
         TrainJob.read(path)
 
 
+
+def test_bulk_job_round_trips_and_a_mismatched_one_is_a_clear_error(capsys):
+    from rayfleet.bulk.plan import BulkJob
+
+    job = BulkJob(input="/d/in.jsonl", output="/d/out.jsonl", model="/m", backend="ctranslate2", job_id="t-1")
+    assert BulkJob.from_json(job.to_json()) == job
+    with pytest.raises(ValueError, match="backend"):
+        BulkJob(input="/i", output="/o", model="/m", backend="fast")
+    # The driver of a job written by another rayfleet (a renamed field): one error event that says so.
+    text = json.dumps({**json.loads(job.to_json()), "part_lines": 10})
+    assert run_driver([text], "prog JOB_JSON", BulkJob.from_json, lambda j: None, lambda j: j.job_id) == 1
+    error = events.parse(capsys.readouterr().out.splitlines()[-1], events.BulkEvent)
+    assert error.message == ("This job's description does not match the rayfleet on the cluster (part_lines: "
+                             "Extra inputs are not permitted).")
+    assert error.hint == "Install the same rayfleet version here and on the cluster's nodes."
+
 def test_foreign_errors_read_through_one_table():
     import requests
 

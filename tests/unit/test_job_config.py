@@ -149,3 +149,18 @@ def test_registry_uri_default_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYFLEET_REGISTRY_URI", "postgresql://u:p@127.0.0.1:5/db")
     assert registry_uri(None, tmp_path) == "postgresql://u:p@127.0.0.1:5/db"
     assert registry_uri("sqlite:////x.db", tmp_path) == "sqlite:////x.db"
+
+
+def test_the_loop_config_carries_a_trials_overrides_and_refuses_unknown_keys():
+    from rayfleet.train.loop import LoopConfig
+
+    spec = JobSpec.model_validate({"name": "tiny", "model": {"base": "/m"},
+                                   "data": {"train": "/d/train.tsv", "validation": "/d/v.tsv"}})
+    sent = LoopConfig(spec=spec, tokenizer="/t", base="/m", tracking={"uri": "sqlite:///x.db", "run_id": "r1"},
+                      lr=1e-3, batch_size=24.7).model_dump(mode="json")   # as Ray Train pickles it
+    cfg = LoopConfig.model_validate(sent)
+    assert cfg.spec == spec and cfg.tracking.run_id == "r1"
+    t = cfg.training()
+    assert (t.lr, t.batch_size, t.warmup_steps) == (1e-3, 24, spec.training.warmup_steps)
+    with pytest.raises(ValueError, match="dropout"):  # a search key the loop would ignore
+        LoopConfig.model_validate({**sent, "dropout": 0.1})

@@ -147,8 +147,11 @@ def prepare(input_path: Path, output_path: Path, *, model: str, field: str = "te
             gpus_per_actor: float = 0.0, max_new_tokens: int | None = None, restart: bool = False,
             fleet_storage: str | None = None, fleet_name: str | None = None) -> BulkJob:
     """Check paths, field and model here; return the job to submit. ``fleet_name`` set: a fleet."""
+    from rayfleet.serve.backends.base import BACKEND_NAMES
     from rayfleet.serve.models import resolve_model
 
+    if backend not in BACKEND_NAMES:
+        raise BulkError(f"Got {backend!r} for --backend; expected one of {', '.join(BACKEND_NAMES)}.")
     src, dst = _absolute(input_path), _absolute(output_path)
     if not field:
         raise BulkError("--field is empty.", hint="Name the field that holds the text, e.g. --field text.")

@@ -34,7 +34,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from rayfleet.errors import BulkError
+from rayfleet.serve.backends.base import BackendName
 
 __all__ = ["BulkError", "BulkJob", "Scan", "Chunk", "Layout", "scan_input", "plan_chunks", "check_line",
            "output_line", "Manifest", "write_atomic", "assemble", "part_lines", "num_parts", "MAX_CHUNKS",
@@ -49,31 +52,32 @@ MIN_CHUNK_LINES = 128
 _FORMAT = 1
 
 
-@dataclass(frozen=True)
-class BulkJob:
-    """Everything the driver needs; sent to the job as JSON."""
+class BulkJob(BaseModel):
+    """Everything the driver needs; sent to the job as JSON, written and read through this model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     input: str                      # absolute path
     output: str                     # absolute path
     model: str                      # resolved: an absolute directory or a hub id
     field: str = "text"
     output_field: str = "translation"
-    backend: str = "auto"
-    part_size: int = 1000
-    batch_size: int = 32
-    actors: int | None = None       # the most translator actors; None: as many as the cluster's CPUs allow
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    max_new_tokens: int = 256
+    backend: BackendName = "auto"
+    part_size: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    actors: int | None = Field(None, ge=1)   # the most translator actors; None: as many as the cluster's CPUs allow
+    cpus_per_actor: float = Field(1.0, ge=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(256, ge=1)
     restart: bool = False
     job_id: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> "BulkJob":
-        return cls(**json.loads(text))
+        return cls.model_validate_json(text)
 
     def identity(self) -> dict[str, Any]:
         """The options that decide what the output holds (a resumed run must match them)."""

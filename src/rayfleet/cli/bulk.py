@@ -104,11 +104,7 @@ def translate_file(
     Example: rayfleet translate-file in.jsonl out.jsonl --field text --backend ctranslate2
     """
     import rayfleet
-    from rayfleet.errors import BulkError
-    from rayfleet.serve.backends.base import BACKEND_NAMES
 
-    if backend not in BACKEND_NAMES:
-        raise BulkError(f"Got {backend!r} for --backend; expected one of {', '.join(BACKEND_NAMES)}.")
     cluster = rayfleet.connect(fleet_file)
     run = cluster.translate_file(input_path, output_path, model=model, field=field, output_field=output_field,
                                  backend=backend, part_size=part_size, batch_size=batch_size, actors=actors,

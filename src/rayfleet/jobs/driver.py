@@ -8,7 +8,9 @@ import sys
 import traceback
 from typing import Callable, TypeVar
 
-from rayfleet.errors import RayfleetError
+from pydantic import ValidationError
+
+from rayfleet.errors import JobError, RayfleetError
 from rayfleet.jobs.events import Error, Event, emit
 
 __all__ = ["run_driver"]
@@ -25,7 +27,14 @@ def run_driver(argv: list[str] | None, usage: str, load: Callable[[str], J], run
         return 2
     name = "ID"
     try:
-        job = load(argv[0])
+        try:
+            job = load(argv[0])
+        except ValidationError as e:  # job.json written by another rayfleet than the cluster's
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "job"
+            raise JobError(f"This job's description does not match the rayfleet on the cluster ({where}: "
+                           f"{first['msg']}).",
+                           hint="Install the same rayfleet version here and on the cluster's nodes.") from e
         name = job_id(job) or name
         result = run(job)
     except RayfleetError as e:

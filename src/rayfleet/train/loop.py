@@ -1,10 +1,9 @@
 """The per-worker training function that Ray Train runs on every DDP worker.
 
-Contract with the driver (``workload.py``): ``train_loop(config)`` gets
-``config["spec"]`` (the JobSpec as JSON), ``config["tokenizer"]`` (a directory),
-optional ``config["tracking"]`` ({"uri", "run_id"}) and optional search overrides
-(``lr``, ``batch_size``, ``warmup_steps``). Datasets ``train`` (tokenized, split
-per worker) and ``validation`` (text, not split) come from Ray Data.
+Contract with the driver (``workload.py``): ``train_loop(config)`` gets a ``LoopConfig``
+as a dict (Ray Train's ``train_loop_config``; Tune merges a trial's sampled ``lr``,
+``batch_size``, ``warmup_steps`` into it), validated here before anything else. Datasets
+``train`` (tokenized, split per worker) and ``validation`` (text, not split) come from Ray Data.
 
 Every ``checkpoints.every_steps`` (and at the end) rank 0 saves a checkpoint:
 ``model/`` (save_pretrained + tokenizer) and ``state.pt`` (optimizer, scheduler,
@@ -24,7 +23,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["train_loop", "evaluate", "pad_batch", "text_metrics", "lr_lambda"]
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from rayfleet.config.job import JobSpec, TrainingSpec
+
+__all__ = ["train_loop", "LoopConfig", "Tracking", "evaluate", "pad_batch", "text_metrics", "lr_lambda"]
+
+
+class Tracking(BaseModel):
+    """Where rank 0 logs metrics: the MLflow run of the job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str
+    run_id: str
+    artifact_root: str | None = None
+
+
+class LoopConfig(BaseModel):
+    """What every worker gets from the driver: the job, the tokenizer and base model directories,
+    the MLflow run (none in a Tune trial), and a trial's search overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: JobSpec
+    tokenizer: str
+    base: str | None = None
+    tracking: Tracking | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    warmup_steps: int | None = None
+
+    @field_validator("batch_size", "warmup_steps", mode="before")
+    @classmethod
+    def _whole(cls, v: Any) -> Any:
+        return int(v) if isinstance(v, float) else v  # a uniform search samples floats: truncated, as ever
+
+    def training(self) -> TrainingSpec:
+        """The spec's training settings with the trial's overrides."""
+        overrides = {k: getattr(self, k) for k in ("lr", "batch_size", "warmup_steps") if getattr(self, k) is not None}
+        return self.spec.training.model_copy(update=overrides)
 
 _PROGRESS_EVERY_S = 0.5
 _EVAL_BATCH = 64
@@ -113,7 +151,7 @@ def _validation(shard, rank: int, world: int, max_samples: int | None) -> tuple[
 class _Tracker:
     """MLflow metrics from rank 0; a registry hiccup warns instead of killing training."""
 
-    def __init__(self, tracking: dict | None):
+    def __init__(self, tracking: Tracking | None):
         self._tracking = tracking
         self._store = None
 
@@ -126,8 +164,8 @@ class _Tracker:
             if self._store is None:
                 from rayfleet.registry.store import Registry
 
-                self._store = Registry(self._tracking["uri"], artifact_root=self._tracking.get("artifact_root"))
-            self._store.log_metrics(self._tracking["run_id"], metrics, step)
+                self._store = Registry(self._tracking.uri, artifact_root=self._tracking.artifact_root)
+            self._store.log_metrics(self._tracking.run_id, metrics, step)
         except Exception as e:  # noqa: BLE001 - any tracking failure is reported, training goes on
             emit(Warning(message=f"could not log metrics to MLflow: {e}"))
 
@@ -162,8 +200,9 @@ class _Run:
 def train_loop(config: dict[str, Any]) -> None:
     from rayfleet.jobs.events import TrainProgress, emit
 
-    run = _restore_or_init(config)
-    tracker = _Tracker(config.get("tracking") if run.rank == 0 else None)
+    cfg = LoopConfig.model_validate(config)
+    run = _restore_or_init(cfg)
+    tracker = _Tracker(cfg.tracking if run.rank == 0 else None)
     _announce(run)
     t = run.spec.training
     perm_epoch, perm = -1, None
@@ -200,25 +239,21 @@ def train_loop(config: dict[str, Any]) -> None:
         _report(run, metrics, checkpoint=do_ckpt)
 
 
-def _restore_or_init(config: dict[str, Any]) -> _Run:
+def _restore_or_init(cfg: LoopConfig) -> _Run:
     """The model, optimizer and data of this worker: from the latest checkpoint when the worker group
     was restarted, else fresh (the base model, or a new one ``from_scratch``)."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from rayfleet.config.job import JobSpec
     from rayfleet.train.modeling import load_model, load_tokenizer, new_model
 
-    spec = JobSpec.from_json(config["spec"])
-    t, ev = spec.training, spec.eval
-    lr = float(config.get("lr", t.lr))
-    batch_size = int(config.get("batch_size", t.batch_size))
-    warmup = int(config.get("warmup_steps", t.warmup_steps))
+    spec, t, ev = cfg.spec, cfg.training(), cfg.spec.eval
+    lr, batch_size, warmup = t.lr, t.batch_size, t.warmup_steps
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    tokenizer = load_tokenizer(config["tokenizer"])
+    tokenizer = load_tokenizer(cfg.tokenizer)
 
     checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
@@ -228,7 +263,7 @@ def _restore_or_init(config: dict[str, Any]) -> _Run:
             state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
     else:
         torch.manual_seed(t.seed)
-        model = new_model(spec.model.arch, tokenizer) if spec.model.from_scratch else load_model(config["base"])
+        model = new_model(spec.model.arch, tokenizer) if spec.model.from_scratch else load_model(cfg.base)
     model.to(device)
     model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model

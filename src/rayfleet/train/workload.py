@@ -96,7 +96,7 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
 
     from rayfleet.train.data import text_dataset, tokenized_dataset
     from rayfleet.train.distributed import torch_config
-    from rayfleet.train.loop import train_loop
+    from rayfleet.train.loop import LoopConfig, train_loop
 
     d, s = spec.data, spec.scaling
     # Read and tokenized here, before the worker group holds its CPUs: Ray Data's read and
@@ -107,8 +107,9 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
                                    d.max_target_length).materialize(),
         "validation": text_dataset(paths["validation"]).materialize(),
     }
-    config = {"spec": spec.to_json(), "tokenizer": paths["tokenizer"], "base": paths["base"],
-              "tracking": tracking, **(extra_config or {})}
+    # validated here too: a search key the loop doesn't know fails before any worker starts
+    config = LoopConfig(spec=spec, tokenizer=paths["tokenizer"], base=paths["base"], tracking=tracking,
+                        **(extra_config or {})).model_dump(mode="json")
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
         resources["GPU"] = 1

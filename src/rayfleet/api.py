@@ -209,7 +209,7 @@ class Cluster:
         if self.target.local is not None:
             return self.target.local.gcs_address
         fleet = self.target.fleet
-        return f"ray://{fleet.head.host}:{fleet.ports.client_server}"
+        return f"ray://{fleet.head.address}:{fleet.ports.client_server}"
 
     @property
     def token_path(self) -> Path | None:

@@ -29,6 +29,7 @@ __all__ = [
     "exception_line",
     "RayfleetError",
     "ConfigError",
+    "HostNotResolved",
     "ClusterError",
     "ClusterNotRunning",
     "ModelError",
@@ -65,6 +66,17 @@ class RayfleetError(Exception):
 
 class ConfigError(RayfleetError):
     """A configuration file can't be read or fails validation."""
+
+
+class HostNotResolved(ConfigError):
+    """A host name of fleet.yaml does not resolve on this machine."""
+
+    FIX = "add it to DNS or /etc/hosts (here and on the nodes), or write its IP address in fleet.yaml"
+
+    def __init__(self, host: str, reason: str):
+        super().__init__(f"Host name {host!r} of the fleet does not resolve on this machine ({reason}).",
+                         hint=self.FIX[0].upper() + self.FIX[1:] + ".")
+        self.host, self.reason = host, reason
 
 
 class ClusterError(RayfleetError):

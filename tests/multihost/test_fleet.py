@@ -49,11 +49,13 @@ def lab():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _fleet(lab, path: Path, **extra) -> Path:
+def _fleet(lab, path: Path, *, names: bool = False, **extra) -> Path:
+    """A fleet.yaml of the lab's hosts, by address, or by name (``names``: as in /etc/hosts)."""
+    host = (lambda h: h.fqdn) if names else (lambda h: h.ip)
     data = {
         "name": extra.pop("name", "lab"),
-        "head": {"host": lab.hosts[0].ip},
-        "workers": [{"host": h.ip} for h in lab.hosts[1:]],
+        "head": {"host": host(lab.hosts[0])},
+        "workers": [{"host": host(h)} for h in lab.hosts[1:]],
         "ssh": {"user": "root", "key": str(lab.key)},
         "python": VENV,
         "resources": {"num_cpus": 1, "object_store_memory": 100 * 2**20},
@@ -66,7 +68,9 @@ def _fleet(lab, path: Path, **extra) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet_file(lab, tmp_path_factory):
-    return _fleet(lab, tmp_path_factory.mktemp("fleet") / "fleet.yaml")
+    """The module's fleet names its hosts (the other fleets of this module use addresses): Ray is told
+    their addresses, nodes are matched by address, and what rayfleet prints names them as written."""
+    return _fleet(lab, tmp_path_factory.mktemp("fleet") / "fleet.yaml", names=True)
 
 
 def _check(fleet_file) -> subprocess.CompletedProcess:
@@ -84,6 +88,8 @@ def test_check_all_green(lab, fleet_file):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "All 3 hosts are ready." in r.stdout
     assert _fail_rows(r.stdout) == []
+    for h in lab.hosts:  # the hosts as fleet.yaml names them, with the address they resolve to
+        assert f"{h.fqdn} ({h.ip})" in r.stdout, r.stdout
 
 
 def test_check_sshd_down(lab, fleet_file):
@@ -95,8 +101,8 @@ def test_check_sshd_down(lab, fleet_file):
         h.start_sshd()
     assert r.returncode == 1
     assert _fail_rows(r.stdout) == [
-        f"✗ {h.ip} ssh: ssh: connect to host {h.ip} port 22: Connection refused — fix: check that sshd runs "
-        f"on {h.ip} and accepts the key for root"]
+        f"✗ {h.fqdn} ssh: ssh: connect to host {h.fqdn} port 22: Connection refused — fix: check that sshd "
+        f"runs on {h.fqdn} and accepts the key for root"]
 
 
 def test_check_other_ray_version(lab, fleet_file, tmp_path):
@@ -111,7 +117,7 @@ def test_check_other_ray_version(lab, fleet_file, tmp_path):
         h.exec(f"umount {VENV}/bin/ray", check=True)
     assert r.returncode == 1
     assert _fail_rows(r.stdout) == [
-        f"✗ {h.ip} ray: 2.59.0 here, 2.60.0 on the head — fix: install ray 2.60.0 in {VENV} on {h.ip} "
+        f"✗ {h.fqdn} ray: 2.59.0 here, 2.60.0 on the head — fix: install ray 2.60.0 in {VENV} on {h.fqdn} "
         "(same version everywhere)"]
 
 
@@ -131,7 +137,7 @@ def test_check_port_taken(lab, fleet_file):
         h.exec(f"kill {pid}")
     assert r.returncode == 1
     assert _fail_rows(r.stdout) == [
-        f"✗ {h.ip} ports: taken: node_manager 6380 — fix: stop what uses them (a Ray already running? "
+        f"✗ {h.fqdn} ports: taken: node_manager 6380 — fix: stop what uses them (a Ray already running? "
         "'rayfleet down'), or change 'ports:'"]
 
 
@@ -146,13 +152,13 @@ def test_check_storage_not_shared(lab, fleet_file):
     finally:
         h.exec(f"umount {storage}", check=True)
     assert r.returncode == 1
-    others = [x.ip for x in lab.hosts if x is not h]
+    others = [x.fqdn for x in lab.hosts if x is not h]
     rows = _fail_rows(r.stdout)
     fix = f" — fix: mount the same shared directory (NFS or similar) at {storage} on every node"
     assert rows == [
-        f"✗ {others[0]} storage: {storage} is not shared: files written on {h.ip} are not seen here{fix}",
-        f"✗ {others[1]} storage: {storage} is not shared: files written on {h.ip} are not seen here{fix}",
-        f"✗ {h.ip} storage: {storage} is not shared: files written on {', '.join(others)} are not seen here{fix}",
+        f"✗ {others[0]} storage: {storage} is not shared: files written on {h.fqdn} are not seen here{fix}",
+        f"✗ {others[1]} storage: {storage} is not shared: files written on {h.fqdn} are not seen here{fix}",
+        f"✗ {h.fqdn} storage: {storage} is not shared: files written on {', '.join(others)} are not seen here{fix}",
     ]
 
 
@@ -227,6 +233,11 @@ def test_exec_logs_and_export(lab, fleet_up):
     assert worker.ip in r.stdout and lab.hosts[0].ip not in r.stdout
     r = rayfleet_cli("exec", worker.ip, "-f", str(fleet_up), "--", "false")
     assert r.returncode == 1
+    # Several words: exactly these arguments; one word: a command line for the node's shell.
+    r = rayfleet_cli("exec", worker.ip, "-f", str(fleet_up), "--", "printf", "%s\\n", "a b", "c;d")
+    assert (r.returncode, r.stdout) == (0, "a b\nc;d\n"), r.stderr
+    r = rayfleet_cli("exec", worker.ip, "-f", str(fleet_up), "--", "echo one; echo two | tr t T")
+    assert (r.returncode, r.stdout) == (0, "one\nTwo\n"), r.stderr
     r = rayfleet_cli("logs", worker.ip, "-n", "5", "-f", str(fleet_up))
     assert r.returncode == 0 and "==> raylet.out <==" in r.stdout
     r = rayfleet_cli("export-ray-config", "-f", str(fleet_up))
@@ -344,7 +355,7 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
     _timed("serve on the fleet", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     head = lab.hosts[0].ip
-    assert f"translate: http://{head}:8000/translate" in r.stdout
+    assert f"translate: http://{lab.hosts[0].fqdn}:8000/translate" in r.stdout  # the head as fleet.yaml names it
     resp = httpx.post(f"http://{head}:8000/translate", json={"text": "The cat sleeps."}, timeout=60)
     assert resp.status_code == 200 and resp.json()["translation"].strip()
     # Minutes after `up`: the workers rayfleet started are the ones still running, and the
@@ -381,7 +392,7 @@ def test_own_code_own_app_and_the_api_on_the_fleet(lab, fleet_up):
     t0 = time.monotonic()
     status = c.serve(ROOT / "examples" / "own-app" / "service.yaml", timeout_s=400)
     _timed("serve examples/own-app on the fleet", t0)
-    assert status.kind == "app" and status.url == f"http://{lab.hosts[0].ip}:8000/sentiment"
+    assert status.kind == "app" and status.url == f"http://{lab.hosts[0].fqdn}:8000/sentiment"
     assert str(lab_shared(fleet_up)) in str(list((lab_shared(fleet_up) / "apps" / "sentiment").iterdir()))
     resp = httpx.post(f"{status.url}/predict", json={"text": "a great, friendly place"}, timeout=60)
     assert resp.status_code == 200 and resp.json()["label"] == "positive"

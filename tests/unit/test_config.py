@@ -98,3 +98,23 @@ def test_overrides_do_not_mutate_input(tmp_path):
     p.write_text("name: a\n")
     spec = load_model(ServiceSpec, p, overrides={"name": "b"})
     assert spec.name == "b"
+
+
+@pytest.mark.parametrize("key,value", [("ssh:\n  user", "-oProxyCommand=x"), ("ssh:\n  user", "ray fleet"),
+                                       ("ssh:\n  user", "root;reboot"), ("head:\n  host", "-gpu1"),
+                                       ("head:\n  host", "gpu1 lan"), ("head:\n  host", "gpu1;ls")])
+def test_fleet_user_and_hosts_go_into_commands_so_plain_names_only(tmp_path, key, value):
+    """What ends up in ssh's command line and the nodes' shells: no option, space or metacharacter."""
+    from rayfleet.config.fleet import FleetSpec
+
+    p = tmp_path / "fleet.yaml"
+    text = "name: lab\npython: /opt/venv\nhead:\n  host: 10.0.0.1\n"
+    text = (text.replace("head:\n  host: 10.0.0.1", f"head:\n  host: {value!r}") if key.startswith("head")
+            else text + f"{key}: {value!r}\n")
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_model(FleetSpec, p)
+    field = "ssh.user" if key.startswith("ssh") else "head.host"
+    assert e.value.message.startswith(f"{p}:{4 if field == 'head.host' else 6}:") and field in e.value.message
+    p.write_text("name: lab\npython: /opt/venv\nhead:\n  host: gpu-1.lan\nssh:\n  user: ray_fleet.2\n")
+    assert load_model(FleetSpec, p).ssh.user == "ray_fleet.2"

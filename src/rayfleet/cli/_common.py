@@ -39,7 +39,7 @@ def print_report(report) -> None:
                 cells.append("-")
             else:
                 cells.append("✓" if r.ok else "✗")
-        table.add_row(host, *cells)
+        table.add_row(report.labels.get(host, host), *cells)
     console.print(table)
     for r in report.failures():
         line = f"✗ {r.host} {r.check}: {r.detail}"

@@ -32,7 +32,8 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool) -> None:
         nodes = fleet_mod.up(spec, progress=lambda m: st.update(f"fleet '{spec.name}': {m}"))
     alive = sorted(n["node_ip"] for n in nodes if n.get("state") == "ALIVE")
     console.print(f"Fleet '{spec.name}' is up: {len(alive)} node(s) alive: {', '.join(alive)}")
-    console.print(f"  address:    {spec.head.host}:{spec.ports.gcs}")
+    console.print(f"  address:    {spec.head.address}:{spec.ports.gcs}"
+                  + (f" ({spec.head.host})" if spec.head.host != spec.head.address else ""))
     console.print(f"  dashboard:  {fleet_mod.dashboard_url(spec)}")
     console.print(f"  services:   {fleet_target(spec).url('/')}")
     auth = "on (token in " + str(fleet_mod.paths(spec).token) + ")" if spec.auth_enabled else "DISABLED"
@@ -125,7 +126,7 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     else:
         spec = target.fleet
         auth = "token auth on" if spec.auth_enabled else "AUTH DISABLED"
-        console.print(f"Fleet '{spec.name}' {spec.head.host}:{spec.ports.gcs} — dashboard "
+        console.print(f"Fleet '{spec.name}' {spec.head.address}:{spec.ports.gcs} — dashboard "
                       f"{fleet_mod.dashboard_url(spec)} — {auth}")
         node_rows = fleet_mod.nodes(spec)
     table = Table("node", "state", "CPU", "GPU", "memory (GiB)", "object store (GiB)", title="Nodes")

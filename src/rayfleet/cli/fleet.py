@@ -39,7 +39,7 @@ def render_fleet_yaml(spec: FleetSpec) -> str:
     return f"""# fleet.yaml: the machines of the Ray cluster '{spec.name}'. Reference: README.md.
 name: {spec.name}
 head:
-  host: {spec.head.host}              # address the other nodes reach the head at
+  host: {spec.head.host}              # address or name the other nodes reach the head at
 workers:
 {workers}
 ssh:                                # how rayfleet and Ray's launcher log in (same on every node)
@@ -87,10 +87,17 @@ def exec_(
 ) -> None:
     """Run a command on one node over SSH; exits with its exit code.
 
+    Several words after '--' run as exactly those arguments (each one quoted for the
+    node's shell); one word is a shell command line, as ssh runs it (pipes, globs).
+
     Example: rayfleet exec 10.0.0.2 -- df -h /tmp
+
+    Example: rayfleet exec gpu1.lan -- 'du -sh /tmp/* | sort -h'
     """
+    import shlex
+
     spec = load_fleet(fleet_file)
-    r = fleet_mod.exec_on(spec, host, " ".join(command))
+    r = fleet_mod.exec_on(spec, host, command[0] if len(command) == 1 else shlex.join(command))
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
     raise typer.Exit(r.rc)

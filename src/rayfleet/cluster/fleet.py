@@ -71,7 +71,7 @@ def paths(fleet: FleetSpec) -> FleetPaths:
 
 
 def dashboard_url(fleet: FleetSpec) -> str:
-    return f"http://{fleet.security.dashboard_host or fleet.head.host}:{fleet.ports.dashboard}"
+    return f"http://{fleet.security.dashboard_host or fleet.head.address}:{fleet.ports.dashboard}"
 
 
 def auth_headers(fleet: FleetSpec) -> dict[str, str]:
@@ -112,13 +112,19 @@ def _alive_ips(fleet: FleetSpec) -> set[str]:
         return set()
 
 
+def _labels(fleet: FleetSpec, addresses: set[str]) -> str:
+    label = {n.address: n.label for n in fleet.nodes}
+    return ", ".join(label.get(a, a) for a in sorted(addresses))
+
+
 def _wait_alive(fleet: FleetSpec, expected: set[str], timeout_s: float, progress: Progress | None) -> None:
+    """Until the nodes at the ``expected`` addresses are alive."""
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
         alive = _alive_ips(fleet) & expected
         msg = f"{len(alive)}/{len(expected)} nodes alive" + (
-            f" (waiting for {', '.join(sorted(expected - alive))})" if expected - alive else "")
+            f" (waiting for {_labels(fleet, expected - alive)})" if expected - alive else "")
         if progress and msg != last:
             progress(msg)
             last = msg
@@ -126,7 +132,7 @@ def _wait_alive(fleet: FleetSpec, expected: set[str], timeout_s: float, progress
             return
         if time.monotonic() > deadline:
             raise ClusterError(f"Only {len(alive)} of {len(expected)} nodes are alive after {timeout_s:.0f} s; "
-                               f"missing: {', '.join(sorted(expected - alive))}.",
+                               f"missing: {_labels(fleet, expected - alive)}.",
                                hint="See 'rayfleet logs HOST' and the launcher log in "
                                     f"{paths(fleet).dir}/up.log")
         time.sleep(0.25)
@@ -152,19 +158,20 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
     token = ensure_token(p.dir) if fleet.auth_enabled else None
     text = render_yaml(fleet, token)
     changed = not p.launcher_yaml.exists() or p.launcher_yaml.read_text() != text
-    expected = {fleet.head.host} | {w.host for w in fleet.workers[:fleet.min_workers]}
+    # Nodes are matched by address (Ray's node_ip): a host written as a name is resolved here.
+    expected = {fleet.head.address} | {w.address for w in fleet.workers[:fleet.min_workers]}
     alive = _alive_ips(fleet)
     if not changed and expected <= alive:
         if progress:
             progress("unchanged: every expected node is alive")
         return nodes(fleet)
-    if not changed and fleet.head.host in alive:
+    if not changed and fleet.head.address in alive:
         # Same config, head alive, workers missing: keep the head and its services, and
         # restart Ray on the missing workers with the launcher's own worker commands
         # (Ray 2.60's v1 autoscaler did not bring a worker whose raylet died back in 10 min).
         missing = sorted(expected - alive)
         if progress:
-            progress(f"head alive, config unchanged: restarting Ray on {', '.join(missing)}")
+            progress(f"head alive, config unchanged: restarting Ray on {_labels(fleet, set(missing))}")
         errors = _start_workers_twice(fleet, missing, timeout_s)
         if errors:
             raise ClusterError("Could not restart Ray on: " + "; ".join(errors),
@@ -184,7 +191,7 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
         if progress:
             progress("head up: starting Ray on the workers")
         t0 = time.monotonic()
-        workers = sorted(expected - {fleet.head.host})
+        workers = sorted(expected - {fleet.head.address})
         errors = _start_workers_twice(fleet, workers, timeout_s)
         with open(p.dir / "up.log", "a") as log:
             log.write(f"rayfleet: started Ray on the workers itself in {time.monotonic() - t0:.1f} s"
@@ -207,27 +214,27 @@ def _head_session(fleet: FleetSpec, timeout_s: float = 30) -> str:
     return r.stdout.strip()
 
 
-def _start_workers_twice(fleet: FleetSpec, hosts: list[str], timeout_s: float) -> list[str]:
-    """``_start_workers``, and once more on the hosts where it failed (on a loaded machine a
+def _start_workers_twice(fleet: FleetSpec, addresses: list[str], timeout_s: float) -> list[str]:
+    """``_start_workers``, and once more on the nodes where it failed (on a loaded machine a
     raylet sometimes times out registering: "The current node timed out during startup")."""
-    errors = _start_workers(fleet, hosts, timeout_s)
+    errors = _start_workers(fleet, addresses, timeout_s)
     if errors:
-        errors = _start_workers(fleet, [h for h in hosts if any(e.startswith(f"{h}: ") for e in errors)]
-                                or hosts, timeout_s)
-    return errors
+        errors = _start_workers(fleet, sorted(errors), timeout_s)
+    return list(errors.values())
 
 
-def _start_workers(fleet: FleetSpec, hosts: list[str], timeout_s: float, session: str | None = None) -> list[str]:
-    """Start Ray on these workers for the head's session (default: its current one;
+def _start_workers(fleet: FleetSpec, addresses: list[str], timeout_s: float,
+                   session: str | None = None) -> dict[str, str]:
+    """Start Ray on the workers at these addresses for the head's session (default: its current one;
     launcher.worker_start_command), in parallel, with the token and setup the launcher
-    would ship first. Returns the errors."""
-    if not hosts:
-        return []
+    would ship first. Returns the errors by address."""
+    if not addresses:
+        return {}
     p = paths(fleet)
     try:
         command = worker_start_command(fleet, session or _head_session(fleet))
     except (SSHError, ValueError) as e:
-        return [f"can't read the head's Ray session: {e}"]
+        return {a: f"can't read the head's Ray session: {e}" for a in addresses}
     setup = render(fleet, p.token)["setup_commands"][len(fleet.setup_commands):]  # rayfleet's own only
     token = p.token.read_text() if fleet.auth_enabled else None
     if token is not None:
@@ -236,17 +243,18 @@ def _start_workers(fleet: FleetSpec, hosts: list[str], timeout_s: float, session
         command = " && ".join([ship, *setup]) + "; " + command
     else:
         command = " && ".join(setup) + "; " + command
-    by_host = {n.host: n for n in fleet.workers}
+    by_address = {n.address: n for n in fleet.workers}
 
-    def one(host: str) -> str | None:
+    def one(address: str) -> str | None:
+        node = by_address[address]
         try:
-            r = runner_for(fleet, by_host[host], p.known_hosts).run(command, timeout_s=timeout_s, input=token)
+            r = runner_for(fleet, node, p.known_hosts).run(command, timeout_s=timeout_s, input=token)
         except SSHError as e:
-            return f"{host}: {e.message}"
-        return None if r.ok else f"{host}: {(r.stderr or r.stdout).strip()[-300:]}"
+            return f"{node.label}: {e.message}"
+        return None if r.ok else f"{node.label}: {(r.stderr or r.stdout).strip()[-300:]}"
 
-    with ThreadPoolExecutor(len(hosts)) as pool:
-        return [e for e in pool.map(one, hosts) if e]
+    with ThreadPoolExecutor(len(addresses)) as pool:
+        return {a: e for a, e in zip(addresses, pool.map(one, addresses)) if e}
 
 
 def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:
@@ -308,7 +316,7 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
 
 
 def exec_on(fleet: FleetSpec, host: str, command: str, timeout_s: float = 600):
-    node = next((n for n in fleet.nodes if n.host == host), None)
+    node = fleet.node(host)
     if node is None:
         raise ClusterError(f"Host {host!r} is not in fleet '{fleet.name}'.",
                            hint="Hosts: " + ", ".join(n.host for n in fleet.nodes))

@@ -3,7 +3,8 @@
 What the rendering absorbs (each measured on Ray 2.60, see docs):
 - every node starts with ``--node-ip-address`` = the address rayfleet reached it
   at (Ray otherwise guesses by contacting a public address, and falls back to
-  127.0.0.1 on isolated networks);
+  127.0.0.1 on isolated networks); a host written as a name is resolved once, on
+  the machine that runs rayfleet, and the launcher gets addresses only;
 - token auth: the fleet's token is shipped to every node (file_mounts, 0600)
   and ``RAY_AUTH_MODE=token`` set for every ``ray start``;
 - fixed ports, so firewalls and ``rayfleet check`` know them;
@@ -57,7 +58,7 @@ def _per_node_resources(fleet: FleetSpec, nodes: list[NodeSpec]) -> str:
     arms = []
     for n in nodes:
         flags = " ".join(_resource_flags(fleet.resources_for(n)))
-        arms.append(f"{shlex.quote(n.host)}) RES={shlex.quote(flags)} ;;")
+        arms.append(f"{shlex.quote(n.address)}) RES={shlex.quote(flags)} ;;")
     default = " ".join(_resource_flags(fleet.resources))
     arms.append(f"*) RES={shlex.quote(default)} ;;")
     return 'case "$IP" in ' + " ".join(arms) + " esac"
@@ -125,7 +126,7 @@ def started_mark(fleet: FleetSpec) -> str:
 def _raylet_of(fleet: FleetSpec, session: str) -> str:
     """A shell test: a raylet of this head and of session ``session`` runs here. ``session``
     is shell text that expands to a session name inside double quotes."""
-    gcs_arg, session_arg = raylet_args(f"{fleet.head.host}:{fleet.ports.gcs}", session)
+    gcs_arg, session_arg = raylet_args(f"{fleet.head.address}:{fleet.ports.gcs}", session)
     # [r]: the pattern must not match the command line of the shell that runs it
     binary = "/".join(f"[{part[0]}]{part[1:]}" for part in RAYLET_COMMAND.split("/"))
     return (f"pgrep -af '{binary}' | grep -F -- {shlex.quote(gcs_arg + ' ')} "
@@ -138,7 +139,7 @@ def _worker_start(fleet: FleetSpec) -> str:
     return " && ".join([
         f"IP={NODE_IP}", _per_node_resources(fleet, fleet.nodes), _env(fleet), "ulimit -n 65536 || true",
         # 9>&-: the lock's descriptor must not live on in Ray's daemons
-        " ".join([f"{ray} start", f"--address={fleet.head.host}:{p.gcs}", *_common_flags(fleet), "9>&-"]),
+        " ".join([f"{ray} start", f"--address={fleet.head.address}:{p.gcs}", *_common_flags(fleet), "9>&-"]),
     ])
 
 
@@ -210,8 +211,8 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
         "cluster_name": fleet.name,
         "provider": {
             "type": "local",
-            "head_ip": fleet.head.host,
-            "worker_ips": [w.host for w in fleet.workers],
+            "head_ip": fleet.head.address,   # addresses, also for names: Ray knows nodes by address
+            "worker_ips": [w.address for w in fleet.workers],
         },
         "auth": {"ssh_user": user, "ssh_private_key": key},
         "min_workers": fleet.min_workers,

@@ -39,11 +39,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rayfleet.cluster.ssh import SSHError, SSHRunner
 from rayfleet.config.fleet import FleetSpec, NodeSpec
+from rayfleet.errors import HostNotResolved
 
 __all__ = ["CheckResult", "Report", "CHECKS", "run_checks", "runner_for"]
 
@@ -74,8 +75,9 @@ class CheckResult:
 
 @dataclass
 class Report:
-    hosts: list[str]
+    hosts: list[str]                 # as fleet.yaml writes them
     results: list[CheckResult]
+    labels: dict[str, str] = field(default_factory=dict)   # host -> "name (address)" for names
 
     @property
     def ok(self) -> bool:
@@ -187,6 +189,11 @@ class _HostCheck:
         self.python_runs = False
         self.listening: list[int] = []
         self.mark = f".rayfleet-check-{nonce}-{node.host}"
+        try:
+            self.address: str | None = node.address
+            self.unresolved: HostNotResolved | None = None
+        except HostNotResolved as e:  # a ✗ row of its own, not an error that stops the check
+            self.address, self.unresolved = None, e
         self.nonce = nonce
         self.wrote: str | None = None           # "" written, else why not; None: no storage / not tried
         self.offset: float | None = None        # remote clock - local clock
@@ -204,7 +211,11 @@ class _HostCheck:
     # -- round 1 -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        cfg = {"ip": self.node.host, "ports": _ports_for(self.fleet, self.node), "temp_dir": self.fleet.temp_dir,
+        if self.unresolved is not None:
+            self.put(self.res("ssh", False, f"the name does not resolve on this machine ({self.unresolved.reason})",
+                              HostNotResolved.FIX))
+            return
+        cfg = {"ip": self.address, "ports": _ports_for(self.fleet, self.node), "temp_dir": self.fleet.temp_dir,
                "ray": self.ray, "gpus": self.gpus_wanted, "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
                "storage": self.fleet.storage.path if self.fleet.storage else None}
         cmd = (f"echo {_LOGIN_MARK}; exec {shlex.quote(self.py)} -c {shlex.quote(_PROBE)} "
@@ -421,12 +432,12 @@ def _rounds(checks: list[_HostCheck]) -> tuple[list[_HostCheck], _Round2]:
         list(pool.map(lambda c: c.round1(t0), checks))
 
     live = [c for c in checks if c.reachable]
-    listening = {c.node.host: c.listening for c in live if c.listening}
+    listening = {c.address: c.listening for c in live if c.listening}
     marks = [c.mark for c in live if c.wrote == ""]
     out: _Round2 = {}
 
     def round2(c: _HostCheck) -> None:
-        targets = [(h, p) for h, ports in listening.items() if h != c.node.host for p in ports]
+        targets = [(a, p) for a, ports in listening.items() if a != c.address for p in ports]
         out[c.node.host] = c.round2(targets if c.python_runs else [], marks)
 
     try:
@@ -452,13 +463,13 @@ def _compare_versions(fleet: FleetSpec, checks: list[_HostCheck]) -> None:
 
 def _compare_ports(checks: list[_HostCheck], live: list[_HostCheck], out: _Round2) -> None:
     """Every port a node holds must be reachable from the other nodes."""
-    by_host = {c.node.host: c for c in checks}
+    by_address = {c.address: c for c in checks if c.address}
     bad: dict[str, list[str]] = {}
     for c in live:
         for f in out.get(c.node.host, ([], None))[0]:
             bad.setdefault(f.split(":")[0], []).append(f"{f} from {c.node.host}")
-    for host, failed in bad.items():
-        c = by_host.get(host)
+    for address, failed in bad.items():
+        c = by_address.get(address)
         cur = c.rows.get("ports") if c else None
         if c and cur and cur.ok:
             c.put(c.res("ports", False, "unreachable: " + "; ".join(failed[:4]),
@@ -513,4 +524,5 @@ def _report(checks: list[_HostCheck]) -> Report:
         if not c.gpus_wanted and "gpus" not in c.rows:
             c.put(c.res("gpus", None, "none asked"))
         results += [c.rows[k] for k in CHECKS if k in c.rows]
-    return Report(hosts=[c.node.host for c in checks], results=results)
+    return Report(hosts=[c.node.host for c in checks], results=results,
+                  labels={c.node.host: c.node.label for c in checks if c.address})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,14 +13,16 @@ from pydantic import Field, field_validator, model_validator
 
 from rayfleet.config.ports import DEFAULTS, RANGES, port_problem
 from rayfleet.config.base import Model
+from rayfleet.errors import ConfigError, HostNotResolved
 
 __all__ = [
     "FleetSpec", "NodeSpec", "SSHSpec", "ResourcesSpec", "PortsSpec", "AutoscaleSpec",
-    "StorageSpec", "SecuritySpec",
+    "StorageSpec", "SecuritySpec", "resolve_host",
 ]
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -29,6 +33,15 @@ class SSHSpec(Model):
     key: str | None = Field(default=None, description="Private key file (default: ~/.ssh/id_ed25519).")
     port: Port | None = Field(default=None, description="SSH port (default: 22).")
 
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        # It goes into ssh's command line and the nodes' shell commands: a plain user name only.
+        if v is not None and not _USER.match(v):
+            raise ValueError("expected a user name such as 'rayfleet' (letters, digits, '_', '.', '-'; "
+                             "not starting with '-')")
+        return v
+
 
 class ResourcesSpec(Model):
     """What Ray may use on a node. Unset: Ray detects it."""
@@ -38,6 +51,23 @@ class ResourcesSpec(Model):
     object_store_memory: Annotated[int, Field(ge=78643200)] | None = Field(
         default=None, description="Object store size in bytes (>= 75 MiB).")
     custom: dict[str, float] = Field(default_factory=dict, description="Custom resources, e.g. {fast_disk: 1}.")
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_host(host: str) -> str:
+    """The address of ``host`` as this machine resolves it (IPv4 first); an address is itself.
+    Resolved once per process: Ray is told this address and nodes are matched by it everywhere."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise HostNotResolved(host, getattr(e, "strerror", None) or str(e)) from None
+    v4 = [info[4][0] for info in infos if info[0] == socket.AF_INET]
+    return (v4 or [infos[0][4][0]])[0]
 
 
 class NodeSpec(Model):
@@ -58,6 +88,17 @@ class NodeSpec(Model):
         if not _HOST.match(v):
             raise ValueError("expected an IP address or a host name such as 'gpu-1.lan'")
         return v
+
+    @property
+    def address(self) -> str:
+        """The node's address (``host`` resolved on this machine); ConfigError when a name doesn't resolve."""
+        return resolve_host(self.host)
+
+    @property
+    def label(self) -> str:
+        """``gpu1.lan (10.0.0.2)`` for a name, the address alone for an address."""
+        address = self.address
+        return self.host if address == self.host else f"{self.host} ({address})"
 
 
 class PortsSpec(Model):
@@ -175,6 +216,19 @@ class FleetSpec(Model):
     @property
     def nodes(self) -> list[NodeSpec]:
         return [self.head, *self.workers]
+
+    def node(self, host: str) -> NodeSpec | None:
+        """The node written as ``host`` in fleet.yaml, or at that address."""
+        for n in self.nodes:
+            if host == n.host:
+                return n
+        for n in self.nodes:
+            try:
+                if host == n.address:
+                    return n
+            except ConfigError:
+                continue
+        return None
 
     def ssh_for(self, node: NodeSpec) -> tuple[str, str, int]:
         """(user, key path, port) for a node: its overrides, else the fleet's, else defaults."""

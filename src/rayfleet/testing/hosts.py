@@ -54,6 +54,11 @@ class Host:
     init_pid: int | None = None
 
     @property
+    def fqdn(self) -> str:
+        """The host's name, in /etc/hosts while the lab exists (.test: reserved for testing, RFC 2606)."""
+        return f"{self.name}.rayfleet.test"
+
+    @property
     def root(self) -> Path:
         """This host's /root, seen from outside."""
         return self.dir / "root"
@@ -127,8 +132,33 @@ class HostLab:
         _run("ip", "link", "set", self.bridge, "up")
         for i in range(self.count):
             self.hosts.append(self._make_host(i))
+        self._name_hosts()
         for h in self.hosts:
             self._wait_ssh(h)
+
+    # The hosts' names in /etc/hosts (shared with the hosts: their mount namespaces bind only /root and
+    # /tmp), one marked line each; removed again by destroy (and stale ones of a killed run by create).
+    _HOSTS_FILE = Path("/etc/hosts")
+
+    @property
+    def _marker(self) -> str:
+        return f"# rayfleet-lab {self.prefix}"
+
+    def _unname_hosts(self) -> None:
+        try:
+            lines = self._HOSTS_FILE.read_text().splitlines(keepends=True)
+        except OSError:
+            return
+        kept = [ln for ln in lines if not ln.rstrip("\n").endswith(self._marker)]
+        if kept != lines:
+            self._HOSTS_FILE.write_text("".join(kept))  # in place: /etc/hosts may be a bind mount
+
+    def _name_hosts(self) -> None:
+        self._unname_hosts()
+        text = self._HOSTS_FILE.read_text()
+        if text and not text.endswith("\n"):
+            text += "\n"
+        self._HOSTS_FILE.write_text(text + "".join(f"{h.ip} {h.fqdn} {self._marker}\n" for h in self.hosts))
 
     def _make_host(self, i: int) -> Host:
         name = f"{self.prefix}{i}"
@@ -231,4 +261,5 @@ class HostLab:
             _run("ip", "netns", "del", h.netns, check=False)
             _run("ip", "link", "del", f"{h.name}b", check=False)
         _run("ip", "link", "del", self.bridge, check=False)
+        self._unname_hosts()
         self.hosts = []

@@ -347,13 +347,15 @@ def test_train_across_nodes_register_and_serve_from_shared_storage(lab, fleet_up
 
 
 def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
-    model = lab_shared(fleet_up) / "tiny-marian"
-    if not model.exists():
-        shutil.copytree(tiny_model, model)
+    """`serve --model DIR` with DIR on this machine only (each host's /tmp is its own): rayfleet copies
+    the model to the fleet's storage, where every replica reads it."""
+    assert lab.hosts[1].exec(f"test -e {tiny_model}").returncode == 1  # the nodes can't see it
     t0 = time.monotonic()
-    r = rayfleet_cli("serve", "--model", str(model), "-f", str(fleet_up), "--timeout", "400", timeout=500)
-    _timed("serve on the fleet", t0)
+    r = rayfleet_cli("serve", "--model", str(tiny_model), "-f", str(fleet_up), "--timeout", "400", timeout=500)
+    _timed("serve on the fleet (model copied to its storage)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
+    copied = Path(re.search(r"^Service translator is up: 1 replica\(s\), model (\S+)$", r.stdout, re.M)[1])
+    assert copied.parent == lab_shared(fleet_up) / "models" and copied.name.startswith(f"{tiny_model.name}-")
     head = lab.hosts[0].ip
     assert f"translate: http://{lab.hosts[0].fqdn}:8000/translate" in r.stdout  # the head as fleet.yaml names it
     resp = httpx.post(f"http://{head}:8000/translate", json={"text": "The cat sleeps."}, timeout=60)

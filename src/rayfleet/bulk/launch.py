@@ -148,7 +148,7 @@ def prepare(input_path: Path, output_path: Path, *, model: str, field: str = "te
             fleet_storage: str | None = None, fleet_name: str | None = None) -> BulkJob:
     """Check paths, field and model here; return the job to submit. ``fleet_name`` set: a fleet."""
     from rayfleet.serve.backends.base import BACKEND_NAMES
-    from rayfleet.serve.models import resolve_model
+    from rayfleet.serve.models import for_fleet, resolve_model
 
     if backend not in BACKEND_NAMES:
         raise BulkError(f"Got {backend!r} for --backend; expected one of {', '.join(BACKEND_NAMES)}.")
@@ -167,6 +167,8 @@ def prepare(input_path: Path, output_path: Path, *, model: str, field: str = "te
         _check_local(src, dst, field, restart)
     resolved = resolve_model(model)
     max_new_tokens = _max_new_tokens(resolved, max_new_tokens)
+    if fleet_name is not None and fleet_storage and Path(fleet_storage).is_dir():
+        resolved = for_fleet(resolved, lambda: Path(fleet_storage))  # the actors run on the fleet's nodes
     return BulkJob(input=str(src), output=str(dst), model=resolved, field=field,
                    output_field=output_field, backend=backend, part_size=part_size, batch_size=batch_size,
                    actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,

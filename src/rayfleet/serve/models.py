@@ -6,14 +6,17 @@ unreachable hub is one clear error instead of replicas failing in a loop.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import socket
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 from rayfleet.errors import ModelError
 
-__all__ = ["resolve_model", "looks_like_path", "hub_offline"]
+__all__ = ["resolve_model", "looks_like_path", "hub_offline", "to_storage", "for_fleet"]
 
 
 def hub_offline() -> bool:
@@ -95,3 +98,61 @@ def resolve_model(model: str, *, storage: str | Path | None = None) -> str:
         raise ModelError(f"Model {model!r} could not be fetched from the Hugging Face Hub: {e}",
                          hint=_HINT) from e
     return model
+
+
+def to_storage(model_dir: str, storage: Path, *, progress: Callable[[str], None] | None = None) -> str:
+    """A model directory of this machine as the fleet's nodes can read it: itself when it is under the
+    fleet's shared ``storage`` already, else a copy at ``<storage>/models/<name>-<content hash>``. The
+    copy is content-addressed (a second deploy of the same files copies nothing) and appears whole or
+    not at all (copied beside, then renamed)."""
+    src = Path(model_dir)
+    if src.resolve().is_relative_to(storage.resolve()):
+        return model_dir
+    files = sorted(f for f in src.rglob("*") if f.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(src)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    dest = storage / "models" / f"{src.name}-{digest.hexdigest()[:12]}"
+    if dest.is_dir():
+        if progress:
+            progress(f"model already on the fleet's storage: {dest}")
+        return str(dest)
+    size = sum(f.stat().st_size for f in files)
+    if progress:
+        progress(f"copying the model to the fleet's storage ({size / 2**20:.1f} MiB): {dest}")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, tmp)  # symlinks (a hub cache's) become the files they point to
+        try:
+            tmp.rename(dest)
+        except OSError:  # another deploy put the same files there meanwhile
+            if not dest.is_dir():
+                raise
+    except OSError as e:
+        raise ModelError(f"Can't copy the model {src} to the fleet's storage {storage}: {e}",
+                         hint="The fleet's storage.path must be writable from this machine.") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
+def for_fleet(resolved: str, storage: Callable[[], Path | None], *,
+              progress: Callable[[str], None] | None = None) -> str:
+    """What the cluster's processes should load for a model ``resolve_model`` returned: a directory
+    of this machine goes to the fleet's shared storage (``to_storage``; ``storage()`` None: the local
+    cluster, whose processes see this machine's files); a hub id stays as it is."""
+    if not Path(resolved).is_dir():
+        return resolved
+    from rayfleet.errors import RayfleetError
+
+    try:
+        shared = storage()
+    except RayfleetError as e:
+        raise ModelError(f"The model {resolved} is a directory of this machine, which the fleet's nodes can't "
+                         f"read, and rayfleet can't put it on the fleet's storage: {e.message}",
+                         hint=e.hint) from None
+    return resolved if shared is None else to_storage(resolved, shared, progress=progress)

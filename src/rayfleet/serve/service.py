@@ -121,7 +121,7 @@ def deploy_service(target: ServeTarget, spec: str | Path | ServiceSpec | dict | 
     """Deploy (or update in place) the service of ``spec``; see the module docstring. ``storage()``
     is the cluster's shared storage (None: this machine's default), asked only when needed."""
     from rayfleet.serve.keys import hash_key, load_api_keys
-    from rayfleet.serve.models import resolve_model
+    from rayfleet.serve.models import for_fleet, resolve_model
 
     spec, base_dir = load_service(spec, overrides)
     if spec.app is not None:
@@ -132,6 +132,7 @@ def deploy_service(target: ServeTarget, spec: str | Path | ServiceSpec | dict | 
         return deploy(target, spec, [], timeout_s=timeout_s, progress=progress, runtime_env=runtime_env)
     keys = load_api_keys(spec.auth, base_dir)
     resolved = resolve_model(spec.model, storage=storage() if spec.model.startswith("registry://") else None)
+    resolved = for_fleet(resolved, storage, progress=progress)  # a local directory: onto the fleet's storage
     if resolved != spec.model:
         spec = spec.model_copy(update={"model": resolved})
     return deploy(target, spec, [hash_key(k) for k in keys], timeout_s=timeout_s, progress=progress,

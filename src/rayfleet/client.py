@@ -2,9 +2,10 @@
 
 It behaves as Ray Serve's HAProxy mode needs from a client: a request is written in
 one piece (headers and body in one send), and a request whose connection closed
-before any byte of an answer came back (a replica that stopped during an update or
-died) is sent once more on a new connection. Translation is idempotent, so that
-resend is safe; HAProxy itself retries only what it can (README, "A replica dies").
+before the whole answer came back (a replica that stopped during an update, or died
+before or while answering) is sent once more on a new connection. Translation is
+idempotent, so that resend is safe; HAProxy itself retries only what it can: not an
+answer it has begun to pass on (README, "A replica dies").
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ __all__ = ["translate", "translate_detailed", "TranslationResult"]
 
 logger = logging.getLogger("rayfleet.client")
 
-# The connection closed before any answer: safe to send an idempotent request again.
-_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+# The connection closed before the whole answer (none of it, or headers without the body of a replica
+# killed while answering): safe to send an idempotent request again.
+_UNANSWERED = (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionResetError, BrokenPipeError,
+               ConnectionAbortedError)
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class TranslationResult:
     translations: list[str]
     truncated: list[int]   # indexes of texts with a sentence cut at the model's window
     version: str           # the X-Model-Version that answered
-    resent: int            # 1 when the request was sent again after its connection closed unanswered
+    resent: int            # 1 when the request was sent again after its connection closed before the answer
 
 
 def _connection(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:

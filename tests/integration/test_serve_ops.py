@@ -5,10 +5,12 @@ asserts that not one request failed while the service changed under it; next to 
 load, rayfleet's own client runs in a loop (``rayfleet translate`` in a subprocess, and
 ``rayfleet.client`` in a thread) and must not fail either.
 
-The clients behave like Python's standard ``http.client``/``requests``: a request is
-one write (headers and body), and a request whose keep-alive connection was closed
-before any byte of a response is sent again on a new connection. That is what
-Ray 2.60's HAProxy mode needs from clients; see "A replica dies" in README.md.
+The clients behave like rayfleet's own client (``rayfleet.client``): a request is one
+write (headers and body), and a request whose connection was closed before the whole
+response (none of it: a keep-alive connection HAProxy closed on a reload; or headers
+without their body: a replica killed while answering) is sent again on a new
+connection. That is what Ray 2.60's HAProxy mode needs from clients; see "A replica
+dies" in README.md.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class Load(_Threads):
                 r = conn.getresponse()
                 text = r.read().decode(errors="replace")
                 return conn, (time.monotonic(), r.status, r.getheader(VERSION_HEADER) or "", text)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            except (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionResetError,
+                    BrokenPipeError) as e:
                 conn.close()
                 conn = None
                 if attempt == 0:

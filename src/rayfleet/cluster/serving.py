@@ -21,14 +21,6 @@ high-throughput mode (Ray >= 2.55, see "Enable High Throughput on Ray Serve"):
   later packet (httpx writes it separately) is not resent (checked against the
   bundled HAProxy with a server that closes unanswered: 3 of 6 split requests got
   502, none with the option). README, "A replica dies".
-- ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``: how long a replica that is
-  being stopped (deleted, replaced by an update, scaled down) stays reachable before
-  it refuses new connections and finishes its requests in flight. Serve's 30 s is
-  sized for an external load balancer (a cloud ALB) to deregister it; here the only
-  balancer is the node's own HAProxy, which reloads within a second and resends a
-  refused connection to another replica (``option redispatch``). rayfleet uses
-  ``DRAIN_S`` (10 s): ``rayfleet services delete`` and every update end 20 s sooner,
-  and the update-under-load and killed-replica tests still fail no request.
 - The node's replica port range: its first two ports are HAProxy's stats page and
   Prometheus metrics (Serve's defaults, 8404 and 9101, would clash between two
   clusters on one machine), then the replicas' direct-ingress ports: the rest of
@@ -43,7 +35,6 @@ __all__ = ["serve_env", "replica_port_ranges", "MIN_REPLICA_PORTS"]
 MIN_REPLICA_PORTS = 4  # HAProxy stats + metrics, >= 1 HTTP, >= 1 gRPC
 
 RETRY_ON = "conn-failure empty-response"
-DRAIN_S = 10  # a stopping replica stays reachable this long (Serve's default: 30 s)
 
 
 def replica_port_ranges(min_port: int, max_port: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -61,7 +52,6 @@ def serve_env(min_replica_port: int, max_replica_port: int) -> dict[str, str]:
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(min_replica_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(min_replica_port + 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_lo),

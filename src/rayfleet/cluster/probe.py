@@ -1,4 +1,4 @@
-# rayfleet check's probe: NOT imported. preflight.py sends this file's source to each
+# rayfleet check's probe: NOT imported. preflight.py (through probe_session.py) sends this file's source to each
 # host (`python -c`, the fleet venv's Python), where it talks to rayfleet over the SSH
 # session's stdin/stdout, one JSON object per line.
 import json, os, platform, selectors, socket, subprocess, sys, threading, time

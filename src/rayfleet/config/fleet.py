@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rayfleet.config.ports import DEFAULTS, RANGES, port_problem
 from rayfleet.config.base import Model
-from rayfleet.errors import ConfigError, HostNotResolved
+from rayfleet.errors import HostNotResolved
 
 __all__ = [
     "FleetSpec", "NodeSpec", "SSHSpec", "ResourcesSpec", "PortsSpec", "AutoscaleSpec",
@@ -226,7 +226,7 @@ class FleetSpec(Model):
             try:
                 if host == n.address:
                     return n
-            except ConfigError:
+            except HostNotResolved:
                 continue
         return None
 

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from rayfleet.errors import ModelError
 
-__all__ = ["resolve_model", "looks_like_path", "hub_offline", "to_storage", "for_fleet"]
+__all__ = ["resolve_model", "looks_like_path", "hub_offline", "files_digest", "to_storage", "for_fleet"]
 
 
 def hub_offline() -> bool:
@@ -100,6 +100,19 @@ def resolve_model(model: str, *, storage: str | Path | None = None) -> str:
     return model
 
 
+def files_digest(files: list[Path], root: Path, extra: bytes = b"") -> str:
+    """sha256 over each file's path under ``root``, size and content, then ``extra``: what names a
+    model's files by their content (the fleet's model copies, CTranslate2's conversion cache)."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.relative_to(root)}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    h.update(extra)
+    return h.hexdigest()
+
+
 def to_storage(model_dir: str, storage: Path, *, progress: Callable[[str], None] | None = None) -> str:
     """A model directory of this machine as the fleet's nodes can read it: itself when it is under the
     fleet's shared ``storage`` already, else a copy at ``<storage>/models/<name>-<content hash>``. The
@@ -109,13 +122,7 @@ def to_storage(model_dir: str, storage: Path, *, progress: Callable[[str], None]
     if src.resolve().is_relative_to(storage.resolve()):
         return model_dir
     files = sorted(f for f in src.rglob("*") if f.is_file())
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(str(f.relative_to(src)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    dest = storage / "models" / f"{src.name}-{digest.hexdigest()[:12]}"
+    dest = storage / "models" / f"{src.name}-{files_digest(files, src)[:12]}"
     if dest.is_dir():
         if progress:
             progress(f"model already on the fleet's storage: {dest}")

@@ -29,7 +29,6 @@ texts are not padded to the longest one of a large batch.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -170,14 +169,9 @@ def _model_files(model_dir: Path) -> list[Path]:
 
 
 def _digest(model_dir: Path, options: dict) -> str:
-    h = hashlib.sha256()
-    for path in _model_files(model_dir):
-        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    h.update(json.dumps(options, sort_keys=True).encode())
-    return h.hexdigest()
+    from rayfleet.serve.models import files_digest
+
+    return files_digest(_model_files(model_dir), model_dir, json.dumps(options, sort_keys=True).encode())
 
 
 def _fold_decoder_start(model) -> None:

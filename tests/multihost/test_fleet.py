@@ -30,6 +30,15 @@ pytestmark = pytest.mark.multihost
 VENV = str(Path(os.sys.executable).parent.parent)
 
 
+def _other_python() -> Path | None:
+    """A Python of another minor version than this one, for a node whose python3 is not ours."""
+    mine = f"python{os.sys.version_info.major}.{os.sys.version_info.minor}"
+    for exe in sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3.*")) + sorted(Path("/usr/bin").glob("python3.*")):
+        if re.fullmatch(r"python3\.\d+", exe.name) and exe.name != mine and exe.is_file():
+            return exe
+    return None
+
+
 def _timed(label: str, t0: float) -> None:
     print(f"[multihost] {label}: {time.monotonic() - t0:.1f} s")
 
@@ -40,24 +49,29 @@ def lab():
     if why:
         pytest.fail(f"multi-host tests can't run here: {why} (./test installs what they need, as root)")
     work = Path(tempfile.mkdtemp(prefix="rflab-", dir="/var/tmp"))
+    os.chmod(work, 0o755)   # the fleet's user (not root) reaches the shared storage below it
     (work / "shared").mkdir()
     os.chmod(work / "shared", 0o777)
     try:
-        with HostLab(3, work / "hosts", keep=[str(ROOT), VENV]) as lab:
+        other = _other_python()
+        keep = [str(ROOT), VENV] + ([str(other.parent.parent)] if other else [])
+        with HostLab(3, work / "hosts", keep=keep) as lab:
             yield lab
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _fleet(lab, path: Path, *, names: bool = False, **extra) -> Path:
-    """A fleet.yaml of the lab's hosts, by address, or by name (``names``: as in /etc/hosts)."""
+def _fleet(lab, path: Path, *, names: bool = False, user: str | None = None, python: str | None = None,
+           **extra) -> Path:
+    """A fleet.yaml of the lab's hosts, by address, or by name (``names``: as in /etc/hosts). By default
+    as the hosts' unprivileged user, with the runtime rayfleet installs (``python``: a venv of one's own)."""
     host = (lambda h: h.fqdn) if names else (lambda h: h.ip)
     data = {
         "name": extra.pop("name", "lab"),
         "head": {"host": host(lab.hosts[0])},
         "workers": [{"host": host(h)} for h in lab.hosts[1:]],
-        "ssh": {"user": "root", "key": str(lab.key)},
-        "python": VENV,
+        "ssh": {"user": user or lab.user, "key": str(lab.key)},
+        **({"python": python} if python else {}),
         "resources": {"num_cpus": 1, "object_store_memory": 100 * 2**20},
         "storage": {"path": str(lab.workdir.parent / "shared")},
         **extra,
@@ -68,7 +82,8 @@ def _fleet(lab, path: Path, *, names: bool = False, **extra) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet_file(lab, tmp_path_factory):
-    """The module's fleet names its hosts (the other fleets of this module use addresses): Ray is told
+    """The module's fleet: bare hosts (rayfleet installs its runtime, in each host's private home), an
+    unprivileged user, and hosts by name (the other fleets of this module use addresses): Ray is told
     their addresses, nodes are matched by address, and what rayfleet prints names them as written."""
     return _fleet(lab, tmp_path_factory.mktemp("fleet") / "fleet.yaml", names=True)
 
@@ -102,10 +117,48 @@ def test_check_sshd_down(lab, fleet_file):
     assert r.returncode == 1
     assert _fail_rows(r.stdout) == [
         f"✗ {h.fqdn} ssh: ssh: connect to host {h.fqdn} port 22: Connection refused — fix: check that sshd "
-        f"runs on {h.fqdn} and accepts the key for root"]
+        f"runs on {h.fqdn} and accepts the key for {lab.user}"]
 
 
-def test_check_other_ray_version(lab, fleet_file, tmp_path):
+def test_check_python3_of_another_minor_version(lab, fleet_file):
+    other = _other_python()
+    assert other is not None, "this test needs a Python of another minor version on this machine (pyenv)"
+    h = lab.hosts[2]
+    python3 = os.path.realpath("/usr/bin/python3")   # the nodes' python3, seen by the lab user's PATH
+    h.exec(f"mount --bind {other} {python3}", check=True)
+    h.root.chmod(0o711)   # that Python lives under the host's /root (bound there): let the lab user reach it
+    try:
+        r = _check(fleet_file)
+    finally:
+        h.root.chmod(0o700)
+        h.exec(f"umount {python3}", check=True)
+    theirs = subprocess.run([str(other), "-c", "import platform; print(platform.python_version())"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    mine = f"{os.sys.version_info.major}.{os.sys.version_info.minor}"
+    assert r.returncode == 1
+    assert _fail_rows(r.stdout) == [
+        f"✗ {h.fqdn} python: python3 is {theirs} here; the runtime is Python {mine} (this machine's) — fix: "
+        f"install Python {mine} as python3 on {h.fqdn}, or run rayfleet with Python {theirs.rsplit('.', 1)[0]}"]
+
+
+def test_check_a_name_that_resolves_differently_on_a_node(lab, fleet_file):
+    h, other = lab.hosts[2], lab.hosts[1]
+    hosts = lab.workdir / "hosts-elsewhere"
+    hosts.write_text(Path("/etc/hosts").read_text().replace(f"{other.ip} {other.fqdn}", f"10.213.7.99 {other.fqdn}"))
+    h.exec(f"mount --bind {hosts} /etc/hosts", check=True)   # that node's own /etc/hosts
+    try:
+        r = _check(fleet_file)
+    finally:
+        h.exec("umount /etc/hosts", check=True)
+    assert r.returncode == 1
+    assert _fail_rows(r.stdout) == [
+        f"✗ {h.fqdn} names: {other.fqdn} is 10.213.7.99 here, {other.ip} on this machine — fix: make these names "
+        f"resolve to the same addresses on {h.fqdn} (DNS or /etc/hosts), or write the addresses in fleet.yaml"]
+
+
+def test_check_other_ray_version_in_a_venv_of_ones_own_as_root(lab, tmp_path):
+    """``python:`` names a venv the nodes have (used as it is); root may still be the fleet's user."""
+    fleet_file = _fleet(lab, tmp_path / "own-venv.yaml", names=True, user="root", python=VENV)
     h = lab.hosts[1]
     fake = lab.workdir / "fake-ray"
     fake.write_text("#!/bin/sh\necho 'ray, version 2.59.0'\n")
@@ -146,6 +199,7 @@ def test_check_storage_not_shared(lab, fleet_file):
     storage = lab.workdir.parent / "shared"
     private = lab.workdir / "private-storage"
     private.mkdir(exist_ok=True)
+    private.chmod(0o777)   # writable by the fleet's user, like the shared one: only "not shared" is wrong
     h.exec(f"mount --bind {private} {storage}", check=True)
     try:
         r = _check(fleet_file)
@@ -171,12 +225,20 @@ def _raylet_pid(host) -> str:
 _RAYLETS_AFTER_UP: dict[str, str] = {}
 
 
+_UP_OUTPUT: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def fleet_up(lab, fleet_file):
+    """``up`` on bare hosts: rayfleet builds its wheelhouse, installs the runtime on every host, starts Ray."""
+    for h in lab.hosts:   # bare: nothing of rayfleet's in the user's home yet
+        assert not (h.home(lab.user) / ".rayfleet").exists()
     t0 = time.monotonic()
-    r = rayfleet_cli("up", "-f", str(fleet_file), timeout=600)
-    _timed("up (check included, to all nodes alive)", t0)
+    r = rayfleet_cli("up", "-f", str(fleet_file), timeout=900)
+    _timed("up on bare hosts (check, wheelhouse, runtime install, to all nodes alive)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
+    print(r.stdout)
+    _UP_OUTPUT.append(r.stdout)
     _RAYLETS_AFTER_UP.update({h.ip: _raylet_pid(h) for h in lab.hosts[1:]})
     yield fleet_file
     t0 = time.monotonic()
@@ -210,6 +272,30 @@ def _run_job(fleet_file, script: str, timeout: float = 300) -> str:
 
 def lab_shared(fleet_file) -> Path:
     return Path(_spec(fleet_file).storage.path)
+
+
+def _runtimes(lab, h) -> list[str]:
+    """The runtimes installed in a host's private home (as the host sees it: not this machine's files)."""
+    out = h.exec(f"cd /home/{lab.user}/.rayfleet/runtime && ls */.rayfleet-runtime").stdout
+    return sorted(ln.split("/")[0] for ln in out.split())
+
+
+def test_up_installed_the_runtime_on_bare_hosts_as_the_unprivileged_user(lab, fleet_up):
+    from rayfleet.cluster.runtime import local_lock
+
+    digest = local_lock().digest
+    out = _UP_OUTPUT[0]
+    for h in lab.hosts:
+        assert re.search(rf"{re.escape(h.fqdn)} \({h.ip}\): runtime {digest} installed in \d+ s", out), out
+        assert _runtimes(lab, h) == [digest]
+        ps = h.exec("ps -eww -o user:20,args | grep '[r]aylet/raylet'").stdout   # Ray runs as that user, from it
+        assert ps.startswith(f"{lab.user} ") and f"/home/{lab.user}/.rayfleet/runtime/{digest}/" in ps, ps
+    t0 = time.monotonic()
+    r = rayfleet_cli("install", "-f", str(fleet_up), timeout=300)
+    _timed("install again (nothing to do)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [f"{h.fqdn} ({h.ip}): runtime {digest} already installed" for h in lab.hosts] + [
+        f"Runtime ~/.rayfleet/runtime/{digest} is on 3 host(s)."], r.stdout
 
 
 def test_up_three_nodes_alive_and_status(lab, fleet_up):
@@ -283,9 +369,17 @@ FLEET_MODEL = "en-fr-fleet"
 
 def _fleet_job(path: Path) -> Path:
     """examples/finetune-tiny.yaml with 2 workers, shortened: 350 steps (exact match >= 0.998 from step 350 across seeds,
-    see notes/training.md), evaluated and checkpointed once at the end, no storage_path."""
+    see notes/training.md), evaluated and checkpointed once at the end, no storage_path; its synthetic
+    corpus written here as data files beside the job (in this machine's private /tmp: the nodes can't see them)."""
+    from rayfleet.train.corpus import write_corpus
+
     spec = yaml.safe_load((ROOT / "examples" / "finetune-tiny.yaml").read_text())
     spec.pop("search", None)
+    synthetic = spec["data"].pop("synthetic")
+    files = write_corpus(path.parent / "data", seed=synthetic["seed"], train_size=synthetic["train_size"],
+                         validation_size=synthetic["validation_size"])
+    spec["data"].update(train="data/train.tsv", validation="data/validation.tsv")   # relative to the job file
+    assert files.train == path.parent / "data" / "train.tsv"
     spec.update(name="fleet-tiny", eval={"every_steps": 350}, checkpoints={"every_steps": 350, "keep": 1},
                 register={"model_name": FLEET_MODEL, "alias": "staging"})
     spec["training"]["max_steps"] = 350
@@ -299,12 +393,15 @@ def test_train_across_nodes_register_and_serve_from_shared_storage(lab, fleet_up
     """`rayfleet train -f`: DDP over 2 nodes, run dir, checkpoints and registry on the fleet's storage;
     then `registry://NAME@ALIAS` served on the fleet translates held-out sentences word for word."""
     shared, head = lab_shared(fleet_up), lab.hosts[0].ip
+    assert lab.hosts[1].exec(f"test -e {tmp_path}").returncode == 1  # the nodes can't see the data files
     t0 = time.monotonic()
     r = rayfleet_cli("train", str(_fleet_job(tmp_path / "job.yaml")), "-f", str(fleet_up), "--quiet",
                      timeout=900)
     _timed("train on the fleet (2 DDP workers, 350 steps, registration included)", t0)
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
+    shipped = sorted(p.name for p in (shared / "data").iterdir())   # the data files, copied there by content
+    assert [re.sub(r"-[0-9a-f]{12}\.", "-HASH.", n) for n in shipped] == ["train-HASH.tsv", "validation-HASH.tsv"]
     run_dir = Path(re.search(r"\(run dir (\S+)\)\.", r.stdout)[1])
     assert run_dir.parent == shared / "runs"
     # 1 CPU per node: the two workers can't share a node; gloo ran between namespaces
@@ -335,7 +432,7 @@ def test_train_across_nodes_register_and_serve_from_shared_storage(lab, fleet_up
         assert f"model {files}" in r.stdout  # the replica loads the version's files from the share
         from rayfleet.train.data import read_pairs
 
-        held_out = read_pairs(run_dir / "data" / "validation.tsv")[:3]
+        held_out = read_pairs(tmp_path / "data" / "validation.tsv")[:3]
         resp = httpx.post(f"http://{head}:8000/trained/translate", json={"texts": [en for en, _ in held_out]},
                           timeout=60)
         assert resp.status_code == 200, resp.text
@@ -428,6 +525,7 @@ def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
     # Each attempt of a task appends where and when it started to a file on the shared storage.
     attempts = lab_shared(fleet_up) / f"attempts-{time.monotonic_ns()}"
     attempts.mkdir()
+    attempts.chmod(0o777)   # the tasks write there as the fleet's user
     script = f"""
         import ray, time
         ray.init()
@@ -484,18 +582,33 @@ def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
     assert alive == {h.ip for h in lab.hosts}
 
 
-def test_changed_fleet_yaml_is_applied(lab, fleet_up):
+def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, fleet_up, tmp_path):
+    """Another CPU count on one worker, and one more package for the users' jobs (a wheel of this machine):
+    a new runtime on every node, Ray restarted from it, the old runtime removed once it runs."""
     from rayfleet.cluster import fleet as fl
+    from rayfleet.cluster.runtime import local_lock
+    from rayfleet.testing.wheels import build_wheel
 
+    old = local_lock().digest
+    wheel = build_wheel(tmp_path, "rfextra", "1.0", "VALUE = 'extra'\n")
     data = yaml.safe_load(fleet_up.read_text())
     data["workers"][0]["resources"] = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
+    data["runtime"] = {"extra_requirements": [str(wheel)]}
     fleet_up.write_text(yaml.safe_dump(data))
+    new = local_lock((str(wheel),)).digest
+    assert new != old
     t0 = time.monotonic()
-    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=600)
-    _timed("up with a changed fleet.yaml", t0)
+    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=900)
+    _timed("up with a changed fleet.yaml (a new runtime: one more package)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     cpus = {n["node_ip"]: n["resources_total"].get("CPU") for n in fl.nodes(_spec(fleet_up)) if n["state"] == "ALIVE"}
     assert cpus == {lab.hosts[0].ip: 1.0, lab.hosts[1].ip: 2.0, lab.hosts[2].ip: 1.0}
+    for h in lab.hosts:
+        assert re.search(rf"{re.escape(h.fqdn)} \({h.ip}\): runtime {new} installed in \d+ s", r.stdout), r.stdout
+        assert _runtimes(lab, h) == [new]
+        got = h.exec(f"/home/{lab.user}/.rayfleet/runtime/{new}/bin/python -c 'import rfextra; print(rfextra.VALUE)'")
+        assert got.stdout.strip() == "extra", got.stderr
+        assert f"/runtime/{new}/" in h.exec("ps -eww -o args | grep '[r]aylet/raylet'").stdout
 
 
 def test_down_leaves_no_ray_process(lab, fleet_up):

@@ -29,7 +29,10 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool) -> None:
                                hint="Fix the ✗ rows above (or rerun with --skip-check at your own risk).")
         console.print(f"check: all {len(spec.nodes)} hosts ready")
     with console.status(f"Bringing up fleet '{spec.name}' ...") as st:
-        nodes = fleet_mod.up(spec, progress=lambda m: st.update(f"fleet '{spec.name}': {m}"))
+        def progress(message: str) -> None:   # a line each (also without a terminal), and the spinner
+            console.print(f"  {message}", markup=False)
+            st.update(f"fleet '{spec.name}': {message}")
+        nodes = fleet_mod.up(spec, progress=progress)
     alive = sorted(n["node_ip"] for n in nodes if n.get("state") == "ALIVE")
     console.print(f"Fleet '{spec.name}' is up: {len(alive)} node(s) alive: {', '.join(alive)}")
     console.print(f"  address:    {spec.head.address}:{spec.ports.gcs}"

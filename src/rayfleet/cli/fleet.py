@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -32,10 +33,42 @@ def check(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     console.print(f"All {len(spec.nodes)} hosts are ready.")
 
 
+def install(
+    fleet_file: Optional[Path] = FLEET_OPTION,
+    host: List[str] = typer.Option([], "--host", help="Only this host (repeat for several; default: every node)."),
+) -> None:
+    """Install rayfleet's runtime on the nodes (what 'up' does first): a venv with exactly this
+    machine's versions of rayfleet, Ray, torch and the rest (plus runtime.extra_requirements), from a
+    wheelhouse built here once, copied over SSH and installed with no index. A node that has it
+    already gets nothing. Needs no 'python:' in fleet.yaml (that names a venv of your own instead).
+
+    Example: rayfleet install -f fleet.yaml --host gpu1.lan
+    """
+    from rayfleet.cluster import runtime
+
+    spec = load_fleet(fleet_file)
+    nodes = []
+    for h in host:
+        node = spec.node(h)
+        if node is None:
+            raise ConfigError(f"Host {h!r} is not in fleet '{spec.name}'.",
+                              hint="Hosts: " + ", ".join(n.host for n in spec.nodes))
+        nodes.append(node)
+    done = runtime.install(spec, nodes or None, progress=lambda m: console.print(m, markup=False))
+    console.print(f"Runtime {spec.venv} is on {len(done)} host(s).", markup=False)
+
+
 def render_fleet_yaml(spec: FleetSpec) -> str:
     workers = "\n".join(f"  - host: {w.host}" for w in spec.workers) or "  []"
     if not spec.workers:
         workers = "  []"
+    if spec.python:
+        python = f"python: {spec.python}   # your venv with ray and rayfleet, same path on every node, used as it is\n"
+    else:
+        python = ("# python: /opt/venv                # a venv of your own on the nodes; unset: rayfleet installs\n"
+                  "runtime:                          # its runtime (this machine's versions) on every node\n"
+                  f"  path: {spec.runtime.path}\n"
+                  "  extra_requirements: []          # packages for your own jobs, e.g. ['scikit-learn==1.5.2']\n")
     return f"""# fleet.yaml: the machines of the Ray cluster '{spec.name}'. Reference: README.md.
 name: {spec.name}
 head:
@@ -43,10 +76,9 @@ head:
 workers:
 {workers}
 ssh:                                # how rayfleet and Ray's launcher log in (same on every node)
-  user: {spec.ssh.user or 'root'}
+  user: {spec.ssh.user}
   key: {spec.ssh.key or '~/.ssh/id_ed25519'}
-python: {spec.python}   # the venv with ray and rayfleet, same path on every node
-resources: {{}}                       # e.g. {{num_cpus: 8, num_gpus: 1}}; unset = detected by Ray
+{python}resources: {{}}                       # e.g. {{num_cpus: 8, num_gpus: 1}}; unset = detected by Ray
 # ports: {{gcs: 6379, dashboard: 8265, serve: 8000}}   # all ports: see README
 temp_dir: /tmp/rayfleet             # Ray's temp dir on every node
 # autoscale: {{min_workers: 0, max_workers: {len(spec.workers)}, idle_timeout_minutes: 5}}   # default: all workers always on
@@ -61,9 +93,11 @@ def init(
     head: str = typer.Option(..., "--head", help="Head node address."),
     worker: List[str] = typer.Option([], "--worker", help="Worker address (repeat for each worker)."),
     name: str = typer.Option("fleet", "--name", help="Cluster name."),
-    ssh_user: str = typer.Option("root", "--ssh-user", help="SSH user on every node."),
+    ssh_user: str = typer.Option(getpass.getuser(), "--ssh-user",
+                                 help="SSH user on every node (best: a dedicated unprivileged user)."),
     ssh_key: str = typer.Option("~/.ssh/id_ed25519", "--ssh-key", help="SSH private key."),
-    venv: str = typer.Option(sys.prefix, "--venv", help="The venv on the nodes (default: this one's path)."),
+    venv: Optional[str] = typer.Option(None, "--venv", help="A venv of your own on the nodes, used as it is "
+                                       "(default: none; rayfleet installs its runtime there)."),
     output: Path = typer.Option(Path("fleet.yaml"), "-o", "--output", help="Where to write it."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
@@ -72,7 +106,7 @@ def init(
     Example: rayfleet init --head 10.0.0.1 --worker 10.0.0.2 --worker 10.0.0.3 --ssh-user ubuntu
     """
     data = {"name": name, "head": {"host": head}, "workers": [{"host": w} for w in worker],
-            "ssh": {"user": ssh_user, "key": ssh_key}, "python": venv}
+            "ssh": {"user": ssh_user, "key": ssh_key}, **({"python": venv} if venv else {})}
     spec = validate_data(FleetSpec, data, source="command line")
     if output.exists() and not force:
         raise ConfigError(f"{output} exists already.", hint="Pass --force to overwrite it, or -o another path.")
@@ -128,6 +162,7 @@ def export_ray_config(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
 def register(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(check)
+    app.command()(install)
     app.command("exec")(exec_)
     app.command()(logs)
     app.command("export-ray-config")(export_ray_config)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
+from rayfleet.cluster import runtime
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.launcher import (remote_token_path, render, render_yaml, started_mark,
                                        worker_start_command)
@@ -34,7 +35,7 @@ from rayfleet.cluster.preflight import runner_for
 from rayfleet.cluster.ssh import SSHError
 from rayfleet.cluster.state import auth_headers as state_auth_headers
 from rayfleet.cluster.state import ensure_token, ray_executable, state_dir, with_venv_path
-from rayfleet.config.fleet import FleetSpec
+from rayfleet.config.fleet import FleetSpec, shell_path
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
 __all__ = ["FleetPaths", "paths", "up", "down", "nodes", "auth_headers", "dashboard_url",
@@ -172,12 +173,17 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
         missing = sorted(expected - alive)
         if progress:
             progress(f"head alive, config unchanged: restarting Ray on {_labels(fleet, set(missing))}")
+        if fleet.shipped:   # a node may be a new machine in the old one's place
+            runtime.install(fleet, [n for n in fleet.workers if n.address in missing], progress=progress,
+                            timeout_s=max(timeout_s, 1200))
         errors = _start_workers_twice(fleet, missing, timeout_s)
         if errors:
             raise ClusterError("Could not restart Ray on: " + "; ".join(errors),
                                hint="See 'rayfleet logs HOST', fix the node, and run 'rayfleet up' again.")
         _wait_alive(fleet, expected, timeout_s, progress)
         return nodes(fleet)
+    if fleet.shipped:
+        runtime.install(fleet, progress=progress, timeout_s=max(timeout_s, 1200))
     p.launcher_yaml.write_text(text)
     if progress:
         progress("starting the head through Ray's cluster launcher")
@@ -197,6 +203,9 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
             log.write(f"rayfleet: started Ray on the workers itself in {time.monotonic() - t0:.1f} s"
                       + (f"; left to the autoscaler: {'; '.join(errors)}\n" if errors else "\n"))
     _wait_alive(fleet, expected, timeout_s, progress)
+    removed = runtime.prune(fleet)   # the old runtime stays until the new one runs
+    if progress and any(removed.values()):
+        progress("removed older runtimes: " + ", ".join(f"{h} {' '.join(d)}" for h, d in removed.items() if d))
     return nodes(fleet)
 
 
@@ -276,11 +285,10 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     p = paths(fleet)
     known = p.known_hosts
     name = shlex.quote(fleet.name)
-    ray = shlex.quote(fleet.ray_cli)
     tmp = shlex.quote(fleet.temp_dir)
     # The head's autoscaler keeps its provider state in $RAY_TMPDIR/ray (= temp_dir/ray);
     # /tmp/ray and temp_dir itself are where older setups and Ray's defaults put it.
-    stop_cmd = (f"{ray} stop --force >/dev/null 2>&1; rm -f "
+    stop_cmd = (f"{_any_ray(fleet)} stop --force >/dev/null 2>&1; rm -f "
                 + " ".join(f for d in ("/tmp/ray", tmp, f"{tmp}/ray") for f in launcher_state_files(name, d))
                 + f" {shlex.quote(started_mark(fleet))}; true")
     if progress:
@@ -313,6 +321,16 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
         detail = "; ".join(f"{h}: {len(v)} process(es)" for h, v in left.items())
         raise ClusterError(f"Ray processes are still running after down: {detail}.",
                            hint="Look with: rayfleet exec HOST -- pgrep -a -f ray")
+
+
+def _any_ray(fleet: FleetSpec) -> str:
+    """Shell text that runs, as its last word, the ``ray`` CLI to stop Ray with on a node: the fleet's,
+    else (rayfleet was upgraded since ``up``, so its runtime is another) any runtime installed there."""
+    if not fleet.shipped:
+        return fleet.ray_cli
+    root = shell_path(fleet.runtime.path)
+    return (f"R=ray; for r in {fleet.ray_cli} {root}/*/bin/ray; do if [ -x \"$r\" ]; then R=\"$r\"; break; fi; "
+            'done; "$R"')
 
 
 def exec_on(fleet: FleetSpec, host: str, command: str, timeout_s: float = 600):

@@ -66,7 +66,7 @@ def _per_node_resources(fleet: FleetSpec, nodes: list[NodeSpec]) -> str:
 
 def _env(fleet: FleetSpec) -> str:
     # The venv first on PATH: job entrypoints ('python ...') must find Ray and rayfleet.
-    parts = [f"PATH={shlex.quote(fleet.python)}/bin:$PATH", "RAY_USAGE_STATS_ENABLED=0",
+    parts = [f"PATH={fleet.venv_sh}/bin:$PATH", "RAY_USAGE_STATS_ENABLED=0",
              f"RAY_TMPDIR={shlex.quote(fleet.temp_dir)}"]
     # Serve with HAProxy in front and the replicas as their own ingress (cluster/serving.py).
     env = serve_env(fleet.ports.min_replica, fleet.ports.max_replica)

@@ -6,10 +6,13 @@ SSH and '-' (not checked) elsewhere; it never hangs the check.
 
 Checks, in the words the table uses:
   ssh        log in with the fleet's user and key
-  python     the venv's Python runs and has the head's version
+  python     the venv's Python runs and has the head's version; for the runtime rayfleet ships
+             (no ``python:``), the node's ``python3`` is this machine's minor version and machine type
+  runtime    the shipped runtime: installed, to install, or a different one there (``up`` installs)
   ray        ``ray --version`` equals the head's (read from the package metadata it prints
              when bin/ray is pip's launcher for the venv's Python, else run)
   rayfleet   rayfleet is installed in the venv, same version as the head's
+  names      every host name of fleet.yaml resolves on the node to the address it has here
   ports      every port the node needs is free, and reachable from the other nodes
   disk       free space in the temp dir
   gpus       nvidia-smi sees num_gpus GPUs (only where num_gpus > 0)
@@ -40,13 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rayfleet.cluster.probe_session import PROBE, ProbeSession
+from rayfleet.cluster.runtime import local_lock
 from rayfleet.cluster.ssh import SSHError, SSHRunner
 from rayfleet.config.fleet import FleetSpec, NodeSpec
 from rayfleet.errors import HostNotResolved
 
 __all__ = ["CheckResult", "Report", "CHECKS", "run_checks", "runner_for"]
 
-CHECKS = ["ssh", "python", "ray", "rayfleet", "ports", "disk", "gpus", "storage", "clock"]
+CHECKS = ["ssh", "python", "runtime", "ray", "rayfleet", "names", "ports", "disk", "gpus", "storage", "clock"]
 MIN_FREE_DISK_GIB = 2.0
 MAX_SKEW_S = 1.0
 
@@ -96,6 +100,19 @@ def runner_for(fleet: FleetSpec, node: NodeSpec, known_hosts: Path | None = None
     return SSHRunner(host=node.host, user=user, key=key, port=port, known_hosts=known_hosts)
 
 
+def _names(fleet: FleetSpec) -> dict[str, str]:
+    """The hosts fleet.yaml writes as names, with the address each resolves to here (unresolved ones left
+    out: they are ✗ ssh rows of their own)."""
+    out = {}
+    for n in fleet.nodes:
+        try:
+            if n.address != n.host:
+                out[n.host] = n.address
+        except HostNotResolved:
+            continue
+    return out
+
+
 def _ports_for(fleet: FleetSpec, node: NodeSpec) -> dict[str, int]:
     ports = fleet.ports.fixed()
     if node is not fleet.head:
@@ -109,8 +126,11 @@ class _HostCheck:
 
     def __init__(self, fleet: FleetSpec, node: NodeSpec, runner: SSHRunner, nonce: str):
         self.fleet, self.node, self.r = fleet, node, runner
-        self.py = f"{fleet.python}/bin/python"
-        self.ray = fleet.ray_cli
+        # The probe needs only the standard library: the node's python3 runs it when rayfleet ships
+        # the runtime (which may not be there yet), else the venv's own Python.
+        self.lock = local_lock(tuple(fleet.runtime.extra_requirements)) if fleet.shipped else None
+        self.py = "python3" if fleet.shipped else f"{fleet.venv}/bin/python"
+        self.py_sh = "python3" if fleet.shipped else f"{fleet.venv_sh}/bin/python"
         self.facts: dict = {}
         self.reachable = False
         self.python_runs = False
@@ -122,6 +142,7 @@ class _HostCheck:
         except HostNotResolved as e:  # a ✗ row of its own, not an error that stops the check
             self.address, self.unresolved = None, e
         self.nonce = nonce
+        self.names = _names(fleet)
         self.wrote: str | None = None           # "" written, else why not; None: no storage / not tried
         self.offset: float | None = None        # remote clock - local clock
         self.clock_error = ""
@@ -143,9 +164,12 @@ class _HostCheck:
                               HostNotResolved.FIX))
             return
         cfg = {"ip": self.address, "ports": _ports_for(self.fleet, self.node), "temp_dir": self.fleet.temp_dir,
-               "ray": self.ray, "gpus": self.gpus_wanted, "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
-               "storage": self.fleet.storage.path if self.fleet.storage else None}
-        cmd = (f"echo {_LOGIN_MARK}; exec {shlex.quote(self.py)} -c {shlex.quote(PROBE)} "
+               "ray": None if self.lock else f"{self.fleet.venv}/bin/ray", "gpus": self.gpus_wanted,
+               "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
+               "storage": self.fleet.storage.path if self.fleet.storage else None,
+               "runtime": {"root": self.fleet.runtime.path, "digest": self.lock.digest} if self.lock else None,
+               "names": sorted(self.names)}
+        cmd = (f"echo {_LOGIN_MARK}; exec {self.py_sh} -c {shlex.quote(PROBE)} "
                f"{shlex.quote(json.dumps(cfg))}")
         try:
             self.session = ProbeSession(self.r, cmd)
@@ -189,7 +213,7 @@ class _HostCheck:
             s.close()
             self.session = None
             if got is None:  # it runs but never answered: don't guess what works
-                for c in ("python", "ray", "rayfleet", "ports", "disk", "gpus"):
+                for c in ("python", "runtime", "ray", "rayfleet", "names", "ports", "disk", "gpus"):
                     self.put(self.res(c, False, f"the check's probe did not answer in {PROBE_TIMEOUT_S} s"))
                 return
             self._without_python()
@@ -197,10 +221,15 @@ class _HostCheck:
         self.python_runs = True
         self.facts = {"python": probe["python"], "rayfleet": probe.get("rayfleet"), "taken": probe["taken"]}
         self.listening = probe["listening"]
-        self.put(self.res("python", True, probe["python"]))
-        self.put(self.res("rayfleet", self.facts["rayfleet"] is not None,
-                          self.facts["rayfleet"] or "rayfleet is not installed",
-                          "" if self.facts["rayfleet"] else f"pip install rayfleet into {self.fleet.python}"))
+        if self.lock:
+            self._shipped_rows(probe)
+        else:
+            self.put(self.res("python", True, probe["python"]))
+            self.put(self.res("runtime", None, f"python: {self.fleet.python} (your venv, as it is)"))
+            self.put(self.res("rayfleet", self.facts["rayfleet"] is not None,
+                              self.facts["rayfleet"] or "rayfleet is not installed",
+                              "" if self.facts["rayfleet"] else f"pip install rayfleet into {self.fleet.python}"))
+        self._names_row(probe.get("names") or {})
         taken = probe["taken"]
         self.put(self.res("ports", not taken, ("taken: " + ", ".join(taken)) if taken else "free",
                           "stop what uses them (a Ray already running? 'rayfleet down'), or change 'ports:'"
@@ -208,6 +237,45 @@ class _HostCheck:
         self.put(self._disk_row(probe["disk_free_kib"] / 2**20))
         if "storage" in probe:
             self.wrote = probe["storage"]
+
+    def _names_row(self, seen: dict) -> None:
+        """The fleet's host names resolve here as on the machine running rayfleet (Ray is told those addresses)."""
+        if not self.names:
+            self.put(self.res("names", None, "fleet.yaml names no host by name"))
+            return
+        bad = [f"{n} is {seen.get(n) or 'not resolved'} here, {a} on this machine"
+               for n, a in sorted(self.names.items()) if seen.get(n) != a]
+        self.put(self.res("names", not bad, "; ".join(bad) or f"{len(self.names)} name(s) resolve alike",
+                          f"make these names resolve to the same addresses on {self.node.host} (DNS or "
+                          "/etc/hosts), or write the addresses in fleet.yaml" if bad else ""))
+
+    def _shipped_rows(self, probe: dict) -> None:
+        """python, runtime, ray and rayfleet for a fleet whose runtime rayfleet installs."""
+        lock = self.lock
+        assert lock is not None
+        here = f"{probe['python']} {probe['machine']}"
+        if not lock.python_ok(probe["python"]):
+            self.put(self.res("python", False, f"python3 is {probe['python']} here; the runtime is Python "
+                                               f"{lock.python} (this machine's)",
+                              f"install Python {lock.python} as python3 on {self.node.host}, or run rayfleet "
+                              f"with Python {'.'.join(probe['python'].split('.')[:2])}"))
+        elif probe["machine"] != lock.machine:
+            self.put(self.res("python", False, f"{here}: the runtime's wheels are {lock.machine}",
+                              f"run rayfleet on a {probe['machine']} machine, or use {lock.machine} nodes"))
+        else:
+            self.put(self.res("python", True, here))
+        rt = probe.get("runtime") or {}
+        if rt.get("installed"):
+            self.put(self.res("runtime", True, f"installed ({lock.digest})"))
+        elif rt.get("others"):
+            self.put(self.res("runtime", True, f"different ({', '.join(rt['others'])}); "
+                                               f"'rayfleet up' installs {lock.digest}"))
+        else:
+            self.put(self.res("runtime", True, f"to install ({lock.digest}): 'rayfleet up' installs it"))
+        versions = dict(p.split("==", 1) for p in lock.pins)
+        self.facts["ray"] = versions.get("ray")
+        self.put(self.res("ray", True, f"{versions.get('ray')} (the runtime's)"))
+        self.put(self.res("rayfleet", True, f"{versions.get('rayfleet')} (the runtime's)"))
 
     def _disk_row(self, free_gib: float) -> CheckResult:
         ok = free_gib >= MIN_FREE_DISK_GIB
@@ -222,9 +290,12 @@ class _HostCheck:
 
     def _without_python(self) -> None:
         """The venv's Python does not run here: report it, and check what needs no Python by shell."""
-        fix = f"create the venv at {self.fleet.python} on {self.node.host} (python -m venv) and install rayfleet"
+        if self.lock:
+            fix = f"install Python {self.lock.python} (python3) on {self.node.host}"
+        else:
+            fix = f"create the venv at {self.fleet.python} on {self.node.host} (python -m venv) and install rayfleet"
         self.put(self.res("python", False, f"{self.py} does not run", fix))
-        for c in ("ray", "rayfleet", "ports"):
+        for c in ("runtime", "ray", "rayfleet", "names", "ports"):
             self.put(self.res(c, None))
         t = shlex.quote(self.fleet.temp_dir)
         try:
@@ -275,17 +346,21 @@ class _HostCheck:
             self._round2_lost(f"no answer in {ROUND2_TIMEOUT_S} s")
             return [], None
         res = json.loads(got[1])
-        ray = res.get("ray") or {"rc": 127, "out": ""}
-        ray_line = next((ln for ln in ray["out"].splitlines() if ln.startswith("ray, version")), None)
-        self.facts["ray"] = ray_line.split()[2] if ray_line and ray["rc"] == 0 else None
-        self.put(self.res("ray", self.facts["ray"] is not None, self.facts["ray"] or "ray is not installed",
-                          "" if self.facts["ray"] else f"pip install 'ray[default]' into {self.fleet.python}"))
+        if self.lock is None:
+            self._ray_row(res)
         if self.gpus_wanted:
             g = res.get("gpus") or {"rc": 127, "out": ""}
             self.put(self._gpus_row(g["rc"], g["out"]))
         if "storage_error" in res:
             self.wrote = res["storage_error"]
         return res.get("unreachable", []), res.get("seen")
+
+    def _ray_row(self, res: dict) -> None:
+        ray = res.get("ray") or {"rc": 127, "out": ""}
+        ray_line = next((ln for ln in ray["out"].splitlines() if ln.startswith("ray, version")), None)
+        self.facts["ray"] = ray_line.split()[2] if ray_line and ray["rc"] == 0 else None
+        self.put(self.res("ray", self.facts["ray"] is not None, self.facts["ray"] or "ray is not installed",
+                          "" if self.facts["ray"] else f"pip install 'ray[default]' into {self.fleet.python}"))
 
     def _round2_lost(self, why: str) -> None:
         for c in ("ray", "ports", "storage", "clock"):
@@ -377,7 +452,10 @@ def _rounds(checks: list[_HostCheck]) -> tuple[list[_HostCheck], _Round2]:
 
 
 def _compare_versions(fleet: FleetSpec, checks: list[_HostCheck]) -> None:
-    """Python, Ray and rayfleet must equal the head's."""
+    """Python, Ray and rayfleet must equal the head's (a venv of the user's own; the shipped runtime
+    is the same everywhere by construction, and its python3 is compared with this machine's)."""
+    if fleet.shipped:
+        return
     head = checks[0]
     for c in checks[1:]:
         for key in ("python", "ray", "rayfleet"):

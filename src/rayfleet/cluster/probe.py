@@ -49,14 +49,34 @@ def ray_version():
         return {"rc": 0, "out": "ray, version " + importlib.metadata.version("ray"), "how": "metadata"}
     except Exception:
         return None
-ray_p = ray_version() or start([cfg["ray"], "--version"])
+if cfg["ray"]:
+    cfg["ray"] = os.path.expanduser(cfg["ray"])
+ray_p = (ray_version() or start([cfg["ray"], "--version"])) if cfg["ray"] else None
 gpu_p = start(["nvidia-smi", "-L"]) if cfg["gpus"] else None
-out = {"python": platform.python_version()}
+out = {"python": platform.python_version(), "machine": platform.machine()}
+rt = cfg.get("runtime")
+if rt:  # the runtime rayfleet ships: this lock's installed? others?
+    root = os.path.expanduser(rt["root"])
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        names = []
+    done = [n for n in names if os.path.isfile(os.path.join(root, n, ".rayfleet-runtime"))]
+    out["runtime"] = {"installed": rt["digest"] in done, "others": [n for n in done if n != rt["digest"]]}
 try:
     import rayfleet
     out["rayfleet"] = rayfleet.__version__
 except Exception as e:
     out["rayfleet_error"] = repr(e)
+names = {}
+for name in cfg.get("names") or []:   # the fleet's host names, as this node resolves them (IPv4 first)
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        v4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
+        names[name] = (v4 or [infos[0][4][0]])[0]
+    except (OSError, UnicodeError):
+        names[name] = None
+out["names"] = names
 d = cfg["temp_dir"]
 while not os.path.isdir(d):
     d = os.path.dirname(d)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import ipaddress
 import re
+import shlex
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,7 +19,7 @@ from rayfleet.errors import HostNotResolved
 
 __all__ = [
     "FleetSpec", "NodeSpec", "SSHSpec", "ResourcesSpec", "PortsSpec", "AutoscaleSpec",
-    "StorageSpec", "SecuritySpec", "resolve_host",
+    "StorageSpec", "SecuritySpec", "RuntimeSpec", "resolve_host", "shell_path",
 ]
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -29,7 +31,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 class SSHSpec(Model):
     """How rayfleet (and Ray's launcher on the head) log in to a node."""
 
-    user: str | None = Field(default=None, description="SSH user (default: root).")
+    user: str | None = Field(default=None, description="SSH user (default: the user running rayfleet).")
     key: str | None = Field(default=None, description="Private key file (default: ~/.ssh/id_ed25519).")
     port: Port | None = Field(default=None, description="SSH port (default: 22).")
 
@@ -168,6 +170,55 @@ class SecuritySpec(Model):
                                    "proxy on the head); 0.0.0.0 runs a proxy on every node.")
 
 
+def shell_path(path: str) -> str:
+    """``path`` as one shell word for the nodes' shell: ``~/x`` becomes ``"$HOME"/'x'`` (the SSH
+    user's home on that node), anything else is quoted as it is."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _node_path(v: str, example: str) -> str:
+    if not (v.startswith("/") or v == "~" or v.startswith("~/")):
+        raise ValueError(f"must be an absolute path on the nodes or start with '~/', e.g. '{example}'")
+    return v.rstrip("/") or "/"
+
+
+class RuntimeSpec(Model):
+    """The runtime rayfleet installs on every node (a venv with exactly this machine's versions of
+    rayfleet and its libraries), unless ``python:`` names a venv of your own."""
+
+    path: str = Field(default="~/.rayfleet/runtime",
+                      description="Where runtimes live on the nodes ('~/' = the SSH user's home); "
+                                  "each one in a subdirectory named by its lock hash.")
+    extra_requirements: list[str] = Field(
+        default_factory=list,
+        description="More packages for your own jobs and apps (pip requirement strings or wheel files "
+                    "of this machine), installed with the same wheelhouse, offline on the nodes.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _node_path(v, "~/.rayfleet/runtime")
+
+    @field_validator("extra_requirements")
+    @classmethod
+    def _reqs(cls, v: list[str]) -> list[str]:
+        from packaging.requirements import InvalidRequirement, Requirement
+        for r in v:
+            if r.endswith(".whl"):
+                if not Path(r).expanduser().is_file():
+                    raise ValueError(f"wheel file {r} does not exist on this machine")
+                continue
+            try:
+                Requirement(r)
+            except InvalidRequirement as e:
+                raise ValueError(f"{r!r} is not a pip requirement ({e}); e.g. 'scikit-learn==1.5.2'") from None
+        return v
+
+
 class FleetSpec(Model):
     """An on-prem Ray cluster: a head and workers reached over SSH."""
 
@@ -175,7 +226,11 @@ class FleetSpec(Model):
     head: NodeSpec = Field(description="The head node (GCS, dashboard, autoscaler).")
     workers: list[NodeSpec] = Field(default_factory=list, description="Worker nodes.")
     ssh: SSHSpec = Field(default_factory=SSHSpec, description="SSH defaults for every node.")
-    python: str = Field(description="The venv on the nodes (holds bin/python and bin/ray), same path everywhere.")
+    python: str | None = Field(
+        default=None, description="A venv of your own on the nodes (holds bin/python and bin/ray, same path "
+                                  "everywhere), used as it is. Default: the runtime rayfleet installs.")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec,
+                                 description="The runtime rayfleet installs on the nodes (when no python:).")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-node resources for every node.")
     ports: PortsSpec = Field(default_factory=PortsSpec, description="Ports on the nodes.")
     temp_dir: str = Field(default="/tmp/rayfleet", description="Ray's temp dir on every node.")
@@ -191,12 +246,17 @@ class FleetSpec(Model):
             raise ValueError("use lowercase letters, digits and '-', at most 32 characters, e.g. 'lab'")
         return v
 
-    @field_validator("python", "temp_dir")
+    @field_validator("temp_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
         if not v.startswith("/"):
-            raise ValueError("must be an absolute path on the nodes, e.g. '/opt/rayfleet/.venv'")
+            raise ValueError("must be an absolute path on the nodes, e.g. '/tmp/rayfleet'")
         return v.rstrip("/") or "/"
+
+    @field_validator("python")
+    @classmethod
+    def _venv(cls, v: str | None) -> str | None:
+        return None if v is None else _node_path(v, "/opt/rayfleet/.venv")
 
     @model_validator(mode="after")
     def _check(self) -> "FleetSpec":
@@ -232,7 +292,7 @@ class FleetSpec(Model):
 
     def ssh_for(self, node: NodeSpec) -> tuple[str, str, int]:
         """(user, key path, port) for a node: its overrides, else the fleet's, else defaults."""
-        user = node.ssh.user or self.ssh.user or "root"
+        user = node.ssh.user or self.ssh.user or getpass.getuser()
         key = node.ssh.key or self.ssh.key or "~/.ssh/id_ed25519"
         port = node.ssh.port or self.ssh.port or 22
         return user, str(Path(key).expanduser()), port
@@ -249,9 +309,28 @@ class FleetSpec(Model):
         return len(self.workers) if self.autoscale.max_workers is None else self.autoscale.max_workers
 
     @property
+    def shipped(self) -> bool:
+        """rayfleet installs the nodes' runtime (no ``python:`` of the user's own)."""
+        return self.python is None
+
+    @property
+    def venv(self) -> str:
+        """The nodes' venv as fleet.yaml would write it: ``python:``, else the runtime of this
+        machine's lock (``runtime.path``/<lock hash>)."""
+        if self.python is not None:
+            return self.python
+        from rayfleet.cluster.runtime import local_lock   # the lock of the environment running rayfleet
+        return f"{self.runtime.path}/{local_lock(tuple(self.runtime.extra_requirements)).digest}"
+
+    @property
+    def venv_sh(self) -> str:
+        """The nodes' venv as one word of a remote shell command."""
+        return shell_path(self.venv)
+
+    @property
     def ray_cli(self) -> str:
-        """The ``ray`` CLI of the nodes' venv (the one locator for remote commands)."""
-        return f"{self.python}/bin/ray"
+        """The ``ray`` CLI of the nodes' venv, as shell text (the one locator for remote commands)."""
+        return f"{self.venv_sh}/bin/ray"
 
     @property
     def auth_enabled(self) -> bool:

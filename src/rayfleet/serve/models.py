@@ -113,37 +113,51 @@ def files_digest(files: list[Path], root: Path, extra: bytes = b"") -> str:
     return h.hexdigest()
 
 
-def to_storage(model_dir: str, storage: Path, *, progress: Callable[[str], None] | None = None) -> str:
-    """A model directory of this machine as the fleet's nodes can read it: itself when it is under the
-    fleet's shared ``storage`` already, else a copy at ``<storage>/models/<name>-<content hash>``. The
-    copy is content-addressed (a second deploy of the same files copies nothing) and appears whole or
-    not at all (copied beside, then renamed)."""
-    src = Path(model_dir)
+def to_storage(path: str, storage: Path, *, progress: Callable[[str], None] | None = None,
+               kind: str = "models") -> str:
+    """A model directory (or, with ``kind="data"``, a data file) of this machine as the fleet's nodes can
+    read it: itself when it is under the fleet's shared ``storage`` already, else a copy at
+    ``<storage>/<kind>/<name>-<content hash>`` (a file keeps its suffix). The copy is content-addressed
+    (a second deploy of the same files copies nothing), appears whole or not at all (copied beside,
+    then renamed), and is readable by every user of the nodes."""
+    src = Path(path)
     if src.resolve().is_relative_to(storage.resolve()):
-        return model_dir
-    files = sorted(f for f in src.rglob("*") if f.is_file())
-    dest = storage / "models" / f"{src.name}-{files_digest(files, src)[:12]}"
-    if dest.is_dir():
+        return path
+    name = "model" if kind == "models" else src.name
+    one = src.is_file()
+    files = [src] if one else sorted(f for f in src.rglob("*") if f.is_file())
+    digest = files_digest(files, src.parent if one else src)[:12]
+    dest = storage / kind / (f"{src.stem}-{digest}{src.suffix}" if one else f"{src.name}-{digest}")
+    if dest.exists():
         if progress:
-            progress(f"model already on the fleet's storage: {dest}")
+            progress(f"{name} already on the fleet's storage: {dest}")
         return str(dest)
     size = sum(f.stat().st_size for f in files)
     if progress:
-        progress(f"copying the model to the fleet's storage ({size / 2**20:.1f} MiB): {dest}")
+        progress(f"copying {'the ' if kind == 'models' else ''}{name} to the fleet's storage ({size / 2**20:.1f} MiB): {dest}")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, tmp)  # symlinks (a hub cache's) become the files they point to
+        if one:
+            shutil.copyfile(src, tmp)
+        else:
+            shutil.copytree(src, tmp)  # symlinks (a hub cache's) become the files they point to
+        # Readable by the nodes' user, who is not this machine's (the source may be a private 0700 dir).
+        for p in [tmp, *tmp.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
         try:
             tmp.rename(dest)
         except OSError:  # another deploy put the same files there meanwhile
-            if not dest.is_dir():
+            if not dest.exists():
                 raise
     except OSError as e:
-        raise ModelError(f"Can't copy the model {src} to the fleet's storage {storage}: {e}",
+        raise ModelError(f"Can't copy {src} to the fleet's storage {storage}: {e}",
                          hint="The fleet's storage.path must be writable from this machine.") from e
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     return str(dest)
 
 

@@ -2,9 +2,11 @@
 
 A host is a network namespace with its own IP on a private bridge, its own PID
 namespace (so ``ray stop`` on one host can't touch another), its own mount
-namespace with private ``/root`` and ``/tmp``, and its own sshd with key auth
-for root. rayfleet reaches these hosts over SSH exactly as it reaches real
-machines. Only these hosts' addresses (and loopback) are ever contacted.
+namespace with private ``/root``, ``/home`` and ``/tmp``, and its own sshd with key auth
+for root and for an unprivileged user (``HostLab.user``: in a passwd/group of the host's own,
+bound over /etc/passwd and /etc/group inside the host only; a bare home, nothing on PATH).
+rayfleet reaches these hosts over SSH exactly as it reaches real machines. Only these
+hosts' addresses (and loopback) are ever contacted.
 
 Paths the hosts must still see under ``/root`` or ``/tmp`` (the venv, the Python
 it links to, the checkout) are bound back inside each host (``keep``).
@@ -63,6 +65,10 @@ class Host:
         """This host's /root, seen from outside."""
         return self.dir / "root"
 
+    def home(self, user: str) -> Path:
+        """A user's home on this host (/home/USER inside), seen from outside."""
+        return self.dir / "home" / user
+
     def exec(self, command: str, *, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
         """Run a shell command inside the host (all its namespaces), as root."""
         assert self.init_pid is not None
@@ -90,6 +96,8 @@ class HostLab:
     prefix: str = "rfh"
     keep: list[str] = field(default_factory=list)
     hosts: list[Host] = field(default_factory=list)
+    user: str = "rayfleet"     # the unprivileged user every host has (besides root)
+    uid: int = 4242
 
     @property
     def bridge(self) -> str:
@@ -135,6 +143,7 @@ class HostLab:
         self._name_hosts()
         for h in self.hosts:
             self._wait_ssh(h)
+            self._wait_ssh(h, self.user)
 
     # The hosts' names in /etc/hosts (shared with the hosts: their mount namespaces bind only /root and
     # /tmp), one marked line each; removed again by destroy (and stale ones of a killed run by create).
@@ -173,6 +182,7 @@ class HostLab:
         auth = hdir / "root" / ".ssh" / "authorized_keys"
         auth.write_text(Path(str(self.key) + ".pub").read_text())
         os.chmod(auth, 0o600)
+        self._make_user(hdir)
         venv_bin = Path(sys.executable).parent
         # Like a real machine whose admin put the venv on PATH for login shells.
         for rc in (".bashrc", ".profile"):
@@ -181,7 +191,7 @@ class HostLab:
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hdir / "ssh_host_ed25519_key"))
         (hdir / "sshd_config").write_text("\n".join([
             f"ListenAddress {ip}", "Port 22", f"HostKey {hdir}/ssh_host_ed25519_key",
-            f"PidFile {hdir}/sshd.pid", "AuthorizedKeysFile /root/.ssh/authorized_keys",
+            f"PidFile {hdir}/sshd.pid", "AuthorizedKeysFile .ssh/authorized_keys",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "UsePAM no", "UseDNS no", "StrictModes yes",
             "MaxStartups 100:30:200", "MaxSessions 100", "Subsystem sftp internal-sftp", ""]))
@@ -205,6 +215,9 @@ class HostLab:
             target = hdir / top / rel
             binds.append(f"mkdir -p {shlex.quote(str(target))} && mount --bind {shlex.quote(p)} {shlex.quote(str(target))}")
         script = " && ".join(binds + [
+            f"mount --bind {hdir}/etc/passwd /etc/passwd",
+            f"mount --bind {hdir}/etc/group /etc/group",
+            f"mount --rbind {hdir}/home /home",
             f"mount --rbind {hdir}/root /root",
             f"mount --rbind {hdir}/tmp /tmp",
             f"{_SSHD} -f {hdir}/sshd_config",
@@ -219,6 +232,24 @@ class HostLab:
         host.init_pid = self._child_of(host.proc.pid)
         return host
 
+    def _make_user(self, hdir: Path) -> None:
+        """The host's unprivileged user: passwd/group entries of the host's own, a bare home with the key."""
+        (hdir / "etc").mkdir(exist_ok=True)
+        for name, line in (("passwd", f"{self.user}:x:{self.uid}:{self.uid}:rayfleet lab:/home/{self.user}:/bin/bash"),
+                           ("group", f"{self.user}:x:{self.uid}:")):
+            base = [ln for ln in Path(f"/etc/{name}").read_text().splitlines() if not ln.startswith(f"{self.user}:")]
+            (hdir / "etc" / name).write_text("\n".join(base + [line]) + "\n")
+            os.chmod(hdir / "etc" / name, 0o644)
+        home = hdir / "home" / self.user
+        (home / ".ssh").mkdir(parents=True, exist_ok=True)
+        os.chmod(hdir / "home", 0o755)
+        (home / ".ssh" / "authorized_keys").write_text(Path(str(self.key) + ".pub").read_text())
+        os.chmod(home, 0o700)
+        os.chmod(home / ".ssh", 0o700)
+        os.chmod(home / ".ssh" / "authorized_keys", 0o600)
+        for path in (home, home / ".ssh", home / ".ssh" / "authorized_keys"):
+            os.chown(path, self.uid, self.uid)
+
     @staticmethod
     def _child_of(pid: int, timeout: float = 10) -> int:
         deadline = time.monotonic() + timeout
@@ -232,20 +263,20 @@ class HostLab:
             time.sleep(0.05)
         raise RuntimeError(f"host init under unshare {pid} did not start")
 
-    def _wait_ssh(self, host: Host, timeout: float = 20) -> None:
+    def _wait_ssh(self, host: Host, user: str = "root", timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = subprocess.run(self.ssh_args(host) + ["true"], capture_output=True, text=True, timeout=15)
+            r = subprocess.run(self.ssh_args(host, user) + ["true"], capture_output=True, text=True, timeout=15)
             if r.returncode == 0:
                 return
             time.sleep(0.2)
         log = (host.dir / "init.log").read_text(errors="replace")
-        raise RuntimeError(f"sshd on {host.name} ({host.ip}) does not answer: {r.stderr.strip()}\n{log}")
+        raise RuntimeError(f"sshd on {host.name} ({host.ip}) does not let {user} in: {r.stderr.strip()}\n{log}")
 
-    def ssh_args(self, host: Host) -> list[str]:
+    def ssh_args(self, host: Host, user: str = "root") -> list[str]:
         return ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
-                f"root@{host.ip}"]
+                f"{user}@{host.ip}"]
 
     def destroy(self) -> None:
         for h in self.hosts:

@@ -4,9 +4,11 @@
 default storage path (run directories, checkpoints, the default registry); ``preflight`` catches what would fail on the
 cluster (missing/empty/malformed data files, an unknown registry ref, an
 unreachable registry database) before anything is submitted; ``submit``
-writes the run directory (``<storage>/runs/<run>/job.json``) and submits the
-Ray Job ``python -m rayfleet.train.workload``; ``watch`` turns the job's log
-into events (see ``rayfleet.jobs.events``) until the job ends.
+submits the Ray Job ``python -m rayfleet.train.workload`` with the job's description in
+its environment (``JOB_ENV``), and the driver, on the cluster, as the cluster's user,
+creates the run directory and writes ``job.json`` there (the machine that runs rayfleet
+writes nothing into the storage: on a fleet its user is not the nodes' user); ``watch``
+turns the job's log into events (see ``rayfleet.jobs.events``) until the job ends.
 
 Run layout in the storage path::
 
@@ -36,7 +38,9 @@ from rayfleet.jobs.resources import Demand, Usage, check_fits
 from rayfleet.jobs.submit import JobsClient, follow_events
 from rayfleet.registry.refs import artifact_root, default_storage, fleet_storage, is_ref, registry_uri
 
-__all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "wait_result", "storage_of"]
+__all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "wait_result", "storage_of", "JOB_ENV"]
+
+JOB_ENV = "RAYFLEET_TRAIN_JOB"   # the job's description, handed to its driver
 
 
 class TrainJob(BaseModel):
@@ -56,7 +60,23 @@ class TrainJob(BaseModel):
 
     @classmethod
     def read(cls, path: str | Path) -> "TrainJob":
-        return cls.model_validate_json(Path(path).read_text())
+        """The job the driver runs: handed over in ``$RAYFLEET_TRAIN_JOB`` (then written to ``path``, in
+        the run directory the driver creates, mode 0600), else read from ``path``."""
+        text = os.environ.get(JOB_ENV)
+        if text is None:
+            return cls.model_validate_json(Path(path).read_text())
+        job = cls.model_validate_json(text)
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise JobError(f"Can't write the run directory {path.parent}: {e.strerror}.",
+                           hint="The storage path must be writable by the cluster's user (fleet.yaml ssh.user) "
+                                "on every node; or set storage_path in the job spec.") from e
+        return job
 
 
 @dataclass(frozen=True)
@@ -96,22 +116,38 @@ def load_job(path: str | Path) -> JobSpec:
     return spec.resolve_paths(path.resolve().parent)
 
 
-def on_fleet(spec: JobSpec, fleet) -> JobSpec:
-    """The spec as it runs on ``fleet``: without its own storage_path, the fleet's shared storage.path.
+def on_fleet(spec: JobSpec, fleet, progress=None) -> JobSpec:
+    """The spec as it runs on ``fleet``: without its own storage_path, the fleet's shared storage.path;
+    data files and a base model directory of this machine that are not on the fleet's storage, copied
+    there (content-addressed, as a served model: ``serve.models.to_storage``).
 
-    The job's driver and workers run on any node, so its run directory, checkpoints and
-    default registry must be where every node (and this machine, which writes the run
-    directory and reads the registry) sees them. ConfigError when the fleet has no
-    storage and the spec names none; RegistryError when the share is not mounted here.
+    The job's driver and workers run on any node, so its run directory, checkpoints,
+    default registry and inputs must be where every node (and this machine, which reads the
+    registry) sees them. ConfigError when the fleet has no storage and the spec names none;
+    RegistryError when the share is not mounted here.
     """
-    if spec.storage_path is not None:
+    if spec.storage_path is None:
+        try:
+            path = fleet_storage(fleet)
+        except RayfleetError as e:
+            raise type(e)(e.message, hint=f"{e.hint} Or set storage_path in the job spec to a directory every "
+                                          "node sees.") from None
+        spec = spec.model_copy(update={"storage_path": str(path)})
+    if fleet.storage is None:
         return spec
     try:
-        path = fleet_storage(fleet)
-    except RayfleetError as e:
-        raise type(e)(e.message, hint=f"{e.hint} Or set storage_path in the job spec to a directory every "
-                                      "node sees.") from None
-    return spec.model_copy(update={"storage_path": str(path)})
+        shared = fleet_storage(fleet)
+    except RayfleetError:   # the job names its own storage_path; the fleet's is not mounted here
+        return spec
+    from rayfleet.serve.models import to_storage
+
+    data = {k: to_storage(v, shared, progress=progress, kind="data")
+            for k in ("train", "validation") if (v := getattr(spec.data, k)) and Path(v).is_file()}
+    update: dict = {"data": spec.data.model_copy(update=data)} if data else {}
+    base = spec.model.base
+    if base.startswith("/") and Path(base).is_dir():
+        update["model"] = spec.model.model_copy(update={"base": to_storage(base, shared, progress=progress)})
+    return spec.model_copy(update=update) if update else spec
 
 
 def storage_of(spec: JobSpec) -> Path:
@@ -162,21 +198,14 @@ def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: i
     storage = storage_of(spec).resolve()
     run_name = _run_name(spec)
     run_dir = storage / "runs" / run_name
-    try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-        job = TrainJob(mode=mode, spec=spec, run_name=run_name, run_dir=str(run_dir),
-                       train_storage=str(storage / "runs"), registry_uri=uri, artifact_root=artifact_root(storage),
-                       samples=samples)
-        job_file = run_dir / "job.json"
-        fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(job.model_dump_json(indent=2))
-    except OSError as e:
-        raise JobError(f"Can't write the run directory {run_dir}: {e.strerror}.",
-                       hint="Set storage_path in the job spec to a writable directory.") from e
-    entrypoint = f"python -m rayfleet.train.workload {shlex.quote(str(job_file))}"
+    job = TrainJob(mode=mode, spec=spec, run_name=run_name, run_dir=str(run_dir),
+                   train_storage=str(storage / "runs"), registry_uri=uri, artifact_root=artifact_root(storage),
+                   samples=samples)
+    entrypoint = f"python -m rayfleet.train.workload {shlex.quote(str(run_dir / 'job.json'))}"
+    # The description (it may hold a database password) goes in the job's environment: not on a
+    # command line that `ps` shows every user of a node.
     runtime_env = {"env_vars": {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-                                "RAY_TRAIN_V2_ENABLED": "1", **(env or {})}}
+                                "RAY_TRAIN_V2_ENABLED": "1", JOB_ENV: job.model_dump_json(), **(env or {})}}
     client.submit(entrypoint, submission_id=run_name, runtime_env=runtime_env,
                   metadata={"rayfleet.kind": mode, "rayfleet.name": spec.name})
     return Launch(job_id=run_name, run_dir=run_dir, registry_uri=uri, demand=demand, note=note)

@@ -9,7 +9,7 @@ from conftest import rayfleet_cli
 pytestmark = pytest.mark.unit
 
 COMMANDS = [["up"], ["down"], ["status"], ["serve"], ["services"], ["services", "delete"], ["translate"],
-            ["init"], ["check"], ["exec"], ["logs"], ["export-ray-config"], ["train"], ["tune"], ["jobs"],
+            ["init"], ["check"], ["install"], ["exec"], ["logs"], ["export-ray-config"], ["train"], ["tune"], ["jobs"],
             ["models"], ["translate-file"]]
 
 
@@ -40,3 +40,21 @@ def test_up_without_fleet_file_explains(tmp_path):
         "hint: Write one with 'rayfleet init --head HOST --worker HOST ...', pass -f FILE, "
         "or use --local for a cluster on this machine.",
     ]
+
+
+def test_init_writes_a_fleet_that_gets_the_runtime_unless_given_a_venv(tmp_path):
+    import getpass
+
+    from rayfleet.config.fleet import FleetSpec
+    from rayfleet.config.loader import load_model
+
+    r = rayfleet_cli("init", "--head", "10.0.0.1", "--worker", "gpu1.lan", "-o", str(tmp_path / "a.yaml"))
+    assert r.returncode == 0, r.stderr
+    spec = load_model(FleetSpec, tmp_path / "a.yaml")
+    assert spec.shipped and spec.runtime.path == "~/.rayfleet/runtime" and spec.ssh.user == getpass.getuser()
+    assert [w.host for w in spec.workers] == ["gpu1.lan"]
+    r = rayfleet_cli("init", "--head", "10.0.0.1", "--venv", "/opt/venv", "--ssh-user", "rayfleet",
+                     "-o", str(tmp_path / "b.yaml"))
+    assert r.returncode == 0, r.stderr
+    spec = load_model(FleetSpec, tmp_path / "b.yaml")
+    assert spec.python == "/opt/venv" and not spec.shipped and spec.ssh.user == "rayfleet"

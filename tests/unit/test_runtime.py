@@ -5,9 +5,11 @@ hosts: tests/multihost/test_fleet.py."""
 from __future__ import annotations
 
 import getpass
+import os
 import importlib.metadata as md
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -114,3 +116,35 @@ def test_check_compares_how_the_node_resolves_the_fleets_names(monkeypatch, tmp_
     assert _row(report, "localhost", "names").ok and _row(report, "localhost", "names").detail == (
         "1 name(s) resolve alike")
     assert _row(_run(monkeypatch, _fleet(tmp_path)), "127.0.0.1", "names").ok is None   # addresses only
+
+
+def test_install_names_the_host_and_the_reason_and_copies_nothing(monkeypatch, tmp_path):
+    """Refused before the wheelhouse is built or anything copied: a runtime.path the user can't create, a
+    python3 of another minor version (when this machine has one: pyenv)."""
+    from rayfleet.cluster import runtime
+    from rayfleet.errors import ClusterError
+    from test_preflight import LocalRunner
+
+    monkeypatch.setattr(preflight, "runner_for", lambda f, node, known_hosts=None: LocalRunner(host=node.host))
+    monkeypatch.setenv("RAYFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(runtime, "wheelhouse", lambda *a, **k: pytest.fail("nothing may be built or copied"))
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    fleet = _fleet(tmp_path, python=None, runtime={"path": f"{blocked}/rt"})
+    with pytest.raises(ClusterError) as e:
+        runtime.install(fleet)
+    assert e.value.message.startswith(f"The runtime could not be installed on: 127.0.0.1: can't prepare "
+                                      f"{blocked}/rt: mkdir: cannot create directory"), e.value.message
+
+    others = sorted(p for p in Path("/root/.pyenv/versions").glob("3.*/bin/python3")
+                    if p.parent.parent.name.split(".")[:2] != local_lock().python.split("."))
+    if not others:
+        return
+    monkeypatch.setenv("PATH", f"{others[-1].parent}:{os.environ['PATH']}")
+    fleet = _fleet(tmp_path, python=None, runtime={"path": str(tmp_path / "rt")})
+    with pytest.raises(ClusterError) as e:
+        runtime.install(fleet)
+    theirs = others[-1].parent.parent.name
+    py = local_lock().python
+    assert e.value.message == (f"The runtime could not be installed on: 127.0.0.1: python3 {theirs} is not Python {py} "
+                               f"(the runtime's wheels are this machine's): install python{py} as python3 there")

@@ -220,7 +220,7 @@ def _status_script(fleet: FleetSpec, lock: Lock) -> str:
     """Prints 'installed', else the node's python3 version (or 'no-python3'), then the other runtimes."""
     root = shell_path(_root(fleet))
     venv = f"{root}/{lock.digest}"
-    return (f"mkdir -p {root}/wheelhouse && cd {root} && "
+    return (f"{{ mkdir -p {root}/wheelhouse && cd {root}; }} || exit 3; "
             f"if [ -f {venv}/{MARK} ]; then echo installed; else "
             "command -v python3 >/dev/null && python3 -c 'import platform; print(platform.python_version())' "
             "|| echo no-python3; fi; "
@@ -250,11 +250,11 @@ def _rsync(runner: SSHRunner, local: Path, remote: str, timeout_s: float) -> Non
         r = subprocess.run(["rsync", "-a", "--delete", "-e", ssh, f"{local}/", f"{runner.user}@{runner.host}:{dest}/"],
                            capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
-        raise SSHError(f"{runner.host}: copying the wheelhouse did not finish in {timeout_s:.0f} s") from e
+        raise SSHError(f"copying the wheelhouse did not finish in {timeout_s:.0f} s") from e
     except OSError as e:
         raise SSHError(f"Can't run rsync: {e}", hint="Install rsync on this machine and on the nodes.") from e
     if r.returncode != 0:
-        raise SSHError(f"{runner.host}: copying the wheelhouse failed: "
+        raise SSHError("copying the wheelhouse failed: "
                        + (r.stderr.strip().splitlines() or ["rsync failed"])[0])
 
 
@@ -268,7 +268,7 @@ class NodeStatus:
 def node_status(runner: SSHRunner, fleet: FleetSpec, lock: Lock, timeout_s: float = 30) -> NodeStatus:
     r = runner.run(_status_script(fleet, lock), timeout_s=timeout_s)
     if not r.ok:
-        raise SSHError(f"{runner.host}: can't prepare {_root(fleet)}: {(r.stderr or r.stdout).strip()[-200:]}")
+        raise SSHError(f"can't prepare {_root(fleet)}: {(r.stderr or r.stdout).strip()[-200:]}")
     lines = r.stdout.split("\n")
     first = lines[0].strip()
     others = tuple(ln.split()[1] for ln in lines[1:] if ln.startswith("other ") and ln.split()[1] != lock.digest)

@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from rayfleet.cluster.runtime import local_lock, wheelhouse  # noqa: E402
+from rayfleet.cluster.runtime import local_lock, wheelhouse
 
 
 def _cpu() -> str:

@@ -127,14 +127,14 @@ def _pip(args: list[str], what: str) -> None:
 
 def _rayfleet_source() -> str:
     """Where rayfleet's own wheel is built from: its checkout (editable or local install) or wheel file."""
-    dist = md.distribution("rayfleet")
-    try:
-        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
-    except ValueError:
-        url = ""
-    path = url[len("file://"):] if url.startswith("file://") else ""
-    if path and Path(path).exists():
-        return path
+    for dist in md.distributions(name="rayfleet"):   # a build's src/*.egg-info on sys.path has no direct_url
+        try:
+            url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        except ValueError:
+            continue
+        path = url[len("file://"):] if url.startswith("file://") else ""
+        if path and Path(path).exists():
+            return path
     raise ClusterError("Can't find rayfleet's source or wheel to ship it to the nodes.",
                        hint="Install rayfleet from a checkout (pip install -e DIR) or a wheel file, or name a "
                             "venv of your own with 'python:' in fleet.yaml.")

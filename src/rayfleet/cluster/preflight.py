@@ -42,8 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rayfleet.cluster.check_compare import Round2, compare_clocks, compare_ports, compare_storage, compare_versions
 from rayfleet.cluster.probe_session import PROBE, ProbeSession
-from rayfleet.cluster.runtime import local_lock
+from rayfleet.cluster.runtime import MARK, local_lock
 from rayfleet.cluster.ssh import SSHError, SSHRunner
 from rayfleet.config.fleet import FleetSpec, NodeSpec
 from rayfleet.errors import HostNotResolved
@@ -52,7 +53,6 @@ __all__ = ["CheckResult", "Report", "CHECKS", "run_checks", "runner_for"]
 
 CHECKS = ["ssh", "python", "runtime", "ray", "rayfleet", "names", "ports", "disk", "gpus", "storage", "clock"]
 MIN_FREE_DISK_GIB = 2.0
-MAX_SKEW_S = 1.0
 
 LOGIN_TIMEOUT_S = 15      # SSH login (the original per-command budget of the login check)
 PROBE_TIMEOUT_S = 60      # round 1 after login
@@ -167,7 +167,8 @@ class _HostCheck:
                "ray": None if self.lock else f"{self.fleet.venv}/bin/ray", "gpus": self.gpus_wanted,
                "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
                "storage": self.fleet.storage.path if self.fleet.storage else None,
-               "runtime": {"root": self.fleet.runtime.path, "digest": self.lock.digest} if self.lock else None,
+               "runtime": {"root": self.fleet.runtime.path, "digest": self.lock.digest, "mark": MARK}
+               if self.lock else None,
                "names": sorted(self.names)}
         cmd = (f"echo {_LOGIN_MARK}; exec {self.py_sh} -c {shlex.quote(PROBE)} "
                f"{shlex.quote(json.dumps(cfg))}")
@@ -411,20 +412,19 @@ def run_checks(fleet: FleetSpec, known_hosts: Path | None = None) -> Report:
                 c.session.close()
 
 
-_Round2 = dict[str, tuple[list[str], "list[str] | None"]]   # host -> (failed connects, storage marks seen)
 
 
 def _run(fleet: FleetSpec, checks: list[_HostCheck]) -> Report:
     """Both rounds on every host at once, then the checks that compare hosts with each other."""
     live, out = _rounds(checks)
-    _compare_versions(fleet, checks)
-    _compare_ports(checks, live, out)
-    _compare_storage(fleet, live, out)
-    _compare_clocks(checks[0], live)
+    compare_versions(fleet, checks)
+    compare_ports(checks, live, out)
+    compare_storage(fleet, live, out)
+    compare_clocks(checks[0], live)
     return _report(checks)
 
 
-def _rounds(checks: list[_HostCheck]) -> tuple[list[_HostCheck], _Round2]:
+def _rounds(checks: list[_HostCheck]) -> tuple[list[_HostCheck], Round2]:
     """Round 1 (logins, facts, ports held) on every host; round 2 (connects to the others' ports,
     their storage files) on the reachable ones. The probes end either way."""
     t0 = time.monotonic()
@@ -436,7 +436,7 @@ def _rounds(checks: list[_HostCheck]) -> tuple[list[_HostCheck], _Round2]:
     live = [c for c in checks if c.reachable]
     listening = {c.address: c.listening for c in live if c.listening}
     marks = [c.mark for c in live if c.wrote == ""]
-    out: _Round2 = {}
+    out: Round2 = {}
 
     def round2(c: _HostCheck) -> None:
         targets = [(a, p) for a, ports in listening.items() if a != c.address for p in ports]
@@ -449,74 +449,6 @@ def _rounds(checks: list[_HostCheck]) -> tuple[list[_HostCheck], _Round2]:
         with ThreadPoolExecutor(len(checks)) as pool:
             list(pool.map(lambda c: c.finish(), checks))
     return live, out
-
-
-def _compare_versions(fleet: FleetSpec, checks: list[_HostCheck]) -> None:
-    """Python, Ray and rayfleet must equal the head's (a venv of the user's own; the shipped runtime
-    is the same everywhere by construction, and its python3 is compared with this machine's)."""
-    if fleet.shipped:
-        return
-    head = checks[0]
-    for c in checks[1:]:
-        for key in ("python", "ray", "rayfleet"):
-            mine, theirs = c.facts.get(key), head.facts.get(key)
-            cur = c.rows.get(key)
-            if cur and cur.ok and theirs and mine != theirs:
-                c.put(c.res(key, False, f"{mine} here, {theirs} on the head",
-                            f"install {key} {theirs} in {fleet.python} on {c.node.host} (same version everywhere)"))
-
-
-def _compare_ports(checks: list[_HostCheck], live: list[_HostCheck], out: _Round2) -> None:
-    """Every port a node holds must be reachable from the other nodes."""
-    by_address = {c.address: c for c in checks if c.address}
-    bad: dict[str, list[str]] = {}
-    for c in live:
-        for f in out.get(c.node.host, ([], None))[0]:
-            bad.setdefault(f.split(":")[0], []).append(f"{f} from {c.node.host}")
-    for address, failed in bad.items():
-        c = by_address.get(address)
-        cur = c.rows.get("ports") if c else None
-        if c and cur and cur.ok:
-            c.put(c.res("ports", False, "unreachable: " + "; ".join(failed[:4]),
-                        "open these ports in the firewall between the nodes"))
-
-
-def _compare_storage(fleet: FleetSpec, live: list[_HostCheck], out: _Round2) -> None:
-    """Storage exists, is writable, and every node sees every other node's file."""
-    path = fleet.storage.path if fleet.storage else ""
-    writers = [c for c in live if c.wrote == ""]
-    for c in live:
-        if fleet.storage is None:
-            c.put(c.res("storage", None, "no storage configured"))
-        elif c.rows.get("storage") is not None:
-            continue  # the session was lost: already reported
-        elif c.wrote:
-            c.put(c.res("storage", False, f"{path} {c.wrote}",
-                        f"mount the shared storage at {path} on {c.node.host} (writable by {c.r.user})"))
-        else:
-            seen = set(out.get(c.node.host, ([], []))[1] or [])
-            missing = [w.node.host for w in writers if w.mark not in seen]
-            if missing:
-                c.put(c.res("storage", False,
-                            f"{path} is not shared: files written on {', '.join(missing)} are not seen here",
-                            f"mount the same shared directory (NFS or similar) at {path} on every node"))
-            else:
-                c.put(c.res("storage", True, f"{path} shared"))
-
-
-def _compare_clocks(head: _HostCheck, live: list[_HostCheck]) -> None:
-    for c in live:
-        if c.rows.get("clock") is not None:
-            continue
-        if c.offset is None:
-            c.put(c.res("clock", False, c.clock_error or "could not read the clock"))
-        elif head.offset is None:
-            c.put(c.res("clock", None, "head not reachable"))
-        else:
-            skew = abs(c.offset - head.offset)
-            ok = skew < MAX_SKEW_S
-            c.put(c.res("clock", ok, f"skew {skew:.2f} s vs the head",
-                        "" if ok else "run NTP (chrony or systemd-timesyncd) on every node"))
 
 
 def _report(checks: list[_HostCheck]) -> Report:

@@ -61,7 +61,7 @@ if rt:  # the runtime rayfleet ships: this lock's installed? others?
         names = sorted(os.listdir(root))
     except OSError:
         names = []
-    done = [n for n in names if os.path.isfile(os.path.join(root, n, ".rayfleet-runtime"))]
+    done = [n for n in names if os.path.isfile(os.path.join(root, n, rt["mark"]))]
     out["runtime"] = {"installed": rt["digest"] in done, "others": [n for n in done if n != rt["digest"]]}
 try:
     import rayfleet

@@ -23,6 +23,7 @@ A node needs sshd, rsync and a ``python3`` of this machine's minor version; rayf
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -103,7 +104,6 @@ def local_lock(extra: tuple[str, ...] = ()) -> Lock:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     source = _source_digest()
     blob = json.dumps([pins, extra, python, platform.machine(), source]).encode()
-    import hashlib
     return Lock(pins, extra, python, platform.machine(), source, hashlib.sha256(blob).hexdigest()[:12])
 
 
@@ -173,7 +173,7 @@ def wheelhouse(lock: Lock, progress: Progress | None = None) -> Path:
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f".{lock.digest}-", dir=final.parent))
     try:
-        missing = _reuse([p for p in lock.pins], tmp)
+        missing = _reuse(list(lock.pins), tmp)
         others = [p for p in missing if not p.startswith("rayfleet==")]
         if progress:
             progress(f"building the runtime's wheelhouse: {len(lock.pins)} packages, "
@@ -212,23 +212,18 @@ def wheelhouse(lock: Lock, progress: Progress | None = None) -> Path:
 
 # -- the nodes -------------------------------------------------------------------------------------
 
-def _root(fleet: FleetSpec) -> str:
-    return fleet.runtime.path
-
-
 def _status_script(fleet: FleetSpec, lock: Lock) -> str:
-    """Prints 'installed', else the node's python3 version (or 'no-python3'), then the other runtimes."""
-    root = shell_path(_root(fleet))
+    """Prints 'installed', else the node's python3 version (or 'no-python3')."""
+    root = shell_path(fleet.runtime.path)
     venv = f"{root}/{lock.digest}"
-    return (f"{{ mkdir -p {root}/wheelhouse && cd {root}; }} || exit 3; "
+    return (f"mkdir -p {root}/wheelhouse || exit 3; "
             f"if [ -f {venv}/{MARK} ]; then echo installed; else "
             "command -v python3 >/dev/null && python3 -c 'import platform; print(platform.python_version())' "
-            "|| echo no-python3; fi; "
-            f"for d in */{MARK}; do [ -f \"$d\" ] && echo \"other ${{d%/{MARK}}}\"; done; true")
+            "|| echo no-python3; fi")
 
 
 def _install_script(fleet: FleetSpec, lock: Lock) -> str:
-    root = shell_path(_root(fleet))
+    root = shell_path(fleet.runtime.path)
     venv = f"{root}/{lock.digest}"
     uv = f"{root}/wheelhouse/uv"
     env = (f"export UV_CACHE_DIR={root}/cache UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_OFFLINE=1 "
@@ -262,19 +257,16 @@ def _rsync(runner: SSHRunner, local: Path, remote: str, timeout_s: float) -> Non
 class NodeStatus:
     installed: bool
     python: str | None         # the node's python3 version (None: installed, not asked; "" none there)
-    others: tuple[str, ...]    # digests of the node's other runtimes
 
 
 def node_status(runner: SSHRunner, fleet: FleetSpec, lock: Lock, timeout_s: float = 30) -> NodeStatus:
     r = runner.run(_status_script(fleet, lock), timeout_s=timeout_s)
     if not r.ok:
-        raise SSHError(f"can't prepare {_root(fleet)}: {(r.stderr or r.stdout).strip()[-200:]}")
-    lines = r.stdout.split("\n")
-    first = lines[0].strip()
-    others = tuple(ln.split()[1] for ln in lines[1:] if ln.startswith("other ") and ln.split()[1] != lock.digest)
+        raise SSHError(f"can't prepare {fleet.runtime.path}: {(r.stderr or r.stdout).strip()[-200:]}")
+    first = r.stdout.strip()
     if first == "installed":
-        return NodeStatus(True, None, others)
-    return NodeStatus(False, "" if first == "no-python3" else first, others)
+        return NodeStatus(True, None)
+    return NodeStatus(False, "" if first == "no-python3" else first)
 
 
 def _error_line(text: str) -> str:
@@ -328,7 +320,7 @@ def install(fleet: FleetSpec, nodes: list[NodeSpec] | None = None, *, progress: 
             r = runners[n.host]
             t0 = time.monotonic()
             say(f"{n.label}: copying the wheelhouse ({size:.0f} MB; only what the node lacks)")
-            _rsync(r, wh, f"{_root(fleet)}/wheelhouse", timeout_s)
+            _rsync(r, wh, f"{fleet.runtime.path}/wheelhouse", timeout_s)
             say(f"{n.label}: installing runtime {lock.digest} ({len(lock.pins) + len(lock.extra)} packages)")
             res = r.run(_install_script(fleet, lock), timeout_s=timeout_s)
             if not res.ok:
@@ -363,7 +355,7 @@ def prune(fleet: FleetSpec) -> dict[str, list[str]]:
     if not fleet.shipped:
         return {}
     lock = local_lock(tuple(fleet.runtime.extra_requirements))
-    root = shell_path(_root(fleet))
+    root = shell_path(fleet.runtime.path)
     script = (f"cd {root} 2>/dev/null || exit 0; for d in */{MARK}; do [ -f \"$d\" ] || continue; "
               f"d=${{d%/{MARK}}}; [ \"$d\" = {lock.digest} ] && continue; rm -rf \"$d\" && echo \"$d\"; done; "
               f"UV_CACHE_DIR={root}/cache wheelhouse/uv cache prune -q >/dev/null 2>&1; true")

@@ -23,12 +23,14 @@ from rayfleet.config.service import ServiceSpec
 from rayfleet.errors import ServeError, exception_line, foreign
 
 if TYPE_CHECKING:
-    from ray.serve.schema import ApplicationDetails, ReplicaDetails
+    from ray.serve.schema import ApplicationDetails, DeploymentDetails, ReplicaDetails
 
 # The service's one Serve deployment (serve/app.py); its RUNNING replicas are the service's replicas.
 MODEL_DEPLOYMENT = "Translator"
 # Translated by every replica at start and through the service before a deploy is called done.
 PROBE_TEXT = "Hello."
+# Seconds the proxies (HAProxy) may take to load a changed replica list (measured: 0.3-0.7 s).
+PROXY_SETTLE_S = 2.0
 
 __all__ = ["ServeTarget", "ServiceStatus", "deploy", "list_services", "delete_service", "model_replicas",
            "replica_options", "IMPORT_PATH", "OWN_APP_IMPORT_PATH", "MODEL_DEPLOYMENT", "PROBE_TEXT"]
@@ -100,12 +102,14 @@ class _State:
     raw: dict[str, Any]
 
     def configs(self) -> list[dict[str, Any]]:
-        """Every app's config, to write back with one app changed (only rayfleet's apps have one)."""
-        for name, app in self.apps.items():
-            if app.deployed_app_config is None:
+        """Every app's config, to write back with one app changed (only rayfleet's apps have one;
+        an app being deleted has none and is no longer in Serve's config)."""
+        live = [name for name, app in self.apps.items() if app.status.value != "DELETING"]
+        for name in live:
+            if self.apps[name].deployed_app_config is None:
                 raise ServeError(f"Serve application {name!r} was deployed outside rayfleet (with serve.run).",
                                  hint="Delete it with 'serve shutdown' or redeploy it through rayfleet.")
-        return [self.raw["applications"][name]["deployed_app_config"] for name in self.apps]
+        return [self.raw["applications"][name]["deployed_app_config"] for name in live]
 
 
 def _state(client, target: ServeTarget) -> _State:
@@ -158,33 +162,70 @@ def _replica_count(app: "ApplicationDetails") -> int:
     return len(_running(dep.replicas)) if dep else 0
 
 
+def _draining(dep: "DeploymentDetails") -> bool:
+    """A deployment that serves at its target size while replicas it no longer routes to drain
+    (STOPPING): Serve calls it HEALTHY only when they are gone, and an ingress replica drains at
+    least 30 s (``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``) after it left the proxy's list."""
+    running = _running(dep.replicas)
+    return (dep.status.value == "UPDATING" and 0 < len(running) == dep.target_num_replicas
+            and all(r.state.value in ("RUNNING", "STOPPING") for r in dep.replicas))
+
+
+def _settled(app: "ApplicationDetails") -> bool:
+    """Every deployment HEALTHY or only draining old replicas (the app serves as deployed)."""
+    return app.status.value == "DEPLOYING" and bool(app.deployments) and all(
+        dep.status.value == "HEALTHY" or _draining(dep) for dep in app.deployments.values())
+
+
+def _replaced(app: "ApplicationDetails", before: set[str]) -> bool:
+    """An update is in place: the app is settled, and the replicas of each deployment that drains
+    are all new (none ran ``before`` the update)."""
+    draining = [dep for dep in app.deployments.values() if dep.status.value != "HEALTHY"]
+    return _settled(app) and bool(draining) and not any(
+        r.replica_id in before for dep in draining for r in _running(dep.replicas))
+
+
+def _replica_ids(app: "ApplicationDetails | None") -> set[str]:
+    return {r.replica_id for dep in app.deployments.values() for r in dep.replicas} if app else set()
+
+
+def _serves_nothing(app: "ApplicationDetails") -> bool:
+    """A deleted app whose replicas only drain (STOPPING): the proxy no longer routes to it."""
+    return app.status.value == "DELETING" and all(
+        r.state.value == "STOPPING" for dep in app.deployments.values() for r in dep.replicas)
+
+
 def _failure_message(app: "ApplicationDetails") -> str:
     parts = [app.message] + [dep.message for dep in app.deployments.values()]
     lines = "\n".join(p for p in parts if p).strip().splitlines()
     return "\n".join(lines[-25:])
 
 
-def _probe_app(url: str, deadline: float) -> None:
-    """An own app answers HTTP at its route: we don't know its API, so any answer from a replica
-    (Serve's replicas add ``x-request-id`` to every response; HAProxy's own 404 for a route it
-    doesn't know yet, and its 502/503/504, have none) ends the wait."""
+def _answer(url: str) -> tuple[bool, str]:
+    """GET ``url``: (whether a replica answered, what came back). Serve's replicas add
+    ``x-request-id`` to every response; HAProxy's own 404 for a route it doesn't know, and its
+    502/503/504, have none."""
     import http.client
     from urllib.parse import urlsplit
 
     u = urlsplit(url)
-    last = ""
+    try:
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=30)
+        conn.request("GET", u.path or "/")
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+    except OSError as e:
+        return False, str(e)
+    return resp.getheader("x-request-id") is not None or resp.status not in (404, 502, 503, 504), f"HTTP {resp.status}"
+
+
+def _probe_app(url: str, deadline: float) -> None:
+    """An own app answers HTTP at its route: we don't know its API, so any answer from a replica ends the wait."""
     while True:
-        try:
-            conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=30)
-            conn.request("GET", u.path or "/")
-            resp = conn.getresponse()
-            resp.read()
-            conn.close()
-            if resp.getheader("x-request-id") is not None or resp.status not in (404, 502, 503, 504):
-                return
-            last = f"HTTP {resp.status}"
-        except OSError as e:
-            last = str(e)
+        answered, last = _answer(url)
+        if answered:
+            return
         if time.monotonic() > deadline:
             raise ServeError(f"The service is deployed but does not answer at {url}: {last}",
                              hint="Fix the cause above, then run 'rayfleet serve' again.")
@@ -235,6 +276,7 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
             raise ServeError(f"Route prefix {spec.route_prefix!r} is already used by service {other['name']!r}.",
                              hint="Give this service another route_prefix, or delete the other one.")
     previous = state.apps[spec.name].last_deployed_time_s if spec.name in state.apps else 0
+    before = _replica_ids(state.apps.get(spec.name))
     new_apps = [a for a in configs if a["name"] != spec.name]
     _put(client, target, new_apps + [_app_config(spec, key_hashes, extra_args, runtime_env)])
     deadline = time.monotonic() + timeout_s
@@ -246,7 +288,10 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
         if progress and status != last:
             progress(status)
             last = status
-        if fresh and status == "RUNNING":
+        replaced = fresh and status == "DEPLOYING" and _replaced(app, before)
+        if fresh and (status == "RUNNING" or replaced):
+            if replaced:   # the old replicas left Serve's routing table; the proxies take it in next
+                time.sleep(PROXY_SETTLE_S)
             result = _status(target, spec.name, app)
             if spec.app is not None:
                 if progress:
@@ -300,7 +345,7 @@ def _status(target: ServeTarget, name: str, app: "ApplicationDetails") -> Servic
     own = cfg is not None and cfg.import_path == OWN_APP_IMPORT_PATH
     prefix = app.route_prefix or (cfg.route_prefix if cfg else None) or "/"
     return ServiceStatus(
-        name=name, status=app.status.value, route_prefix=prefix, url=target.url(prefix),
+        name=name, status="RUNNING" if _settled(app) else app.status.value, route_prefix=prefix, url=target.url(prefix),
         replicas=_replica_count(app),
         model=args.get("import_path", "?") if own else (args.get("spec") or {}).get("model", "?"),
         message=app.message, kind="app" if own else "translator",
@@ -316,20 +361,24 @@ def model_replicas(target: ServeTarget, name: str) -> list["ReplicaDetails"]:
 
 def list_services(target: ServeTarget) -> list[ServiceStatus]:
     apps = _state(_client(target), target).apps
-    return [_status(target, name, app) for name, app in sorted(apps.items())]
+    return [_status(target, name, app) for name, app in sorted(apps.items()) if app.status.value != "DELETING"]
 
 
 def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120) -> None:
-    """Remove one service; the others keep serving."""
+    """Remove one service; the others keep serving. Done once the proxy no longer routes to it:
+    its replicas may still finish requests in flight (Serve drains them for 30 s)."""
     client = _client(target)
     state = _state(client, target)
-    if name not in state.apps:
-        known = ", ".join(sorted(state.apps)) or "none"
+    live = sorted(n for n, app in state.apps.items() if app.status.value != "DELETING")
+    if name not in live:
+        known = ", ".join(live) or "none"
         raise ServeError(f"No service named {name!r} (deployed: {known}).",
                          hint="List them with: rayfleet services")
     _put(client, target, [a for a in state.configs() if a["name"] != name])
     deadline = time.monotonic() + timeout_s
-    while name in _state(client, target).apps:
+    while (app := _state(client, target).apps.get(name)) is not None and not _serves_nothing(app):
         if time.monotonic() > deadline:
             raise ServeError(f"Service {name!r} is still being deleted after {timeout_s:.0f} s.")
         time.sleep(0.5)
+    if app is not None:   # its replicas drain: the proxies drop its route next
+        time.sleep(PROXY_SETTLE_S)

@@ -155,6 +155,12 @@ def test_own_app_deploy_update_under_load_errors_and_delete(cluster, tmp_path):
     cluster.delete_service("sentiment-bound")
     assert predict(s.url, POSITIVE)[0] == 404
     assert predict(url, POSITIVE)[0] == 200             # the other service is untouched
+    # Its replicas still drain (Serve's STOPPING, 30 s): it is listed no more, and it can be
+    # deployed again at once (Serve's config has no entry for an app being deleted).
+    assert [x.name for x in cluster.services()] == ["sentiment"]
+    del bound["app"]["args"]
+    assert cluster.serve(bound).status == "RUNNING" and predict(s.url, POSITIVE)[0] == 200
+    cluster.delete_service("sentiment-bound")
 
     r = rayfleet_cli("services", "delete", "sentiment")
     assert r.returncode == 0 and r.stdout.strip() == "Deleted service sentiment."

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayfleet.cluster.launcher import render, worker_start_command
+from rayfleet.cluster.launcher import node_plan, render, worker_start_command
 from rayfleet.config.fleet import FleetSpec
 from rayfleet.errors import HostNotResolved
 
@@ -29,8 +29,9 @@ def test_names_become_addresses_for_ray_and_the_launcher():
     cfg = render(fleet, None)
     assert cfg["provider"]["head_ip"] == "127.0.0.1" and cfg["provider"]["worker_ips"] == ["127.0.0.9"]
     start = worker_start_command(fleet, SESSION)
-    assert "--address=127.0.0.1:6379" in start and "localhost" not in start
-    assert "127.0.0.9) RES=--num-cpus=3 ;;" in start  # per-node resources chosen by the node's address
+    assert '"head": "127.0.0.1:6379"' in start and "localhost" not in start
+    plan = node_plan(fleet)
+    assert plan["resources"]["127.0.0.9"] == ["--num-cpus=3"]  # per-node resources chosen by the node's address
     assert fleet.node("localhost") is fleet.head and fleet.node("127.0.0.1") is fleet.head
     assert fleet.node("127.0.0.9") is fleet.workers[0] and fleet.node("elsewhere") is None
 

@@ -1,16 +1,19 @@
-"""The worker start commands behind `rayfleet up`'s fast worker start, run in local bash
-with a stand-in `ray` (no Ray): the autoscaler's updater must not restart a worker that
+"""The worker start commands behind `rayfleet up`'s fast worker start (cluster/node_start.py),
+run in local bash with a venv whose `ray` is a stand-in (no Ray starts): the autoscaler's updater must not restart a worker that
 rayfleet has just started for the same head session, and must restart it otherwise."""
 
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import time
+import venv as venvlib
 from pathlib import Path
 
 import pytest
 
+import rayfleet
 from rayfleet.cluster.launcher import render, started_mark, worker_start_command
 from rayfleet.config.fleet import FleetSpec
 
@@ -19,13 +22,21 @@ pytestmark = pytest.mark.unit
 SESSION = "session_2026-01-01_00-00-00_000000_1"
 
 
+def _venv(tmp_path: Path, ray_script: str) -> Path:
+    """A venv (rayfleet and its imports from this one) whose `ray` is ``ray_script``."""
+    venv = tmp_path / "venv"
+    venvlib.create(venv, symlinks=True)
+    (site_dir,) = (venv / "lib").glob("python3.*/site-packages")
+    (site_dir / "outer.pth").write_text("\n".join([*site.getsitepackages(), str(Path(rayfleet.__file__).parents[1])]))
+    ray = venv / "bin" / "ray"
+    ray.write_text("#!/bin/sh\n" + ray_script + "\n")
+    ray.chmod(0o755)
+    return venv
+
+
 @pytest.fixture
 def fleet(tmp_path) -> FleetSpec:
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    ray = venv / "bin" / "ray"
-    ray.write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/ray-calls\n')
-    ray.chmod(0o755)
+    venv = _venv(tmp_path, f'echo "$1" >> {tmp_path}/ray-calls')
     # A head address nothing real uses, so no real raylet on this machine can match.
     return FleetSpec.model_validate(dict(
         name="t", head={"host": "127.0.0.77"}, workers=[{"host": "127.0.0.78"}], python=str(venv),
@@ -129,3 +140,28 @@ def test_rayfleet_start_writes_the_mark_and_leaves_a_running_session_alone(fleet
 def test_session_name_is_validated(fleet):
     with pytest.raises(ValueError):
         worker_start_command(fleet, "session_x; rm -rf /")
+
+
+def test_the_node_picks_its_flags_and_environment_from_the_plan(tmp_path):
+    """The address the node was reached at (SSH_CONNECTION) selects its resources; ports, the head's
+    address, Ray's environment and "~/" paths reach `ray start` as the plan says."""
+    log = tmp_path / "ray-args"
+    venv = _venv(tmp_path, f'echo "$* | $RAY_TMPDIR $RAY_AUTH_TOKEN_PATH $PATH" >> {log}')
+    fleet = FleetSpec.model_validate(dict(
+        name="t", head={"host": "127.0.0.77"}, python=str(venv), ssh={"user": "root", "key": "/k"},
+        workers=[{"host": "127.0.0.78", "resources": {"num_cpus": 3, "custom": {"disk": 1}}}],
+        temp_dir=str(tmp_path / "tmp"), ports={"gcs": 16399}))
+    env = {**os.environ, "SSH_CONNECTION": "127.0.0.1 50000 127.0.0.78 22", "HOME": str(tmp_path)}
+    from rayfleet.cluster.launcher import start_command
+    r = subprocess.run(["bash", "-c", start_command(fleet, "updater")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    stop, start = log.read_text().splitlines()
+    args, environment = start.split(" | ")
+    assert stop.startswith("stop --force |")
+    assert args.startswith("start --address=127.0.0.77:16399 --node-ip-address=127.0.0.78 --node-manager-port=")
+    assert args.endswith('--num-cpus=3 --resources={"disk": 1.0}')
+    assert environment.startswith(f"{fleet.temp_dir} {tmp_path}/.rayfleet/t/auth_token {venv}/bin:")
+    r = subprocess.run(["bash", "-c", start_command(fleet, "head")], env=env, capture_output=True, text=True)
+    head = log.read_text().splitlines()[-1].split(" | ")[0]
+    assert head.startswith("start --head --port=16399 --dashboard-host=127.0.0.77 ")
+    assert f"--autoscaling-config={tmp_path}/ray_bootstrap_config.yaml" in head

@@ -8,8 +8,10 @@ What the rendering absorbs (each measured on Ray 2.60, see docs):
 - token auth: the fleet's token is shipped to every node (file_mounts, 0600)
   and ``RAY_AUTH_MODE=token`` set for every ``ray start``;
 - fixed ports, so firewalls and ``rayfleet check`` know them;
-- per-node resources, chosen by node address inside the start command;
+- per-node resources, chosen by node address on the node;
 - the dashboard bound to the head's address, never 0.0.0.0 unless asked.
+Every start command is one call of ``rayfleet.cluster.node_start`` with the venv's Python and a
+JSON plan: the logic that runs on the node is Python there, not shell text rendered here.
 The v1 autoscaler (``RAY_UP_enable_autoscaler_v2=0``) is chosen where
 ``ray up`` runs (see fleet.py): v2 does not work with provider ``local``.
 """
@@ -17,23 +19,19 @@ The v1 autoscaler (``RAY_UP_enable_autoscaler_v2=0``) is chosen where
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rayfleet._compat.ray import RAYLET_COMMAND, raylet_args
+from rayfleet.cluster.node_start import SESSION, NodePlan
 from rayfleet.cluster.serving import serve_env
-from rayfleet.config.fleet import FleetSpec, NodeSpec, ResourcesSpec
+from rayfleet.config.fleet import FleetSpec, ResourcesSpec
 from rayfleet.errors import ConfigError
 
-__all__ = ["render", "render_yaml", "remote_token_path", "NODE_IP", "worker_start_command", "started_mark",
-           "STARTED_MARK_TTL_S"]
-
-# The address the node was reached at: ssh sets SSH_CONNECTION="client cport server sport".
-NODE_IP = "$(echo $SSH_CONNECTION | cut -d' ' -f3)"
+__all__ = ["render", "render_yaml", "remote_token_path", "worker_start_command", "started_mark", "node_plan",
+           "start_command"]
 
 
 def remote_token_path(fleet: FleetSpec) -> str:
@@ -49,117 +47,68 @@ def _resource_flags(res: ResourcesSpec) -> list[str]:
     if res.object_store_memory is not None:
         flags.append(f"--object-store-memory={res.object_store_memory}")
     if res.custom:
-        flags.append("--resources=" + shlex.quote(json.dumps(res.custom)))
+        flags.append("--resources=" + json.dumps(res.custom))
     return flags
 
 
-def _per_node_resources(fleet: FleetSpec, nodes: list[NodeSpec]) -> str:
-    """A shell `case` that sets RES to the resource flags of the node at $IP."""
-    arms = []
-    for n in nodes:
-        flags = " ".join(_resource_flags(fleet.resources_for(n)))
-        arms.append(f"{shlex.quote(n.address)}) RES={shlex.quote(flags)} ;;")
-    default = " ".join(_resource_flags(fleet.resources))
-    arms.append(f"*) RES={shlex.quote(default)} ;;")
-    return 'case "$IP" in ' + " ".join(arms) + " esac"
-
-
-def _env(fleet: FleetSpec) -> str:
-    # The venv first on PATH: job entrypoints ('python ...') must find Ray and rayfleet.
-    parts = [f"PATH={fleet.venv_sh}/bin:$PATH", "RAY_USAGE_STATS_ENABLED=0",
-             f"RAY_TMPDIR={shlex.quote(fleet.temp_dir)}"]
+def _env(fleet: FleetSpec) -> dict[str, str]:
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": fleet.temp_dir}
     # Serve with HAProxy in front and the replicas as their own ingress (cluster/serving.py).
-    env = serve_env(fleet.ports.min_replica, fleet.ports.max_replica)
-    parts += [f"{k}={shlex.quote(v)}" for k, v in env.items()]
+    env.update(serve_env(fleet.ports.min_replica, fleet.ports.max_replica))
     if fleet.auth_enabled:
-        parts += ["RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={remote_token_path(fleet)}"]
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": remote_token_path(fleet)})
     else:
-        parts += ["RAY_AUTH_MODE=disabled"]
-    return "export " + " ".join(parts) + " && " + _gloo_interface(fleet)
-
-
-# Gloo (PyTorch DDP on CPUs) advertises the address its host name resolves to; where that is
-# loopback (Debian's "127.0.1.1 HOSTNAME", containers) ranks on other nodes can't connect. Every
-# Ray process of a node gets GLOO_SOCKET_IFNAME = the interface that holds the node's address, so
-# any DDP program (rayfleet's training or the user's own, via rayfleet submit) works across nodes.
-# A value already in the environment wins (train/distributed.py does the same per worker).
-def _gloo_interface(fleet: FleetSpec) -> str:
-    """Shell (one line: the launcher runs it through ssh): the interface that holds $IP, from iproute2."""
-    return ("IFACE=$(ip -o addr show 2>/dev/null | awk -v ip=\"$IP\" '{split($4, a, \"/\"); if (a[1] == ip) "
-            "{sub(/@.*/, \"\", $2); print $2; exit}}' || true) && "
-            'if [ -n "$IFACE" ] && [ -z "${GLOO_SOCKET_IFNAME:-}" ]; then export GLOO_SOCKET_IFNAME="$IFACE"; fi')
-
-
-def _common_flags(fleet: FleetSpec) -> list[str]:
-    p = fleet.ports
-    return [
-        "--node-ip-address=$IP",
-        f"--node-manager-port={p.node_manager}",
-        f"--object-manager-port={p.object_manager}",
-        f"--metrics-export-port={p.metrics_export}",
-        f"--runtime-env-agent-port={p.runtime_env_agent}",
-        f"--dashboard-agent-grpc-port={p.dashboard_agent_grpc}",
-        f"--dashboard-agent-listen-port={p.dashboard_agent}",
-        f"--min-worker-port={p.min_worker}",
-        f"--max-worker-port={p.max_worker}",
-        f"--temp-dir={shlex.quote(fleet.temp_dir)}",
-        "--disable-usage-stats",
-        "$RES",
-    ]
-
-
-# ``rayfleet up`` starts Ray on the workers itself, as soon as the head is up, with the
-# same commands (fleet.py, _start_workers), instead of waiting ~15-20 s for the v1
-# autoscaler to launch them. So that the autoscaler's updater, when it comes, does not
-# restart those workers a second time, rayfleet leaves a one-shot mark on the worker
-# (the session name of the Ray it started, under a lock both take): the launcher's
-# worker start command skips the restart only when that mark is fresh and a raylet of
-# exactly that session and head is running; it always removes the mark. Without a mark
-# (plain `ray up`, autoscaling, recovery) it is Ray's usual `ray stop` + `ray start`.
-STARTED_MARK_TTL_S = 180
+        env["RAY_AUTH_MODE"] = "disabled"
+    return env
 
 
 def started_mark(fleet: FleetSpec) -> str:
+    """The one-shot mark of a worker rayfleet just started (node_start.py)."""
     return f"{fleet.temp_dir}/rayfleet-started-{fleet.name}"
 
 
-def _raylet_of(fleet: FleetSpec, session: str) -> str:
-    """A shell test: a raylet of this head and of session ``session`` runs here. ``session``
-    is shell text that expands to a session name inside double quotes."""
-    gcs_arg, session_arg = raylet_args(f"{fleet.head.address}:{fleet.ports.gcs}", session)
-    # [r]: the pattern must not match the command line of the shell that runs it
-    binary = "/".join(f"[{part[0]}]{part[1:]}" for part in RAYLET_COMMAND.split("/"))
-    return (f"pgrep -af '{binary}' | grep -F -- {shlex.quote(gcs_arg + ' ')} "
-            f'| grep -qE -- "{session_arg}( |\\$)"')
-
-
-def _worker_start(fleet: FleetSpec) -> str:
-    ray = fleet.ray_cli
+def node_plan(fleet: FleetSpec) -> NodePlan:
+    """What node_start.py needs to start Ray on any node of the fleet."""
     p = fleet.ports
-    return " && ".join([
-        f"IP={NODE_IP}", _per_node_resources(fleet, fleet.nodes), _env(fleet), "ulimit -n 65536 || true",
-        # 9>&-: the lock's descriptor must not live on in Ray's daemons
-        " ".join([f"{ray} start", f"--address={fleet.head.address}:{p.gcs}", *_common_flags(fleet), "9>&-"]),
-    ])
+    return NodePlan(
+        head=f"{fleet.head.address}:{p.gcs}",
+        ray_start=[
+            f"--node-manager-port={p.node_manager}",
+            f"--object-manager-port={p.object_manager}",
+            f"--metrics-export-port={p.metrics_export}",
+            f"--runtime-env-agent-port={p.runtime_env_agent}",
+            f"--dashboard-agent-grpc-port={p.dashboard_agent_grpc}",
+            f"--dashboard-agent-listen-port={p.dashboard_agent}",
+            f"--min-worker-port={p.min_worker}",
+            f"--max-worker-port={p.max_worker}",
+            f"--temp-dir={fleet.temp_dir}",
+            "--disable-usage-stats",
+        ],
+        head_start=[
+            f"--port={p.gcs}", f"--dashboard-host={fleet.security.dashboard_host or fleet.head.address}",
+            f"--dashboard-port={p.dashboard}", f"--ray-client-server-port={p.client_server}",
+            "--autoscaling-config=~/ray_bootstrap_config.yaml",
+        ],
+        resources={n.address: _resource_flags(fleet.resources_for(n)) for n in fleet.nodes},
+        default_resources=_resource_flags(fleet.resources),
+        env=_env(fleet),
+        temp_dir=fleet.temp_dir,
+        mark=started_mark(fleet),
+    )
 
 
-def _locked(fleet: FleetSpec) -> str:
-    lock = shlex.quote(started_mark(fleet) + ".lock")
-    return f"mkdir -p {shlex.quote(fleet.temp_dir)} && exec 9>>{lock}; flock -w 300 9 2>/dev/null; "
+def start_command(fleet: FleetSpec, mode: str, session: str | None = None) -> str:
+    """The shell command that runs node_start.py in ``mode`` (head, worker SESSION, updater) on a node."""
+    args = [mode] + ([session] if session is not None else []) + [json.dumps(node_plan(fleet), sort_keys=True)]
+    return f"{fleet.venv_sh}/bin/python -m rayfleet.cluster.node_start " + shlex.join(args)
 
 
 def worker_start_command(fleet: FleetSpec, session: str) -> str:
-    """What rayfleet runs on a worker to start Ray for the head's session ``session``: nothing
-    if a raylet of that session already runs there, else ``ray stop`` (when any Ray runs) and
-    the launcher's start command; then the one-shot mark for the autoscaler's updater."""
-    if not re.fullmatch(r"session_[\w.-]+", session):
+    """What rayfleet runs on a worker to start Ray for the head's session ``session`` (node_start.py's
+    ``worker`` mode)."""
+    if not SESSION.fullmatch(session):
         raise ValueError(f"not a Ray session name: {session!r}")
-    ray = fleet.ray_cli
-    mark = shlex.quote(started_mark(fleet))
-    return (_locked(fleet)
-            + f"if {_raylet_of(fleet, session)}; then echo 'Ray of this session already runs here'; exit 0; fi; "
-            + f"if pgrep -f '[r]aylet|[g]cs_server|[r]ay::' >/dev/null; then {ray} stop --force 9>&-; fi; "
-            + f"{_worker_start(fleet)} && echo {session} > {mark}")
+    return start_command(fleet, "worker", session)
 
 
 def _check_single_auth(fleet: FleetSpec) -> tuple[str, str, int]:
@@ -178,11 +127,6 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
     if port != 22:
         raise ConfigError(f"ssh port {port}: Ray's cluster launcher (provider 'local') connects on port 22 only.",
                           hint="Run sshd on port 22 on the nodes, or use an ssh_config Host entry.")
-    ray = fleet.ray_cli
-    p = fleet.ports
-    ip = f"IP={NODE_IP}"
-    res = _per_node_resources(fleet, fleet.nodes)
-    dash_host = fleet.security.dashboard_host or "$IP"
     mounts: dict[str, str] = {}
     setup = list(fleet.setup_commands)
     if fleet.auth_enabled:
@@ -190,23 +134,6 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
         mounts[remote_token_path(fleet)] = str(local_token)
         setup.append(f"chmod 700 ~/.rayfleet ~/.rayfleet/{fleet.name} && chmod 600 {remote_token_path(fleet)}")
     setup.append(f"mkdir -p {shlex.quote(fleet.temp_dir)}")
-    head_start = [
-        f"{ray} stop --force",
-        " && ".join([
-            ip, res, _env(fleet), "ulimit -n 65536 || true",
-            " ".join([f"{ray} start --head", f"--port={p.gcs}", f"--dashboard-host={dash_host}",
-                      f"--dashboard-port={p.dashboard}", f"--ray-client-server-port={p.client_server}",
-                      "--autoscaling-config=~/ray_bootstrap_config.yaml", *_common_flags(fleet)]),
-        ]),
-    ]
-    mark = shlex.quote(started_mark(fleet))
-    fresh = f"[ $(( $(date +%s) - $(stat -c %Y {mark}) )) -lt {STARTED_MARK_TTL_S} ]"
-    worker_start = [
-        _locked(fleet)
-        + f"if [ -f {mark} ] && {fresh} && {_raylet_of(fleet, f'$(cat {mark})')}; then rm -f {mark}; "
-        + "echo 'rayfleet up started Ray here moments ago for this head: not restarting it'; "
-        + f"else rm -f {mark}; {ray} stop --force 9>&-; {_worker_start(fleet)}; fi",
-    ]
     return {
         "cluster_name": fleet.name,
         "provider": {
@@ -228,8 +155,8 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
         "setup_commands": setup,
         "head_setup_commands": [],
         "worker_setup_commands": [],
-        "head_start_ray_commands": head_start,
-        "worker_start_ray_commands": worker_start,
+        "head_start_ray_commands": [start_command(fleet, "head")],
+        "worker_start_ray_commands": [start_command(fleet, "updater")],
     }
 
 

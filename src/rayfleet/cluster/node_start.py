@@ -1,0 +1,199 @@
+"""Start Ray on one node of a fleet: what the cluster launcher's start commands and ``rayfleet up``'s
+fast worker start run there, with the venv's Python (``launcher.start_command`` renders the call)::
+
+    <venv>/bin/python -m rayfleet.cluster.node_start head|worker|updater '<json plan>'
+
+The plan (``NodePlan``) is rendered on the machine that runs rayfleet from fleet.yaml; everything
+that depends on the node is found here: its address (the one it was reached at over SSH), its
+resource flags (chosen by that address), the interface Gloo must use, and which Ray runs already.
+
+- ``head``: ``ray stop`` and ``ray start --head``.
+- ``worker SESSION`` (``rayfleet up`` starts workers itself, as soon as the head is up, rather
+  than waiting ~15-20 s for the v1 autoscaler): nothing if a raylet of that head and session runs
+  here already, else ``ray stop`` (when any Ray runs) and ``ray start``; then a one-shot mark
+  (the session's name) for the autoscaler's updater.
+- ``updater`` (the launcher's worker start command): skips the restart only when that mark is
+  fresh (``MARK_TTL_S``) and a raylet of exactly that session and head runs; it always removes the
+  mark. Without one (plain ``ray up``, autoscaling, recovery) it is Ray's usual stop + start.
+
+The worker modes hold a lock (``<mark>.lock``) so rayfleet and the updater never start Ray at once.
+Python's standard library only (and ``rayfleet._compat.ray``'s names): nothing imports Ray here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, TypedDict
+
+from rayfleet._compat.ray import RAYLET_COMMAND, raylet_args
+
+__all__ = ["NodePlan", "MARK_TTL_S", "main"]
+
+MARK_TTL_S = 180
+LOCK_WAIT_S = 300
+OPEN_FILES = 65536
+SESSION = re.compile(r"session_[\w.-]+")
+ANY_RAY = re.compile(r"raylet|gcs_server|ray::")   # what `ray stop` would find
+
+
+class NodePlan(TypedDict):
+    head: str                          # the head's GCS address, host:port
+    ray_start: list[str]               # `ray start` flags every node gets (no address, no resources)
+    head_start: list[str]              # the head's extra flags
+    resources: dict[str, list[str]]    # node address -> resource flags
+    default_resources: list[str]
+    env: dict[str, str]                # environment of every Ray process ("~/" expanded here)
+    temp_dir: str
+    mark: str                          # the one-shot mark's path
+
+
+def node_ip() -> str:
+    """The address this node was reached at: ssh sets ``SSH_CONNECTION="client cport server sport"``."""
+    parts = os.environ.get("SSH_CONNECTION", "").split()
+    return parts[2] if len(parts) == 4 else ""
+
+
+def _interface_of(ip: str) -> str | None:
+    """The network interface that holds ``ip`` (iproute2's ``ip -o addr``)."""
+    try:
+        out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3].split("/")[0] == ip:
+            return fields[1].split("@")[0]
+    return None
+
+
+def _environment(plan: NodePlan, ip: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # The venv first on PATH: job entrypoints ('python ...') must find Ray and rayfleet.
+    env["PATH"] = f"{sys.prefix}/bin:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update({k: os.path.expanduser(v) for k, v in plan["env"].items()})
+    # Gloo (PyTorch DDP on CPUs) advertises the address its host name resolves to; where that is
+    # loopback (Debian's "127.0.1.1 HOSTNAME", containers) ranks on other nodes can't connect. Every
+    # Ray process gets the interface that holds the node's address, unless one is set already.
+    iface = _interface_of(ip) if ip else None
+    if iface and not env.get("GLOO_SOCKET_IFNAME"):
+        env["GLOO_SOCKET_IFNAME"] = iface
+    return env
+
+
+def _raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limits in ((OPEN_FILES, OPEN_FILES), (min(OPEN_FILES, hard) if hard != resource.RLIM_INFINITY
+                                               else OPEN_FILES, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (ValueError, OSError):
+            continue
+
+
+def _command_lines() -> Iterator[list[str]]:
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            raw = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if raw:
+            yield raw.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+def raylet_runs(plan: NodePlan, session: str) -> bool:
+    """A raylet of this head and of ``session`` runs here."""
+    gcs_arg, session_arg = raylet_args(plan["head"], session)
+    lines = (" " + " ".join(args) + " " for args in _command_lines())
+    return any(RAYLET_COMMAND in ln and f" {gcs_arg} " in ln and f" {session_arg} " in ln for ln in lines)
+
+
+def any_ray_runs() -> bool:
+    return any(ANY_RAY.search(" ".join(args)) for args in _command_lines())
+
+
+@contextmanager
+def _locked(plan: NodePlan) -> Iterator[None]:
+    Path(plan["temp_dir"]).mkdir(parents=True, exist_ok=True)
+    with open(plan["mark"] + ".lock", "a") as f:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break   # a stuck holder: go on, as `flock -w` did
+                time.sleep(0.2)
+        yield   # the file is closed (and unlocked) on exit; Ray's daemons don't inherit it (close_fds)
+
+
+def _ray(*args: str, env: dict[str, str] | None = None) -> int:
+    return subprocess.run([f"{sys.prefix}/bin/ray", *args], env=env).returncode
+
+
+def start(plan: NodePlan, *, head: bool) -> int:
+    ip = node_ip()
+    flags = [f"--node-ip-address={ip}", *plan["ray_start"], *plan["resources"].get(ip, plan["default_resources"])]
+    flags = ["--head", *plan["head_start"], *flags] if head else [f"--address={plan['head']}", *flags]
+    _raise_open_files()
+    home = os.path.expanduser("~")
+    return _ray("start", *(f.replace("=~/", f"={home}/", 1) for f in flags), env=_environment(plan, ip))
+
+
+def run(mode: str, plan: NodePlan, session: str | None = None) -> int:
+    if mode == "head":
+        _ray("stop", "--force")
+        return start(plan, head=True)
+    mark = Path(plan["mark"])
+    with _locked(plan):
+        if mode == "worker":
+            assert session is not None
+            if raylet_runs(plan, session):
+                print("Ray of this session already runs here")
+                return 0
+            if any_ray_runs():
+                _ray("stop", "--force")
+            rc = start(plan, head=False)
+            if rc == 0:
+                mark.write_text(session + "\n")
+            return rc
+        try:
+            fresh = time.time() - mark.stat().st_mtime < MARK_TTL_S
+            started = mark.read_text().strip()
+        except OSError:
+            fresh, started = False, ""
+        mark.unlink(missing_ok=True)
+        if fresh and SESSION.fullmatch(started) and raylet_runs(plan, started):
+            print("rayfleet up started Ray here moments ago for this head: not restarting it")
+            return 0
+        _ray("stop", "--force")
+        return start(plan, head=False)
+
+
+def main(argv: list[str]) -> int:
+    usage = "usage: python -m rayfleet.cluster.node_start head|updater PLAN | worker SESSION PLAN"
+    if len(argv) == 2 and argv[0] in ("head", "updater"):
+        mode, session, raw = argv[0], None, argv[1]
+    elif len(argv) == 3 and argv[0] == "worker" and SESSION.fullmatch(argv[1]):
+        mode, session, raw = argv
+    else:
+        print(usage, file=sys.stderr)
+        return 2
+    return run(mode, json.loads(raw), session)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

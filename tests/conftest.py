@@ -119,7 +119,7 @@ def translator(serve_target, tiny_model):
     try:
         yield spec, status.url
     finally:
-        delete_service(serve_target, spec.name)
+        delete_service(serve_target, spec.name, wait=False)
 
 
 def pytest_sessionfinish(session, exitstatus):

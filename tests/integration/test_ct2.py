@@ -213,7 +213,7 @@ def test_served_auto_backend_is_ctranslate2_and_equals_transformers(serve_target
         assert len(converted) == 2  # one model directory and its lock file: two replicas, one conversion
         assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
     finally:
-        delete_service(serve_target, spec.name)
+        delete_service(serve_target, spec.name, wait=False)
 
 
 @pytest.mark.unit

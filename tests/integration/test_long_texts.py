@@ -56,7 +56,7 @@ def service(request, serve_target, tiny_model, short_model):
     try:
         yield spec, url
     finally:
-        delete_service(serve_target, spec.name)
+        delete_service(serve_target, spec.name, wait=False)
 
 
 def _post(url: str, body: dict) -> httpx.Response:
@@ -123,7 +123,7 @@ def test_one_failing_text_among_32_concurrent_requests(serve_target, tiny_model)
         print(f"32 requests -> {info['batches']} batches, largest {info['max_batch_size_seen']}")
         assert info["max_batch_size_seen"] >= 8  # the failing text was in a real batch, not alone
     finally:
-        delete_service(serve_target, "faulty")
+        delete_service(serve_target, "faulty", wait=False)
 
 
 @pytest.fixture(scope="module")
@@ -154,4 +154,4 @@ def test_a_model_that_cannot_translate_never_replaces_a_working_one(serve_target
         r = _post(url, {"text": "The cat sleeps."})
         assert r.status_code == 200 and r.headers["X-Model-Version"] == "good"
     finally:
-        delete_service(serve_target, "keep")
+        delete_service(serve_target, "keep", wait=False)

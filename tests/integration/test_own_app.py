@@ -20,6 +20,7 @@ import yaml
 
 from conftest import ROOT, rayfleet_cli
 from rayfleet.errors import ServeError
+from rayfleet.serve.deploy import delete_service
 
 pytestmark = pytest.mark.integration
 
@@ -152,15 +153,16 @@ def test_own_app_deploy_update_under_load_errors_and_delete(cluster, tmp_path):
         cluster.serve(bound, timeout_s=120)
     assert e.value.message.startswith("Service 'sentiment-bound' can't be built: ValueError: Arguments can only be "
                                       "passed to an application builder function")
-    cluster.delete_service("sentiment-bound")
+    # Deleted without waiting for its replica to drain (Serve's STOPPING, 30 s): no longer routed, listed
+    # no more, and it deploys again at once (Serve's config has no entry for an app being deleted).
+    delete_service(cluster.serve_target, "sentiment-bound", wait=False)
     assert predict(s.url, POSITIVE)[0] == 404
     assert predict(url, POSITIVE)[0] == 200             # the other service is untouched
-    # Its replicas still drain (Serve's STOPPING, 30 s): it is listed no more, and it can be
-    # deployed again at once (Serve's config has no entry for an app being deleted).
-    assert [x.name for x in cluster.services()] == ["sentiment"]
+    assert "sentiment-bound" not in [x.name for x in cluster.services()]
     del bound["app"]["args"]
     assert cluster.serve(bound).status == "RUNNING" and predict(s.url, POSITIVE)[0] == 200
-    cluster.delete_service("sentiment-bound")
+    cluster.delete_service("sentiment-bound")           # waits until it is gone
+    assert "sentiment-bound" not in [x.name for x in cluster.services()]
 
     r = rayfleet_cli("services", "delete", "sentiment")
     assert r.returncode == 0 and r.stdout.strip() == "Deleted service sentiment."

@@ -166,5 +166,5 @@ def test_api_keys(serve_target, tiny_model, monkeypatch):
         assert r.status_code == 200 and r.json()["translation"].strip()
         assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
     finally:
-        delete_service(serve_target, "secure")
+        delete_service(serve_target, "secure", wait=False)
     assert "secure" not in {s.name for s in list_services(serve_target)}

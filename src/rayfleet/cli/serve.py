@@ -103,7 +103,7 @@ def services_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Se
     import rayfleet
 
     cluster = rayfleet.connect(fleet_file or ctx.obj)
-    with console.status(f"Deleting {name} ..."):
+    with console.status(f"Deleting {name} (its replicas finish the requests in flight: up to 30 s) ..."):
         cluster.delete_service(name)
     console.print(f"Deleted service {name}.")
 

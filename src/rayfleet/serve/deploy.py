@@ -364,9 +364,11 @@ def list_services(target: ServeTarget) -> list[ServiceStatus]:
     return [_status(target, name, app) for name, app in sorted(apps.items()) if app.status.value != "DELETING"]
 
 
-def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120) -> None:
-    """Remove one service; the others keep serving. Done once the proxy no longer routes to it:
-    its replicas may still finish requests in flight (Serve drains them for 30 s)."""
+def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120, wait: bool = True) -> None:
+    """Remove one service; the others keep serving. Returns once it is gone: its replicas have
+    finished the requests in flight (Serve drains an ingress replica 30 s) and their resources
+    are free for jobs. ``wait=False``: once the proxies no longer route to it (its replicas
+    still drain, holding their CPUs)."""
     client = _client(target)
     state = _state(client, target)
     live = sorted(n for n, app in state.apps.items() if app.status.value != "DELETING")
@@ -376,9 +378,9 @@ def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120) ->
                          hint="List them with: rayfleet services")
     _put(client, target, [a for a in state.configs() if a["name"] != name])
     deadline = time.monotonic() + timeout_s
-    while (app := _state(client, target).apps.get(name)) is not None and not _serves_nothing(app):
+    while (app := _state(client, target).apps.get(name)) is not None and (wait or not _serves_nothing(app)):
         if time.monotonic() > deadline:
             raise ServeError(f"Service {name!r} is still being deleted after {timeout_s:.0f} s.")
         time.sleep(0.5)
-    if app is not None:   # its replicas drain: the proxies drop its route next
+    if app is not None:   # draining: the proxies drop its route next
         time.sleep(PROXY_SETTLE_S)

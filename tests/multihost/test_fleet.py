@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ import requests
 import yaml
 
 from conftest import ROOT, rayfleet_cli
+from rayfleet.cluster.serving import haproxy_dir
 from rayfleet.testing.hosts import HostLab, lab_supported
 
 pytestmark = pytest.mark.multihost
@@ -467,6 +469,14 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
                if ln.strip() == "rayfleet up started Ray here moments ago for this head: not restarting it"]
     assert len(skipped) == 2, monitor[-3000:]
     assert "update-failed" not in monitor
+    # HAProxy's files on the head: a 0700 directory of the fleet's user; another user can't use its admin socket.
+    hp = haproxy_dir(temp)
+    assert lab.hosts[0].exec(f"stat -c '%u %a' {hp}").stdout.split() == [str(lab.uid), "700"]
+    (sock,) = lab.hosts[0].exec(f"find {hp} -name admin.sock").stdout.split()
+    probe = "import socket, sys; s = socket.socket(socket.AF_UNIX)\ntry: s.connect(sys.argv[1]); print('connected')\n" \
+            "except OSError as e: print(type(e).__name__)"
+    other = lab.hosts[0].exec(f"setpriv --reuid=65534 --regid=65534 --clear-groups python3 -c {shlex.quote(probe)} {sock}")
+    assert other.stdout.strip() == "PermissionError", other.stdout + other.stderr
 
 
 def test_own_code_own_app_and_the_api_on_the_fleet(lab, fleet_up):

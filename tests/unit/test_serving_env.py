@@ -2,7 +2,9 @@
 
 import pytest
 
-from rayfleet.cluster.serving import replica_port_ranges, serve_env
+import os
+
+from rayfleet.cluster.serving import haproxy_dir, private_dir, replica_port_ranges, serve_env
 from rayfleet.cluster.state import LocalPorts
 from rayfleet.config.fleet import PortsSpec
 from rayfleet.errors import ClusterError
@@ -21,7 +23,7 @@ def _used(env: dict) -> list[int]:
 
 @pytest.mark.parametrize("lo,hi", [(30000, 31999), (23000, 23003), (23000, 23004), (40000, 40199)])
 def test_the_range_is_split_without_overlap_or_gaps(lo, hi):
-    env = serve_env(lo, hi)
+    env = serve_env(lo, hi, "/tmp/rayfleet")
     used = _used(env)
     assert sorted(used) == list(range(lo, hi + 1))  # every port once, nothing outside the range
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
@@ -45,3 +47,26 @@ def test_too_small_a_range_is_refused_with_the_flag_names():
         LocalPorts(serve=30010).check()
     with pytest.raises(ValueError, match="overlaps the worker port range"):
         PortsSpec(min_worker=10002, max_worker=10999, min_replica=10500, max_replica=11500)
+
+
+def test_haproxy_files_live_in_a_private_short_directory(tmp_path):
+    env = serve_env(30000, 31999, "/tmp/rayfleet")
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == "/tmp/rayfleet/haproxy/admin.sock"
+    assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) <= 60     # not Serve's hour
+    long_dir = "/var/lib/some/rather/long/cluster/temp/dir/ray"
+    hp = haproxy_dir(long_dir)
+    assert hp.startswith("/tmp/rfhp-") and hp != haproxy_dir(long_dir + "2")
+    node_id = "f" * 56   # Serve puts its files under <dir>/<node id>/
+    for d in (hp, haproxy_dir("/tmp/rayfleet"), haproxy_dir("/" + "x" * 39)):
+        assert len(f"{d}/{node_id}/metrics.sock") <= 97     # HAProxy's limit for a socket path
+    mine = tmp_path / "hp"
+    private_dir(str(mine))
+    assert (mine.stat().st_mode & 0o777) == 0o700
+    private_dir(str(mine))   # again: fine
+    mine.chmod(0o755)
+    with pytest.raises(ValueError, match="mode 0700"):
+        private_dir(str(mine))
+    link = tmp_path / "link"
+    os.symlink(mine, link)
+    with pytest.raises(ValueError):
+        private_dir(str(link))

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from rayfleet.cluster.node_start import SESSION, NodePlan
-from rayfleet.cluster.serving import serve_env
+from rayfleet.cluster.serving import haproxy_dir, serve_env
 from rayfleet.config.fleet import FleetSpec, ResourcesSpec
 from rayfleet.errors import ConfigError
 
@@ -54,7 +54,7 @@ def _resource_flags(res: ResourcesSpec) -> list[str]:
 def _env(fleet: FleetSpec) -> dict[str, str]:
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": fleet.temp_dir}
     # Serve with HAProxy in front and the replicas as their own ingress (cluster/serving.py).
-    env.update(serve_env(fleet.ports.min_replica, fleet.ports.max_replica))
+    env.update(serve_env(fleet.ports.min_replica, fleet.ports.max_replica, fleet.temp_dir))
     if fleet.auth_enabled:
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": remote_token_path(fleet)})
     else:
@@ -93,6 +93,7 @@ def node_plan(fleet: FleetSpec) -> NodePlan:
         default_resources=_resource_flags(fleet.resources),
         env=_env(fleet),
         temp_dir=fleet.temp_dir,
+        private_dirs=[haproxy_dir(fleet.temp_dir)],
         mark=started_mark(fleet),
     )
 

@@ -27,7 +27,7 @@ import requests
 
 from rayfleet._compat.ray import session_logs
 from rayfleet.cluster import processes, state
-from rayfleet.cluster.serving import serve_env
+from rayfleet.cluster.serving import haproxy_dir, private_dir, serve_env
 from rayfleet.cluster.state import (
     LocalCluster,
     LocalPorts,
@@ -60,7 +60,7 @@ def auth_headers(cluster: LocalCluster) -> dict[str, str]:
 
 def pids(cluster: LocalCluster) -> list[int]:
     """PIDs of every live process of this cluster (and of no other)."""
-    return processes.cluster_pids(cluster.cluster_id, cluster.pgid)
+    return processes.cluster_pids(cluster.cluster_id, cluster.session)
 
 
 def is_alive(cluster: LocalCluster, timeout_s: float = 3.0) -> bool:
@@ -158,8 +158,8 @@ def start(
     temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cluster = LocalCluster(cluster_id=uuid.uuid4().hex[:12], host="127.0.0.1", ports=ports, num_cpus=num_cpus,
                            pgid=0, temp_dir=str(temp_dir), token_path=str(token_path), serve_host=serve_host)
-    pgid = _ray_start(cluster, dashboard_host, directory / "ray-start.log")
-    cluster = dataclasses.replace(cluster, pgid=pgid)
+    session = _ray_start(cluster, dashboard_host, directory / "ray-start.log")
+    cluster = dataclasses.replace(cluster, pgid=session.id, boot_id=session.boot, leader_start=session.leader_start)
     save_local_cluster(cluster, directory)
     _wait_for_dashboard(cluster)
     return StartResult(cluster, already_running=False)
@@ -173,20 +173,24 @@ def _running_or_cleared(directory: Path) -> LocalCluster | None:
         return None
     if is_alive(existing):
         return existing
-    processes.terminate(existing.cluster_id, existing.pgid)
+    processes.terminate(existing.cluster_id, existing.session)
     forget_local_cluster(directory)
     return None
 
 
-def _ray_start(cluster: LocalCluster, dashboard_host: str, log_path: Path) -> int:
+def _ray_start(cluster: LocalCluster, dashboard_host: str, log_path: Path) -> processes.Session:
     """``ray start --head`` in a new session (its pid is the session's id); ClusterError with the log's tail."""
     ports = cluster.ports
     env = dict(os.environ)
     env.update(auth_env(cluster.token_path))
     env[processes.MARKER_ENV] = cluster.cluster_id
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    for key, value in serve_env(ports.min_replica, ports.max_replica).items():  # HAProxy + direct ingress
+    for key, value in serve_env(ports.min_replica, ports.max_replica, cluster.temp_dir).items():
         env.setdefault(key, value)  # a variable set by the user wins (e.g. RAY_SERVE_ENABLE_HA_PROXY=0)
+    try:
+        private_dir(haproxy_dir(cluster.temp_dir))
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"Can't make HAProxy's private directory: {e}") from None
     with open(log_path, "w") as log:
         try:
             proc = subprocess.Popen(
@@ -197,18 +201,19 @@ def _ray_start(cluster: LocalCluster, dashboard_host: str, log_path: Path) -> in
         except OSError as e:
             raise ClusterError(f"Could not run 'ray start': {e}",
                                hint="Install the project into this venv: pip install -e .") from e
+        session = processes.Session.of(proc.pid)   # before it can be reaped
         try:
             rc = proc.wait(timeout=_START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             rc = None
     if rc != 0:
-        processes.terminate(cluster.cluster_id, proc.pid)
+        processes.terminate(cluster.cluster_id, session)
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise ClusterError(
             "'ray start --head' failed" + (" (timed out)" if rc is None else f" (exit {rc})") + ".",
             context=tail, hint=f"See the full log in {log_path}.",
         )
-    return proc.pid
+    return session
 
 
 def _wait_for_dashboard(cluster: LocalCluster, timeout_s: float = 60) -> None:
@@ -229,7 +234,7 @@ def stop(directory: Path | None = None) -> LocalCluster | None:
         cluster = load_local_cluster(directory)
     except ClusterNotRunning:
         return None
-    left = processes.terminate(cluster.cluster_id, cluster.pgid)
+    left = processes.terminate(cluster.cluster_id, cluster.session)
     if left:
         raise ClusterError(
             f"Ray processes of the local cluster are still alive after SIGKILL: {left}.",

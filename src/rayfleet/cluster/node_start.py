@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterator, TypedDict
 
 from rayfleet._compat.ray import RAYLET_COMMAND, raylet_args
+from rayfleet.cluster.serving import private_dir
 
 __all__ = ["NodePlan", "MARK_TTL_S", "main"]
 
@@ -53,6 +54,7 @@ class NodePlan(TypedDict):
     default_resources: list[str]
     env: dict[str, str]                # environment of every Ray process ("~/" expanded here)
     temp_dir: str
+    private_dirs: list[str]            # created 0700 before Ray starts (HAProxy's files and sockets)
     mark: str                          # the one-shot mark's path
 
 
@@ -149,6 +151,12 @@ def start(plan: NodePlan, *, head: bool) -> int:
     flags = [f"--node-ip-address={ip}", *plan["ray_start"], *plan["resources"].get(ip, plan["default_resources"])]
     flags = ["--head", *plan["head_start"], *flags] if head else [f"--address={plan['head']}", *flags]
     _raise_open_files()
+    for path in plan["private_dirs"]:
+        try:
+            private_dir(path)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     home = os.path.expanduser("~")
     return _ray("start", *(f.replace("=~/", f"={home}/", 1) for f in flags), env=_environment(plan, ip))
 

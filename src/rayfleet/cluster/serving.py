@@ -21,6 +21,16 @@ high-throughput mode (Ray >= 2.55, see "Enable High Throughput on Ray Serve"):
   later packet (httpx writes it separately) is not resent (checked against the
   bundled HAProxy with a server that closes unanswered: 3 of 6 split requests got
   502, none with the option). README, "A replica dies".
+- ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``: 30 s (Serve's default is an hour) that a
+  client may stay silent while HAProxy waits for its request (HAProxy's whole header
+  wait too: no ``timeout http-request`` is set). Not armed while the replica works on
+  an answer: long translations are not cut.
+- HAProxy's config, server state, metrics and admin sockets: in ``haproxy_dir``, a
+  0700 directory of the cluster's user (Serve's default, ``/tmp/haproxy-serve``, is
+  world-readable, and its admin socket ``mode 666 level admin`` lets any local user
+  redirect a service's traffic). Serve adds the node's id (56 characters) and a file
+  name, and HAProxy takes socket paths of at most 97 bytes: the directory's path is
+  at most 27.
 - The node's replica port range: its first two ports are HAProxy's stats page and
   Prometheus metrics (Serve's defaults, 8404 and 9101, would clash between two
   clusters on one machine), then the replicas' direct-ingress ports: the rest of
@@ -30,11 +40,37 @@ high-throughput mode (Ray >= 2.55, see "Enable High Throughput on Ray Serve"):
 
 from __future__ import annotations
 
-__all__ = ["serve_env", "replica_port_ranges", "MIN_REPLICA_PORTS"]
+import hashlib
+import os
+import stat
+
+__all__ = ["serve_env", "replica_port_ranges", "haproxy_dir", "private_dir", "MIN_REPLICA_PORTS",
+           "CLIENT_TIMEOUT_S"]
 
 MIN_REPLICA_PORTS = 4  # HAProxy stats + metrics, >= 1 HTTP, >= 1 gRPC
 
 RETRY_ON = "conn-failure empty-response"
+CLIENT_TIMEOUT_S = 30
+_MAX_HAPROXY_DIR = 27   # + "/" + node id (56) + "/metrics.sock" (13) <= 97, HAProxy's limit
+
+
+def haproxy_dir(temp_dir: str) -> str:
+    """HAProxy's private directory for the cluster with Ray temp dir ``temp_dir``: ``temp_dir/haproxy``,
+    or ``/tmp/rfhp-<hash of temp_dir>`` where that path is too long for HAProxy's sockets."""
+    preferred = f"{temp_dir.rstrip('/')}/haproxy"
+    if len(preferred) <= _MAX_HAPROXY_DIR:
+        return preferred
+    return f"/tmp/rfhp-{hashlib.sha1(temp_dir.encode()).hexdigest()[:10]}"
+
+
+def private_dir(path: str) -> None:
+    """Create ``path`` mode 0700 (parents too); ValueError naming it if it exists and belongs to
+    another user or others may use it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)   # a link (even to a good directory) is refused too
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path} must be a directory of user {os.geteuid()} with mode 0700 (uid {st.st_uid}, "
+                         f"mode {st.st_mode & 0o7777:o}); remove it and start again")
 
 
 def replica_port_ranges(min_port: int, max_port: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -45,10 +81,18 @@ def replica_port_ranges(min_port: int, max_port: int) -> tuple[tuple[int, int], 
     return (min_port + 2, max(min_port + 2, mid - 1)), (max(mid, min_port + 3), max_port)
 
 
-def serve_env(min_replica_port: int, max_replica_port: int) -> dict[str, str]:
-    """The environment of every ``ray start`` on a rayfleet cluster (see the module docstring)."""
+def serve_env(min_replica_port: int, max_replica_port: int, temp_dir: str) -> dict[str, str]:
+    """The environment of every ``ray start`` on a rayfleet cluster (see the module docstring);
+    ``haproxy_dir(temp_dir)`` must be created with ``private_dir`` before."""
     (http_lo, http_hi), (grpc_lo, grpc_hi) = replica_port_ranges(min_replica_port, max_replica_port)
+    hp = haproxy_dir(temp_dir)
     return {
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(CLIENT_TIMEOUT_S),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{hp}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{hp}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": hp,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{hp}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{hp}/metrics.sock",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,

@@ -140,6 +140,9 @@ class AppSpec(Model):
         return v
 
 
+SLOTS_PER_REPLICA = 1024   # requests in flight per replica (ServiceSpec.max_ongoing_requests)
+
+
 class ServiceSpec(Model):
     """A service: the built-in translator (which model, how it is served, its limits), or your
     own Serve app (``app``; then only name, route_prefix, replicas and resources apply)."""
@@ -216,5 +219,7 @@ class ServiceSpec(Model):
 
     @property
     def max_ongoing_requests(self) -> int:
-        """Per-replica cap on requests in flight: never below the batch size (Serve's default, 5, would cap batches)."""
-        return max(2 * self.batching.max_batch_size, 32)
+        """Per-replica cap on requests in flight. Serve's default, 5, would cap batches; and a request holds
+        its slot while its body arrives (up to the replica's 30 s body timeout), so slow clients would
+        take every slot of a small cap. A slot is cheap: a coroutine and at most ``max_body_bytes``."""
+        return max(2 * self.batching.max_batch_size, SLOTS_PER_REPLICA)

@@ -89,9 +89,32 @@ class TranslateRequest(BaseModel):
         return self
 
 
-def _parse(body: bytes, limit: int) -> TranslateRequest:
-    if len(body) > limit:
-        raise HTTPException(413, f"request body is {len(body)} bytes; the limit is {limit} bytes")
+# A request body must arrive within this: a slow upload holds one of the replica's request slots.
+BODY_TIMEOUT_S = 30.0
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, never read whole when it is over ``limit`` bytes: a ``Content-Length``
+    over it is a 413 at once, a chunked body one as soon as the bytes read cross it."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is {int(declared)} bytes; the limit is {limit} bytes")
+    body = bytearray()
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+
+    try:
+        await asyncio.wait_for(read(), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+    return bytes(body)
+
+
+def _parse(body: bytes) -> TranslateRequest:
     try:
         return TranslateRequest.model_validate_json(body)
     except ValidationError as e:
@@ -222,6 +245,8 @@ class Translator:
                                "description": "Too many texts, a text too long, or the body too large"},
                          401: {"model": ErrorResponse,
                                "description": "Missing or wrong API key (when the service has keys)"},
+                         408: {"model": ErrorResponse,
+                               "description": f"The body did not arrive within {BODY_TIMEOUT_S:.0f} s"},
                          422: {"model": ValidationErrorResponse,
                                "description": "Malformed JSON, wrong types or empty text"},
                          500: {"model": ErrorResponse,
@@ -230,7 +255,7 @@ class Translator:
     async def translate(self, request: Request) -> JSONResponse:
         """Translate ``text`` or ``texts``. The body is JSON whatever the Content-Type says."""
         _check_key(request, self._key_hashes)
-        payload = _parse(await request.body(), self.spec.limits.max_body_bytes)
+        payload = _parse(await _read_body(request, self.spec.limits.max_body_bytes))
         limits = self.spec.limits
         texts = [payload.text] if payload.text is not None else list(payload.texts or [])
         if len(texts) > limits.max_texts:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rayfleet.cluster.processes import Session
 from rayfleet.config.ports import DEFAULTS, port_problem
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
@@ -80,6 +81,12 @@ class LocalCluster:
     token_path: str
     serve_host: str = "127.0.0.1"
     extra: dict = field(default_factory=dict)
+    boot_id: str = ""        # the boot ray start ran in, and when its session's leader started:
+    leader_start: int = 0    # a stale record never names someone else's session (processes.Session)
+
+    @property
+    def session(self) -> Session:
+        return Session(self.pgid, self.boot_id, self.leader_start)
 
     @property
     def gcs_address(self) -> str:

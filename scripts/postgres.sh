@@ -4,22 +4,50 @@
 #   scripts/postgres.sh [start]   install (apt: postgresql) if needed, start, print the URI (last line)
 #   scripts/postgres.sh uri       print the URI of the running server
 #   scripts/postgres.sh stop      stop it (idempotent)
+#   scripts/postgres.sh remove    stop it and delete its directory (data, password) for good
 #
-# The server runs as the 'postgres' user with its own data dir and socket dir
-# ($RAYFLEET_PG_DIR, default /tmp/rayfleet-pg), listens on 127.0.0.1 only, on a
-# free port (kept in $RAYFLEET_PG_DIR/port). Idempotent: 'start' on a running
-# server only prints its URI. Never touches the system's own PostgreSQL cluster.
+# The server runs as the 'postgres' user with its own data dir and socket dir in a
+# private directory (mode 0700): $RAYFLEET_PG_DIR, else one made with an unguessable
+# name under /tmp on first start and remembered in $RAYFLEET_HOME/postgres.dir. It
+# listens on 127.0.0.1 only, on a free port (kept in <dir>/port); the database user's
+# password is random, made on first start, kept in <dir>/password (0600).
+# Idempotent: 'start' on a running server only prints its URI. Never touches the
+# system's own PostgreSQL cluster.
 set -euo pipefail
 
-PG_DIR="${RAYFLEET_PG_DIR:-/tmp/rayfleet-pg}"
-DATA="$PG_DIR/data"
-SOCK="$PG_DIR/socket"
-LOG="$PG_DIR/server.log"
+STATE="${RAYFLEET_HOME:-$HOME/.rayfleet}"
 DB_USER="rayfleet"
-DB_PASS="rayfleet-test-password"
 DB_NAME="rayfleet_registry"
 
 die() { echo "error: $*" >&2; exit 1; }
+
+# The server's directory: $RAYFLEET_PG_DIR, the remembered one, or (creating) a new private one.
+pg_dir() {
+    if [ -n "${RAYFLEET_PG_DIR:-}" ]; then echo "$RAYFLEET_PG_DIR"; return; fi
+    if [ -f "$STATE/postgres.dir" ] && [ -d "$(cat "$STATE/postgres.dir")" ]; then cat "$STATE/postgres.dir"; return; fi
+    [ "${1:-}" = create ] || return 0
+    local d
+    d=$(mktemp -d /tmp/rayfleet-pg.XXXXXXXXXX)
+    mkdir -p "$STATE" && chmod 0700 "$STATE"
+    echo "$d" > "$STATE/postgres.dir"
+    echo "$d"
+}
+
+# Refuse a directory someone else could have prepared: a link, or not 0700 of root/us/postgres.
+check_private() {
+    local d="$1" owner mode
+    [ -L "$d" ] && die "$d is a symbolic link; give RAYFLEET_PG_DIR a real directory."
+    owner=$(stat -c %U "$d"); mode=$(stat -c %a "$d")
+    case "$owner" in "$(id -un)"|postgres) ;; *) die "$d belongs to $owner; use a directory of your own (RAYFLEET_PG_DIR)." ;; esac
+    [ "$mode" = 700 ] || die "$d has mode $mode, not 700: others could read the database; chmod 700 it or remove it."
+}
+
+mode=""
+[ "${1:-start}" = start ] && mode=create
+PG_DIR=$(pg_dir $mode)
+DATA="$PG_DIR/data"
+SOCK="$PG_DIR/socket"
+LOG="$PG_DIR/server.log"
 
 as_postgres() {
     if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
@@ -51,11 +79,12 @@ EOF
 }
 
 uri() {
-    echo "postgresql://$DB_USER:$DB_PASS@127.0.0.1:$(cat "$PG_DIR/port")/$DB_NAME"
+    echo "postgresql://$DB_USER:$(cat "$PG_DIR/password")@127.0.0.1:$(cat "$PG_DIR/port")/$DB_NAME"
 }
 
 running() {
     local bin
+    [ -n "$PG_DIR" ] || return 1
     bin=$(pg_bin) || return 1
     [ -f "$DATA/postmaster.pid" ] && [ -f "$PG_DIR/port" ] && as_postgres "$bin/pg_ctl" -D "$DATA" status >/dev/null 2>&1
 }
@@ -65,13 +94,18 @@ start() {
     local bin port
     bin=$(pg_bin)
     if running; then uri; return 0; fi
-    mkdir -p "$PG_DIR"
+    [ -e "$PG_DIR" ] || (umask 077 && mkdir -p "$PG_DIR")
+    check_private "$PG_DIR"
     chown postgres: "$PG_DIR" 2>/dev/null || true
-    chmod 0700 "$PG_DIR"
     as_postgres mkdir -p "$SOCK"
+    if [ ! -s "$PG_DIR/password" ]; then
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > "$PG_DIR/password")
+    fi
+    DB_PASS=$(cat "$PG_DIR/password")
     if [ ! -f "$DATA/PG_VERSION" ]; then
         local pwfile="$PG_DIR/.pw"
-        echo "$DB_PASS" > "$pwfile"; chown postgres: "$pwfile" 2>/dev/null || true; chmod 0600 "$pwfile"
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > "$pwfile")
+        chown postgres: "$pwfile" 2>/dev/null || true
         as_postgres "$bin/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
             --pwfile="$pwfile" -E UTF8 >/dev/null
         rm -f "$pwfile"
@@ -85,6 +119,8 @@ start() {
     local psql=("$bin/psql" -h "$SOCK" -p "$port" -U postgres -v ON_ERROR_STOP=1 -qtA)
     if [ -z "$(as_postgres "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname='$DB_USER'")" ]; then
         as_postgres "${psql[@]}" -c "CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASS'" >/dev/null
+    else   # the password file is the truth (a data dir from before it existed)
+        as_postgres "${psql[@]}" -c "ALTER ROLE $DB_USER PASSWORD '$DB_PASS'" >/dev/null
     fi
     if [ -z "$(as_postgres "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname='$DB_NAME'")" ]; then
         as_postgres "${psql[@]}" -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
@@ -95,14 +131,22 @@ start() {
 stop() {
     local bin
     bin=$(pg_bin) || return 0
+    [ -n "$PG_DIR" ] || return 0
     if [ -f "$DATA/PG_VERSION" ] && running; then
         as_postgres "$bin/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
     fi
 }
 
+remove() {
+    stop
+    [ -n "$PG_DIR" ] && [ -d "$PG_DIR" ] && rm -rf -- "$PG_DIR"
+    if [ -z "${RAYFLEET_PG_DIR:-}" ]; then rm -f "$STATE/postgres.dir"; fi
+}
+
 case "${1:-start}" in
     start) start ;;
-    uri) running || die "no server runs in $PG_DIR; start it with: $0 start"; uri ;;
+    remove) remove ;;
+    uri) running || die "no server runs${PG_DIR:+ in $PG_DIR}; start it with: $0 start"; uri ;;
     stop) stop ;;
-    *) die "usage: $0 [start|uri|stop]" ;;
+    *) die "usage: $0 [start|uri|stop|remove]" ;;
 esac

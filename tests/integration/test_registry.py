@@ -19,25 +19,29 @@ from rayfleet.registry.store import Registry
 
 pytestmark = pytest.mark.integration
 
-_PG_DIR = "/tmp/rayfleet-pg-test"
-
-
 @pytest.fixture(scope="module")
 def postgres_uri():
     """A real PostgreSQL server: $RAYFLEET_TEST_PG_URI, else one started by scripts/postgres.sh."""
     if os.environ.get("RAYFLEET_TEST_PG_URI"):
         yield os.environ["RAYFLEET_TEST_PG_URI"]
         return
-    env = dict(os.environ, RAYFLEET_PG_DIR=_PG_DIR)
+    env = dict(os.environ)   # the test session's RAYFLEET_HOME: a server of its own, in a new private dir
+    env.pop("RAYFLEET_PG_DIR", None)
     script = str(ROOT / "scripts" / "postgres.sh")
     was_running = subprocess.run([script, "uri"], env=env, capture_output=True).returncode == 0
     r = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+    if not was_running:   # private: an unguessable dir of mode 0700, a random password in a 0600 file
+        pg_dir = Path((Path(env["RAYFLEET_HOME"]) / "postgres.dir").read_text().strip())
+        password = (pg_dir / "password").read_text().strip()
+        assert pg_dir.name.startswith("rayfleet-pg.") and (pg_dir.stat().st_mode & 0o777) == 0o700
+        assert ((pg_dir / "password").stat().st_mode & 0o777) == 0o600 and len(password) >= 24
+        assert f":{password}@127.0.0.1:" in r.stdout.strip().splitlines()[-1]
     try:
         yield r.stdout.strip().splitlines()[-1]
     finally:
         if not was_running:
-            subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+            subprocess.run([script, "remove"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -260,7 +260,7 @@ def _restore_or_init(cfg: LoopConfig) -> _Run:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             model = load_model(Path(d) / "model")
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)   # tensors and numbers only: storage is shared
     else:
         torch.manual_seed(t.seed)
         model = new_model(spec.model.arch, tokenizer) if spec.model.from_scratch else load_model(cfg.base)

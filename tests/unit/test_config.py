@@ -118,3 +118,17 @@ def test_fleet_user_and_hosts_go_into_commands_so_plain_names_only(tmp_path, key
     assert e.value.message.startswith(f"{p}:{4 if field == 'head.host' else 6}:") and field in e.value.message
     p.write_text("name: lab\npython: /opt/venv\nhead:\n  host: gpu-1.lan\nssh:\n  user: ray_fleet.2\n")
     assert load_model(FleetSpec, p).ssh.user == "ray_fleet.2"
+
+
+def test_auth_disabled_only_with_the_dashboard_on_loopback(tmp_path):
+    from rayfleet.config.fleet import FleetSpec
+
+    p = tmp_path / "fleet.yaml"
+    p.write_text("name: lab\npython: /opt/venv\nhead:\n  host: 10.0.0.1\nsecurity:\n  auth: disabled\n")
+    with pytest.raises(ConfigError) as e:
+        load_model(FleetSpec, p)
+    print(e.value.message, e.value.hint, sep="\n")
+    assert "security.auth: disabled with the dashboard on 10.0.0.1" in e.value.message
+    assert "security.dashboard_host: 127.0.0.1" in e.value.message
+    p.write_text(p.read_text() + "  dashboard_host: 127.0.0.1\n")
+    assert load_model(FleetSpec, p).security.auth == "disabled"

@@ -180,6 +180,13 @@ def shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _node_path(v: str, example: str) -> str:
     if not (v.startswith("/") or v == "~" or v.startswith("~/")):
         raise ValueError(f"must be an absolute path on the nodes or start with '~/', e.g. '{example}'")
@@ -270,6 +277,11 @@ class FleetSpec(Model):
             raise ValueError(f"autoscale.max_workers is {hi} but only {n} workers are listed")
         if lo is not None and lo > (hi if hi is not None else n):
             raise ValueError(f"autoscale.min_workers ({lo}) exceeds max_workers ({hi if hi is not None else n})")
+        dashboard = self.security.dashboard_host or self.head.host
+        if self.security.auth == "disabled" and not _loopback(dashboard):
+            raise ValueError(f"security.auth: disabled with the dashboard on {dashboard}: anyone who reaches it "
+                             "could run code on every node. Keep token auth (remove 'auth: disabled'), or put the "
+                             "dashboard on loopback (security.dashboard_host: 127.0.0.1)")
         return self
 
     # Effective values ----------------------------------------------------

@@ -624,6 +624,8 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
 def test_down_leaves_no_ray_process(lab, fleet_up):
     from rayfleet.cluster import fleet as fl
 
+    key = lab.hosts[0].home(lab.user) / "ray_bootstrap_key.pem"   # Ray's launcher copies the SSH key to the head
+    assert key.exists()
     t0 = time.monotonic()
     r = rayfleet_cli("down", "-f", str(fleet_up), timeout=300)
     _timed("down", t0)  # the 20 s target is checked by benchmarks/cluster_bench.py, not here
@@ -632,6 +634,7 @@ def test_down_leaves_no_ray_process(lab, fleet_up):
     assert left == {}
     for h in lab.hosts:  # seen from inside each host too
         assert h.exec("pgrep -f 'raylet|gcs_server|ray::'").stdout.strip() == ""
+    assert not key.exists()   # no private key left on any node
 
 
 def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):

@@ -293,10 +293,12 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
                 + f" {shlex.quote(started_mark(fleet))}; true")
     if progress:
         progress(f"stopping Ray on {len(fleet.nodes)} nodes")
+    # Ray's launcher copied the SSH private key (and its config) to the head: no key stays behind.
+    head_cmd = stop_cmd + "; rm -f ~/ray_bootstrap_key.pem ~/ray_bootstrap_config.yaml"
 
     def stop(node) -> str | None:
         try:
-            runner_for(fleet, node, known).run(stop_cmd, timeout_s=timeout_s)
+            runner_for(fleet, node, known).run(head_cmd if node is fleet.head else stop_cmd, timeout_s=timeout_s)
             return None
         except SSHError as e:
             return f"{node.host}: {e.message}"

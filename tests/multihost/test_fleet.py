@@ -122,6 +122,35 @@ def test_check_sshd_down(lab, fleet_file):
         f"runs on {h.fqdn} and accepts the key for {lab.user}"]
 
 
+def test_check_a_changed_host_key(lab, fleet_file, tmp_path):
+    """A host that offers another key than the one pinned at first contact: ✗ with both fingerprints
+    and the fix; ssh refuses it, so nothing is sent to it."""
+    from rayfleet.cluster import fleet as fl
+
+    h = lab.hosts[2]
+    known = fl.paths(_spec(fleet_file)).known_hosts
+    assert _check(fleet_file).returncode == 0   # every host's key pinned
+    saved = known.read_text()
+    fake = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fake)], check=True)
+    pub = fake.with_suffix(".pub")
+    fake_fp = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True).stdout.split()[1]
+    subprocess.run(["ssh-keygen", "-R", h.fqdn, "-f", str(known)], capture_output=True, check=True)
+    with known.open("a") as f:
+        f.write(h.fqdn + " " + " ".join(pub.read_text().split()[:2]) + "\n")
+    try:
+        r = _check(fleet_file)
+    finally:
+        known.write_text(saved)
+    assert r.returncode == 1
+    (row,) = _fail_rows(r.stdout)
+    print(row)
+    assert row.startswith(f"✗ {h.fqdn} ssh: its host key changed: known {fake_fp} (ED25519); it offers SHA256:")
+    assert f"fix: nothing was sent to it. If {h.fqdn} was reinstalled, forget the old key: ssh-keygen -R {h.fqdn} " \
+           f"-f {known}; otherwise someone may be between you and it" in row
+    assert _check(fleet_file).returncode == 0   # the pinned key back: green again
+
+
 def test_check_python3_of_another_minor_version(lab, fleet_file):
     other = _other_python()
     assert other is not None, "this test needs a Python of another minor version on this machine (pyenv)"

@@ -160,3 +160,20 @@ def test_pip_launcher_version_equals_running_it(monkeypatch, tmp_path):
     ran = subprocess.run([f"{VENV}/bin/ray", "--version"], capture_output=True, text=True).stdout.split()[2]
     report = _run(monkeypatch, _fleet(tmp_path))
     assert _row(report, "127.0.0.1", "ray").detail == ran
+
+
+def test_host_key_fingerprints_read_both_of_ssh_keygens_formats(tmp_path):
+    import subprocess
+
+    from rayfleet.cluster.ssh import _fingerprints, host_key_fingerprints
+
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    listed = subprocess.run(["ssh-keygen", "-lf", f"{key}.pub"], capture_output=True, text=True).stdout
+    fp = listed.split()[1]
+    known = tmp_path / "known_hosts"
+    known.write_text("node-1 " + " ".join((tmp_path / "k.pub").read_text().split()[:2]) + "\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], capture_output=True, check=True)   # hashed, as Debian's
+    assert _fingerprints(listed) == [f"{fp} (ED25519)"]
+    pinned, _ = host_key_fingerprints("node-1", 22, known)
+    assert pinned == [f"{fp} (ED25519)"]

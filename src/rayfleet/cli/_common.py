@@ -45,7 +45,7 @@ def print_report(report) -> None:
         line = f"✗ {r.host} {r.check}: {r.detail}"
         if r.fix:
             line += f" — fix: {r.fix}"
-        console.print(line, markup=False)
+        console.print(line, markup=False, soft_wrap=True)   # one line each, whatever the width
 
 
 class JobProgress:

@@ -45,7 +45,7 @@ from pathlib import Path
 from rayfleet.cluster.check_compare import Round2, compare_clocks, compare_ports, compare_storage, compare_versions
 from rayfleet.cluster.probe_session import PROBE, ProbeSession
 from rayfleet.cluster.runtime import MARK, local_lock
-from rayfleet.cluster.ssh import SSHError, SSHRunner
+from rayfleet.cluster.ssh import KEY_CHANGED, SSHError, SSHRunner, host_key_fingerprints
 from rayfleet.config.fleet import FleetSpec, NodeSpec
 from rayfleet.errors import HostNotResolved
 
@@ -156,6 +156,14 @@ class _HostCheck:
     def put(self, row: CheckResult) -> None:
         self.rows[row.check] = row
 
+    def _key_changed(self) -> CheckResult:
+        known, now = host_key_fingerprints(self.r.host, self.r.port, self.r.known_hosts)
+        return self.res("ssh", False,
+                        f"its host key changed: known {', '.join(known) or '?'}; it offers {', '.join(now) or '?'}",
+                        f"nothing was sent to it. If {self.node.host} was reinstalled, forget the old key: "
+                        f"ssh-keygen -R {self.r.host if self.r.port == 22 else f'[{self.r.host}]:{self.r.port}'} "
+                        f"-f {self.r.known_hosts}; otherwise someone may be between you and it")
+
     # -- round 1 -------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -194,6 +202,9 @@ class _HostCheck:
                 detail = (err.splitlines()[-1] if err else "connection failed") if rc == 255 else err[-200:]
             s.close()
             self.session = None
+            if detail == KEY_CHANGED and self.r.known_hosts is not None:
+                self.put(self._key_changed())
+                return
             self.put(self.res("ssh", False, detail,
                               f"check that sshd runs on {self.node.host} and accepts the key for {self.r.user}"))
             return

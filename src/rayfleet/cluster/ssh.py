@@ -16,7 +16,39 @@ from pathlib import Path
 
 from rayfleet.errors import SSHError
 
-__all__ = ["SSHError", "Result", "SSHRunner"]
+__all__ = ["SSHError", "Result", "SSHRunner", "host_key_fingerprints", "KEY_CHANGED"]
+
+# What ssh says (its last line) when a host's key is not the one known_hosts holds for it.
+KEY_CHANGED = "Host key verification failed."
+
+
+def _fingerprints(text: str) -> list[str]:
+    """``SHA256:... (ED25519)`` for each key line of ``ssh-keygen -l`` output: ``BITS SHA256:... COMMENT (TYPE)``
+    from a key file, ``HOST TYPE SHA256:...`` from ``-F HOST``."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        at = next((i for i, p in enumerate(parts) if p.startswith("SHA256:")), None)
+        if at is None or line.startswith("#"):
+            continue
+        kind = parts[-1] if parts[-1].startswith("(") else f"({parts[at - 1]})"
+        out.append(f"{parts[at]} {kind}")
+    return out
+
+
+def host_key_fingerprints(host: str, port: int, known_hosts: Path) -> tuple[list[str], list[str]]:
+    """(the fingerprints ``known_hosts`` holds for the host, the ones it offers now)."""
+    name = host if port == 22 else f"[{host}]:{port}"
+    try:
+        known = subprocess.run(["ssh-keygen", "-l", "-F", name, "-f", str(known_hosts)], capture_output=True,
+                               text=True, timeout=10).stdout
+        scan = subprocess.run(["ssh-keyscan", "-p", str(port), "-T", "5", host], capture_output=True, text=True,
+                              timeout=15).stdout
+        now = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=scan, capture_output=True, text=True,
+                             timeout=10).stdout if scan.strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return [], []
+    return _fingerprints(known), _fingerprints(now)
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def test_own_app_deploy_update_under_load_errors_and_delete(cluster, tmp_path):
     assert "sentiment-bound" not in [x.name for x in cluster.services()]
     del bound["app"]["args"]
     assert cluster.serve(bound).status == "RUNNING" and predict(s.url, POSITIVE)[0] == 200
-    cluster.delete_service("sentiment-bound")           # waits until it is gone
+    delete_service(cluster.serve_target, "sentiment-bound", wait=False)
     assert "sentiment-bound" not in [x.name for x in cluster.services()]
 
     r = rayfleet_cli("services", "delete", "sentiment")

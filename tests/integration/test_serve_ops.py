@@ -232,7 +232,7 @@ def test_update_in_place_under_load_fails_nothing(local_cluster, serve_target, t
         assert info.json()["version"] == "b" and info.headers[VERSION_HEADER] == "b"
         assert info.json()["model"] == str(second_model)
     finally:
-        delete_service(serve_target, "upd")
+        delete_service(serve_target, "upd", wait=False)   # its replicas drain beside the next test's
 
 
 def test_autoscaling_and_a_killed_replica_under_load(local_cluster, serve_target, tiny_model):
@@ -268,8 +268,8 @@ def test_autoscaling_and_a_killed_replica_under_load(local_cluster, serve_target
         own.check()
         print(f"{load.count()} requests, 0 failed; {load.resent} resent after their connection closed unanswered")
         t0 = time.monotonic()
-        _wait("back to one replica when idle",
-              lambda: len(model_replicas(serve_target, "auto")) == 1, timeout=120)
+        _wait("back to one replica when idle",   # one RUNNING; the other drains (Serve's STOPPING, 30 s)
+              lambda: len(_running(serve_target, "auto")) == 1, timeout=120)
         print(f"scaled down to 1 replica {time.monotonic() - t0:.1f} s after the load stopped")
     finally:
         delete_service(serve_target, "auto")

@@ -92,14 +92,14 @@ def _environment(plan: NodePlan, ip: str) -> dict[str, str]:
 
 
 def _raise_open_files() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for limits in ((OPEN_FILES, OPEN_FILES), (min(OPEN_FILES, hard) if hard != resource.RLIM_INFINITY
-                                               else OPEN_FILES, hard)):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
-            return
-        except (ValueError, OSError):
-            continue
+    """As `ulimit -n 65536` did: up to the hard limit where we may not raise that."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, max(OPEN_FILES, hard)
+                                                    if hard != resource.RLIM_INFINITY else hard))
+    except (ValueError, OSError):
+        soft = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _command_lines() -> Iterator[list[str]]:

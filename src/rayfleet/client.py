@@ -45,6 +45,20 @@ def _connection(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection,
     return cls(u.hostname, u.port, timeout=timeout_s), u.path.rstrip("/") + "/translate"
 
 
+def _detail_text(detail) -> str:
+    """FastAPI's validation ``detail`` (a list of {loc, msg}) as 'texts.0: text must not be empty; ...'."""
+    if not isinstance(detail, list):
+        return str(detail)
+    parts = []
+    for item in detail:
+        if isinstance(item, dict) and "msg" in item:
+            loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
+            parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
+        else:
+            parts.append(str(item))
+    return "; ".join(parts)
+
+
 def translate_detailed(url: str, texts: list[str], *, api_key: str | None = None,
                        timeout_s: float = 120) -> TranslationResult:
     """POST texts to ``{url}/translate``; translations in input order, plus what the service said."""
@@ -78,8 +92,13 @@ def translate_detailed(url: str, texts: list[str], *, api_key: str | None = None
     if status != 200:
         detail = data.get("detail", raw.decode(errors="replace")) if isinstance(data, dict) else raw.decode(
             errors="replace")
-        hint = "Set RAYFLEET_API_KEY to a key of this service." if status == 401 else None
-        raise ClientError(f"{endpoint} answered {status}: {detail}", status=status, hint=hint)
+        if status == 401:
+            hint = "Set RAYFLEET_API_KEY to a key of this service."
+        elif status in (413, 422):
+            hint = f"Fix the request; the service's limits are at {url.rstrip('/')}/info (limits)."
+        else:
+            hint = None
+        raise ClientError(f"{endpoint} answered {status}: {_detail_text(detail)}", status=status, hint=hint)
     if not isinstance(data, dict) or not ("translation" in data or "translations" in data):
         raise ClientError(f"{endpoint} answered 200 with no translation: {raw[:200]!r}", status=status,
                           hint="Is this URL a rayfleet translation service?")

@@ -50,7 +50,7 @@ def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.Complet
 
 
 def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
-    env = dict(os.environ, RAYFLEET_HOME=str(tmp_path / "home"), COLUMNS="200")
+    env = dict(os.environ, RAYFLEET_HOME=str(tmp_path / "home"))
     out = tmp_path / "out.jsonl"
     commands = readme_quick_start()
     assert [c[:2] for c in commands] == [["rayfleet", "up"], ["rayfleet", "serve"], ["rayfleet", "translate"],

@@ -76,6 +76,8 @@ def readme_own_code_beside_the_translator(env: dict) -> None:
     r = _sh(services, env)
     assert re.search(r"│ sentiment\s+│ app\s+│ RUNNING\s+│ 1\s+│ app:build", r.stdout), r.stdout
     assert re.search(r"│ translator\s+│ translator\s+│ RUNNING\s+│ 1\s+│", r.stdout), r.stdout
+    # a pipe, no COLUMNS: the table is as wide as its cells, no URL cut at 80 columns
+    assert f"http://127.0.0.1:{serve_port}/sentiment " in r.stdout, r.stdout
 
     r = _sh(delete, env)
     assert r.returncode == 0 and r.stdout.strip() == "Deleted service sentiment."
@@ -97,7 +99,7 @@ def _run(*args: str, env: dict, timeout: float = 900) -> subprocess.CompletedPro
 
 
 def test_run_serves_then_stop_leaves_nothing(tiny_model, short_model, tmp_path):
-    env = dict(os.environ, RAYFLEET_HOME=str(tmp_path / "home"), COLUMNS="250")
+    env = dict(os.environ, RAYFLEET_HOME=str(tmp_path / "home"))
     t0 = time.monotonic()
     r = _run("--model", str(tiny_model), "--num-cpus", "2", *up_flags(E2E_PORTS), env=env)
     print(f"./run took {time.monotonic() - t0:.0f} s")
@@ -168,7 +170,7 @@ def test_bare_run_without_the_hub_is_one_clear_error_within_seconds(tmp_path):
         env = {k: v for k, v in os.environ.items()
                if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_ENDPOINT")}
         env.update(RAYFLEET_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"),
-                   HF_ENDPOINT=f"http://{hub}", COLUMNS="250")
+                   HF_ENDPOINT=f"http://{hub}")
         t0 = time.monotonic()
         r = _run(*up_flags(E2E_PORTS), env=env, timeout=300)
         took = time.monotonic() - t0

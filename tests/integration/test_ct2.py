@@ -168,10 +168,10 @@ def test_auto_picks_ctranslate2(tiny_model, tmp_path):
 def test_auto_falls_back_with_a_log_line_when_ct2_cannot_load(tiny_model, tmp_path, caplog):
     settings = BackendSettings(model=str(tiny_model), cache_dir=str(tmp_path), device="cpu", compute_type="float16",
                                max_new_tokens=8)
-    with caplog.at_level(logging.WARNING, logger="rayfleet.serve.backends"):
+    with caplog.at_level(logging.WARNING, logger="ray.serve.rayfleet.backends"):
         backend = load_backend("auto", settings)
     assert backend.name == "transformers"
-    [record] = [r for r in caplog.records if r.name == "rayfleet.serve.backends"]
+    [record] = [r for r in caplog.records if r.name == "ray.serve.rayfleet.backends"]
     assert record.getMessage().startswith(f"backend auto: using transformers for {tiny_model} because "
                                           "ctranslate2 can't load it (ModelError: Got 'float16'")
 
@@ -180,7 +180,7 @@ def test_auto_falls_back_with_a_log_line_when_ct2_cannot_load(tiny_model, tmp_pa
 def test_auto_falls_back_when_ctranslate2_is_not_installed(tiny_model, tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 -> ImportError
     monkeypatch.delitem(sys.modules, "rayfleet.serve.backends.ct2", raising=False)
-    with caplog.at_level(logging.WARNING, logger="rayfleet.serve.backends"):
+    with caplog.at_level(logging.WARNING, logger="ray.serve.rayfleet.backends"):
         backend = load_backend("auto", BackendSettings(model=str(tiny_model), cache_dir=str(tmp_path)))
     assert backend.name == "transformers"
     assert "ModuleNotFoundError" in caplog.text or "ImportError" in caplog.text

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from rayfleet.serve.app import BODY_TIMEOUT_S
 from rayfleet.serve.deploy import delete_service, deploy, model_replicas
 
 pytestmark = pytest.mark.integration
@@ -61,8 +62,24 @@ def _peak_rss(pid: int) -> int:
         return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
 
 
+@pytest.fixture(scope="module")
+def stalled(translator):
+    """Two requests whose body stops half-way, sent when the module starts and checked by its last test,
+    once the service's body timeout has passed (so the module waits for it only once)."""
+    _, url = translator
+    socks = []
+    for _ in range(2):
+        s = socket.create_connection(_addr(url), timeout=10)
+        s.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 40\r\n\r\n" b'{"text": "half')
+        socks.append(s)
+    yield socks, time.monotonic()
+    for s in socks:
+        s.close()
+
+
 @pytest.mark.parametrize("declared", [4097, 2_000_000_000])   # the limit + 1; 2 GB
-def test_a_declared_body_over_the_limit_is_refused_at_once(translator, declared):
+def test_a_declared_body_over_the_limit_is_refused_at_once(translator, declared, stalled):
     _, url = translator
     with socket.create_connection(_addr(url), timeout=10) as s:
         s.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -228,3 +245,15 @@ def test_haproxy_files_are_private_to_the_cluster_user(local_cluster, translator
                        timeout=30)
     print(f"another user ({65534}) on {sockets[0]}: {r.stdout.strip()} {r.stderr.strip()[-200:]}")
     assert r.stdout.strip() == "PermissionError"
+
+
+def test_a_stalled_body_gets_the_services_json_408(stalled):
+    """Not HAProxy's HTML 400: its client timeout is longer than the service's body timeout."""
+    socks, opened = stalled
+    wait = opened + BODY_TIMEOUT_S + 5 - time.monotonic()
+    answers = [_read(s, max(wait, 1), until=b"}") for s in socks]
+    print(f"a body stalled half-way: {[a[-120:] for a in answers]} ({time.monotonic() - opened:.1f} s after it "
+          "was sent)")
+    for a in answers:
+        assert a.startswith(b"HTTP/1.1 408"), a[:300]
+        assert b"application/json" in a and b'"the request body did not arrive within 30 s"' in a, a

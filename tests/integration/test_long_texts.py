@@ -76,6 +76,11 @@ def test_texts_of_every_size_get_a_translation(service):
     # Order: the same texts reversed give the same translations reversed.
     back = _post(url, {"texts": texts[::-1]})
     assert back.status_code == 200 and back.json()["translations"] == out[::-1]
+    # /info says the output bound in use, and what the spec asked for where the model lowers it
+    info = httpx.get(f"{url}/info", timeout=30).json()
+    gen, asked = info["generation"], spec.generation.max_new_tokens
+    assert gen["max_new_tokens"] == info["max_new_tokens"] <= asked
+    assert gen.get("requested_max_new_tokens") == (asked if info["max_new_tokens"] < asked else None), gen
     if spec.backend == "transformers":
         # Exactly what the same backend and splitter give in-process.
         settings = BackendSettings(model=spec.model, max_new_tokens=spec.generation.max_new_tokens)

@@ -53,6 +53,8 @@ def test_haproxy_files_live_in_a_private_short_directory(tmp_path):
     env = serve_env(30000, 31999, "/tmp/rayfleet")
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == "/tmp/rayfleet/haproxy/admin.sock"
     assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) <= 60     # not Serve's hour
+    from rayfleet.serve.app import BODY_TIMEOUT_S   # the service answers a stalled body itself (JSON 408)
+    assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) > BODY_TIMEOUT_S
     long_dir = "/var/lib/some/rather/long/cluster/temp/dir/ray"
     hp = haproxy_dir(long_dir)
     assert hp.startswith("/tmp/rfhp-") and hp != haproxy_dir(long_dir + "2")

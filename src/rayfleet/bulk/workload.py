@@ -168,7 +168,9 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
     done_lines = 0
     written = 0
     last = time.monotonic()
-    window: deque[tuple[float, int]] = deque()  # (time, lines done): the rate over the last few seconds
+    # (time, lines done): the rate over the last few seconds; from the start until there are more samples
+    # (one sample alone gave "128/300 lines, 0 lines/s")
+    window: deque[tuple[float, int]] = deque([(last, 0)])
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             cols = [batch.column(c).to_pylist() for c in ("part", "line", "output", "error")]

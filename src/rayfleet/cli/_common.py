@@ -16,12 +16,21 @@ from rayfleet.cluster.target import fleet_target, load_fleet
 from rayfleet.jobs.submit import quiet_ray_logs
 
 __all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "fleet_target", "load_fleet", "quiet_ray_logs",
-           "print_report"]
+           "print_report", "print_table"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FLEET_OPTION = typer.Option(None, "-f", "--file", help="fleet.yaml of the cluster (default: ./fleet.yaml).")
+
+
+def print_table(table) -> None:
+    """A Rich table on stdout; where stdout is not a terminal (a log, a pipe, CI) as wide as its
+    content needs, so no cell (a URL, a path) is cut or folded at 80 columns."""
+    width = None
+    if not console.is_terminal:
+        width = max(console.width, console.measure(table).maximum)
+    console.print(table, width=width)
 
 
 def print_report(report) -> None:
@@ -40,7 +49,7 @@ def print_report(report) -> None:
             else:
                 cells.append("✓" if r.ok else "✗")
         table.add_row(report.labels.get(host, host), *cells)
-    console.print(table)
+    print_table(table)
     for r in report.failures():
         line = f"✗ {r.host} {r.check}: {r.detail}"
         if r.fix:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from rayfleet.cli._common import FLEET_OPTION, console, fleet_target, load_fleet, print_report
+from rayfleet.cli._common import FLEET_OPTION, console, fleet_target, load_fleet, print_report, print_table
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
 from rayfleet.cluster.dashboard import list_nodes
@@ -17,6 +17,13 @@ from rayfleet.cluster.state import LocalPorts, state_dir
 from rayfleet.errors import ClusterError
 
 __all__ = ["register"]
+
+
+def _next_serve() -> str:
+    """The serve command to suggest after ``up``: the repo's example where it is at hand, else a model."""
+    if Path("examples/translate.yaml").is_file():
+        return "rayfleet serve examples/translate.yaml"
+    return "rayfleet serve --model MODEL   (a local model directory or a Hugging Face hub id)"
 
 def _fleet_up(fleet_file: Optional[Path], skip_check: bool) -> None:
     spec = load_fleet(fleet_file)
@@ -41,7 +48,7 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool) -> None:
     console.print(f"  services:   {fleet_target(spec).url('/')}")
     auth = "on (token in " + str(fleet_mod.paths(spec).token) + ")" if spec.auth_enabled else "DISABLED"
     console.print(f"  auth:       {auth}")
-    console.print(f"Next: rayfleet serve examples/translate.yaml -f {fleet_file or 'fleet.yaml'}")
+    console.print(f"Next: {_next_serve()} -f {fleet_file or 'fleet.yaml'}")
 
 
 def up(
@@ -88,7 +95,7 @@ def up(
     console.print(f"  dashboard:  {c.dashboard_url}")
     console.print(f"  services:   {c.serve_url}")
     console.print(f"  auth token: {c.token_path} (Ray token auth is on)")
-    console.print("Next: rayfleet serve examples/translate.yaml")
+    console.print(f"Next: {_next_serve()}")
 
 
 def down(
@@ -139,13 +146,13 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
             f"{n.get('node_ip')}{' (head)' if n.get('is_head_node') else ''}", n.get("state", "?"),
             f"{res.get('CPU', 0):g}", f"{res.get('GPU', 0):g}",
             f"{res.get('memory', 0) / 2**30:.1f}", f"{res.get('object_store_memory', 0) / 2**30:.1f}")
-    console.print(table)
+    print_table(table)
     jobs = cluster.jobs()
     if jobs:
         jt = Table("job", "kind", "status", "entrypoint", title="Jobs")
         for j in jobs[-10:]:
             jt.add_row(j.id, j.kind, j.status, j.entrypoint[:60])
-        console.print(jt)
+        print_table(jt)
     services = cluster.services()
     if not services:
         console.print("Services: none (deploy one with: rayfleet serve examples/translate.yaml)")
@@ -153,7 +160,7 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     st = Table("service", "kind", "status", "replicas", "model / app", "URL", title="Services")
     for s_ in services:
         st.add_row(s_.name, s_.kind, s_.status, str(s_.replicas), s_.model, s_.url)
-    console.print(st)
+    print_table(st)
 
 
 def register(app: typer.Typer) -> None:

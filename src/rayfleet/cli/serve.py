@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from rayfleet import client
-from rayfleet.cli._common import FLEET_OPTION, console, err_console, quiet_ray_logs
+from rayfleet.cli._common import FLEET_OPTION, console, err_console, print_table, quiet_ray_logs
 from rayfleet.errors import ClusterNotRunning
 
 __all__ = ["register"]
@@ -90,7 +90,7 @@ def services(ctx: typer.Context, fleet_file: Optional[Path] = FLEET_OPTION) -> N
     table = Table("name", "kind", "state", "replicas", "model / app", "URL")
     for s in rows:
         table.add_row(s.name, s.kind, s.status, str(s.replicas), s.model, s.url)
-    console.print(table)
+    print_table(table)
 
 
 @services_app.command("delete")
@@ -109,7 +109,7 @@ def services_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Se
 
 
 def translate(
-    text: list[str] = typer.Argument(..., help="Text(s) to translate."),
+    text: list[str] = typer.Argument(..., metavar="TEXT", help="Text(s) to translate."),
     url: Optional[str] = typer.Option(None, "--url", help="Service URL (default: the local cluster's, prefix /)."),
     timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for the answer."),
     fleet_file: Optional[Path] = FLEET_OPTION,

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rayfleet.cli._common import FLEET_OPTION, JobProgress, console
+from rayfleet.cli._common import FLEET_OPTION, JobProgress, console, print_table
 from rayfleet.jobs import events
 from rayfleet.jobs.submit import JobsClient
 
@@ -185,7 +185,7 @@ def jobs(ctx: typer.Context, fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     table = Table("id", "kind", "name", "status", "started", "ended")
     for j in rows:
         table.add_row(j.id, j.kind, j.name, j.status, _when(j.start_ms), _when(j.end_ms))
-    console.print(table)
+    print_table(table)
 
 
 @jobs_app.command("logs")
@@ -273,7 +273,7 @@ def models(
                           *(f"{mt[k]:.3f}" if k == "exact_match" and k in mt else
                             (f"{mt[k]:.1f}" if k in mt else "-") for k in ("exact_match", "bleu", "chrf")),
                           _when(v.created_ms), f"registry://{m.name}/{v.version}")
-    console.print(table)
+    print_table(table)
 
 
 @models_app.command("show")

@@ -21,7 +21,7 @@ high-throughput mode (Ray >= 2.55, see "Enable High Throughput on Ray Serve"):
   later packet (httpx writes it separately) is not resent (checked against the
   bundled HAProxy with a server that closes unanswered: 3 of 6 split requests got
   502, none with the option). README, "A replica dies".
-- ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``: 30 s (Serve's default is an hour) that a
+- ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``: 40 s (Serve's default is an hour) that a
   client may stay silent while HAProxy waits for its request (HAProxy's whole header
   wait too: no ``timeout http-request`` is set). Not armed while the replica works on
   an answer: long translations are not cut.
@@ -50,7 +50,9 @@ __all__ = ["serve_env", "replica_port_ranges", "haproxy_dir", "private_dir", "MI
 MIN_REPLICA_PORTS = 4  # HAProxy stats + metrics, >= 1 HTTP, >= 1 gRPC
 
 RETRY_ON = "conn-failure empty-response"
-CLIENT_TIMEOUT_S = 30
+# Longer than the service's own body timeout (serve/app.py BODY_TIMEOUT_S, 30 s): a client whose body
+# stalls gets the service's JSON 408, not HAProxy's HTML 400 (it was both 30 s, and HAProxy came first).
+CLIENT_TIMEOUT_S = 40
 _MAX_HAPROXY_DIR = 27   # + "/" + node id (56) + "/metrics.sock" (13) <= 97, HAProxy's limit
 
 

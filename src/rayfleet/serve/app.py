@@ -286,17 +286,23 @@ class Translator:
     async def info(self, request: Request) -> JSONResponse:
         """This replica's settings and batching statistics."""
         _check_key(request, self._key_hashes)
+        backend = self.backend.info()
+        generation = self.spec.generation.model_dump()
+        if backend.get("max_new_tokens", generation["max_new_tokens"]) != generation["max_new_tokens"]:
+            # capped by the model (its positions or generation config): say what is used and what was asked
+            generation.update(max_new_tokens=backend["max_new_tokens"],
+                              requested_max_new_tokens=generation["max_new_tokens"])
         body = {
             "service": self.spec.name,
             "rayfleet": __version__,
             "model": self.spec.model,
             "version": self.version,
-            "generation": self.spec.generation.model_dump(),
+            "generation": generation,
             "source_language": self.spec.source_language,
             "batching": {**self.spec.batching.model_dump(), **self._batcher.stats.as_dict()},
             "replica_pid": os.getpid(),
             "uptime_s": round(time.time() - self._started, 1),
-            **self.backend.info(),
+            **backend,
         }
         return JSONResponse(body, headers={VERSION_HEADER: self.version})
 

@@ -43,7 +43,8 @@ BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
 COMPUTE_TYPES: tuple[str, ...] = get_args(ComputeType)
 GPU_COMPUTE_TYPES = ("int8_float16", "float16")
 
-logger = logging.getLogger("rayfleet.serve.backends")
+# Under "ray.serve": in a replica, Serve's replica log (rayfleet services logs) holds these lines.
+logger = logging.getLogger("ray.serve.rayfleet.backends")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ __all__ = [
 ]
 
 
-logger = logging.getLogger("rayfleet.serve.backends")
+# Under "ray.serve": in a replica, Serve's replica log (rayfleet services logs) holds these lines.
+logger = logging.getLogger("ray.serve.rayfleet.backends")
 
 # Bump when the conversion changes (the start-embedding fold, the 7-bit quantization):
 # old cache entries then stop matching instead of being loaded with new semantics.

@@ -153,7 +153,7 @@ def test_own_app_deploy_update_under_load_errors_and_delete(cluster, tmp_path):
         cluster.serve(bound, timeout_s=120)
     assert e.value.message.startswith("Service 'sentiment-bound' can't be built: ValueError: Arguments can only be "
                                       "passed to an application builder function")
-    # Deleted without waiting for its replica to drain (Serve's STOPPING, 30 s): no longer routed, listed
+    # Deleted without waiting for its replica to drain (Serve's STOPPING, 10 s): no longer routed, listed
     # no more, and it deploys again at once (Serve's config has no entry for an app being deleted).
     delete_service(cluster.serve_target, "sentiment-bound", wait=False)
     assert predict(s.url, POSITIVE)[0] == 404

@@ -268,7 +268,7 @@ def test_autoscaling_and_a_killed_replica_under_load(local_cluster, serve_target
         own.check()
         print(f"{load.count()} requests, 0 failed; {load.resent} resent after their connection closed unanswered")
         t0 = time.monotonic()
-        _wait("back to one replica when idle",   # one RUNNING; the other drains (Serve's STOPPING, 30 s)
+        _wait("back to one replica when idle",   # one RUNNING; the other drains (Serve's STOPPING, 10 s)
               lambda: len(_running(serve_target, "auto")) == 1, timeout=120)
         print(f"scaled down to 1 replica {time.monotonic() - t0:.1f} s after the load stopped")
     finally:

@@ -55,6 +55,7 @@ def test_haproxy_files_live_in_a_private_short_directory(tmp_path):
     assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) <= 60     # not Serve's hour
     from rayfleet.serve.app import BODY_TIMEOUT_S   # the service answers a stalled body itself (JSON 408)
     assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) > BODY_TIMEOUT_S
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "10"   # Serve's 30 s made every delete wait
     long_dir = "/var/lib/some/rather/long/cluster/temp/dir/ray"
     hp = haproxy_dir(long_dir)
     assert hp.startswith("/tmp/rfhp-") and hp != haproxy_dir(long_dir + "2")

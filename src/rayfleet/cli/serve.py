@@ -14,6 +14,7 @@ from rich.table import Table
 from rayfleet import client
 from rayfleet.cli._common import FLEET_OPTION, console, err_console, print_table, quiet_ray_logs
 from rayfleet.errors import ClusterNotRunning
+from rayfleet.cluster.serving import DRAIN_S
 
 __all__ = ["register"]
 
@@ -103,7 +104,7 @@ def services_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Se
     import rayfleet
 
     cluster = rayfleet.connect(fleet_file or ctx.obj)
-    with console.status(f"Deleting {name} (its replicas finish the requests in flight: up to 30 s) ..."):
+    with console.status(f"Deleting {name} (its replicas finish the requests in flight: about {DRAIN_S} s) ..."):
         cluster.delete_service(name)
     console.print(f"Deleted service {name}.")
 

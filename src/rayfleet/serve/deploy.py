@@ -165,7 +165,8 @@ def _replica_count(app: "ApplicationDetails") -> int:
 def _draining(dep: "DeploymentDetails") -> bool:
     """A deployment that serves at its target size while replicas it no longer routes to drain
     (STOPPING): Serve calls it HEALTHY only when they are gone, and an ingress replica drains at
-    least 30 s (``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``) after it left the proxy's list."""
+    least ``serving.DRAIN_S`` (``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``) after it left the
+    proxy's list."""
     running = _running(dep.replicas)
     return (dep.status.value == "UPDATING" and 0 < len(running) == dep.target_num_replicas
             and all(r.state.value in ("RUNNING", "STOPPING") for r in dep.replicas))
@@ -366,8 +367,8 @@ def list_services(target: ServeTarget) -> list[ServiceStatus]:
 
 def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120, wait: bool = True) -> None:
     """Remove one service; the others keep serving. Returns once it is gone: its replicas have
-    finished the requests in flight (Serve drains an ingress replica 30 s) and their resources
-    are free for jobs. ``wait=False``: once the proxies no longer route to it (its replicas
+    finished the requests in flight (Serve drains an ingress replica ``serving.DRAIN_S``, 10 s) and
+    their resources are free for jobs. ``wait=False``: once the proxies no longer route to it (its replicas
     still drain, holding their CPUs)."""
     client = _client(target)
     state = _state(client, target)

@@ -27,10 +27,11 @@ FLEET_OPTION = typer.Option(None, "-f", "--file", help="fleet.yaml of the cluste
 def print_table(table) -> None:
     """A Rich table on stdout; where stdout is not a terminal (a log, a pipe, CI) as wide as its
     content needs, so no cell (a URL, a path) is cut or folded at 80 columns."""
-    width = None
-    if not console.is_terminal:
-        width = max(console.width, console.measure(table).maximum)
-    console.print(table, width=width)
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
+    Console(width=width, highlight=False).print(table)   # print(width=) can't go past the console's width
 
 
 def print_report(report) -> None:

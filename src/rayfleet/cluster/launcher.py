@@ -52,7 +52,11 @@ def _resource_flags(res: ResourcesSpec) -> list[str]:
 
 
 def _env(fleet: FleetSpec) -> dict[str, str]:
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": fleet.temp_dir}
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": fleet.temp_dir,
+           # the head's two Prometheus exporters: fixed ports of the fleet (Ray's defaults, but
+           # settable and known to check and the firewall list), on every address like Ray's others
+           "DASHBOARD_METRIC_PORT": str(fleet.ports.dashboard_metrics),
+           "AUTOSCALER_METRIC_PORT": str(fleet.ports.autoscaler_metrics)}
     # Serve with HAProxy in front and the replicas as their own ingress (cluster/serving.py).
     env.update(serve_env(fleet.ports.min_replica, fleet.ports.max_replica, fleet.temp_dir))
     if fleet.auth_enabled:

@@ -116,7 +116,7 @@ def _names(fleet: FleetSpec) -> dict[str, str]:
 def _ports_for(fleet: FleetSpec, node: NodeSpec) -> dict[str, int]:
     ports = fleet.ports.fixed()
     if node is not fleet.head:
-        for head_only in ("gcs", "dashboard", "client_server"):
+        for head_only in ("gcs", "dashboard", "client_server", "dashboard_metrics", "autoscaler_metrics"):
             ports.pop(head_only)
     return ports
 
@@ -158,6 +158,10 @@ class _HostCheck:
 
     def _key_changed(self) -> CheckResult:
         known, now = host_key_fingerprints(self.r.host, self.r.port, self.r.known_hosts)
+        if not known:
+            return self.res("ssh", False, f"its host key is not pinned yet; it offers {', '.join(now) or '?'}",
+                            "compare with the host's own (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it), "
+                            "then run 'rayfleet check' on a terminal and answer yes, or with --accept-new-hosts")
         return self.res("ssh", False,
                         f"its host key changed: known {', '.join(known) or '?'}; it offers {', '.join(now) or '?'}",
                         f"nothing was sent to it. If {self.node.host} was reinstalled, forget the old key: "

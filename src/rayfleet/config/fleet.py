@@ -117,6 +117,8 @@ class PortsSpec(Model):
     metrics_export: Port = Field(default=6382, description="Metrics on every node.")
     runtime_env_agent: Port = Field(default=6383, description="Runtime env agent on every node.")
     dashboard_agent_grpc: Port = Field(default=6384, description="Dashboard agent gRPC on every node.")
+    dashboard_metrics: Port = Field(default=44227, description="The dashboard's Prometheus metrics on the head.")
+    autoscaler_metrics: Port = Field(default=44217, description="The autoscaler's Prometheus metrics on the head.")
     min_worker: Port = Field(default=DEFAULTS["min_worker"], description="Lowest worker port.")
     # 1,000 ports, not Ray's 10,000: a fleet's firewall opens this range between the nodes.
     max_worker: Port = Field(default=10999, description="Highest worker port.")

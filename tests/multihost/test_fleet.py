@@ -90,17 +90,39 @@ def fleet_file(lab, tmp_path_factory):
     return _fleet(lab, tmp_path_factory.mktemp("fleet") / "fleet.yaml", names=True)
 
 
-def _check(fleet_file) -> subprocess.CompletedProcess:
-    return rayfleet_cli("check", "-f", str(fleet_file), timeout=180)
+def _check(fleet_file, *flags: str) -> subprocess.CompletedProcess:
+    return rayfleet_cli("check", "-f", str(fleet_file), *flags, timeout=180)
 
 
 def _fail_rows(out: str) -> list[str]:
     return [ln for ln in out.splitlines() if ln.startswith("✗ ")]
 
 
+def test_first_contact_shows_the_host_keys_and_pins_them_only_when_told(lab, fleet_file):
+    """First contact, stdout a pipe: every host's key fingerprint printed (the hosts' own), nothing pinned,
+    nothing sent, exit 1 with the fix; with --accept-new-hosts the keys are pinned and later runs need no flag."""
+    from rayfleet.cluster import fleet as fl
+
+    known = fl.paths(_spec(fleet_file)).known_hosts
+    assert not known.exists()
+    r = _check(fleet_file)
+    print(r.stdout + r.stderr)
+    assert r.returncode == 1
+    for h in lab.hosts:
+        own = subprocess.run(["ssh-keygen", "-lf", str(h.dir / "ssh_host_ed25519_key.pub")], capture_output=True,
+                             text=True).stdout.split()[1]
+        assert f"New host {h.fqdn} ({h.ip}): SSH key {own} (ED25519)" in r.stdout.splitlines(), r.stdout
+    assert "is not pinned yet; nothing was sent to them." in r.stderr and "--accept-new-hosts" in r.stderr
+    assert not known.exists() or not known.read_text().strip()
+    r = _check(fleet_file, "--accept-new-hosts")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"Pinned in {known}." in r.stdout and oct(known.stat().st_mode & 0o777) == "0o600"
+
+
 def test_check_all_green(lab, fleet_file):
     t0 = time.monotonic()
     r = _check(fleet_file)
+    assert "New host" not in r.stdout   # pinned before: no question, no flag
     _timed("check (3 hosts)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "All 3 hosts are ready." in r.stdout
@@ -265,7 +287,7 @@ def fleet_up(lab, fleet_file):
     for h in lab.hosts:   # bare: nothing of rayfleet's in the user's home yet
         assert not (h.home(lab.user) / ".rayfleet").exists()
     t0 = time.monotonic()
-    r = rayfleet_cli("up", "-f", str(fleet_file), timeout=900)
+    r = rayfleet_cli("up", "-f", str(fleet_file), "--accept-new-hosts", timeout=900)
     _timed("up on bare hosts (check, wheelhouse, runtime install, to all nodes alive)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     print(r.stdout)
@@ -337,7 +359,7 @@ def test_up_three_nodes_alive_and_status(lab, fleet_up):
     assert r.stdout.count("ALIVE") == 3
     # idempotent: an unchanged second up changes nothing
     t0 = time.monotonic()
-    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=300)
+    r = rayfleet_cli("up", "-f", str(fleet_up), "--accept-new-hosts", "--skip-check", timeout=300)
     _timed("second up (unchanged)", t0)
     assert r.returncode == 0, r.stderr
     assert "3 node(s) alive" in r.stdout
@@ -508,6 +530,64 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
     assert other.stdout.strip() == "PermissionError", other.stdout + other.stderr
 
 
+# What may answer a LAN host that holds no credentials, by port, and why (README, "Security": "Listening on
+# the LAN"). Anything else that answers fails the test.
+def _open_by_design(spec) -> dict[int, str]:
+    from rayfleet.cluster.serving import replica_port_ranges
+
+    p = spec.ports
+    (http_lo, http_hi), _ = replica_port_ranges(p.min_replica, p.max_replica)
+    named = {port: "a replica's own HTTP port: the service (API keys and limits are the app's)"
+             for port in range(http_lo, http_hi + 1)}
+    named.update({
+        p.serve: "the services (HAProxy)",
+        p.min_replica: "HAProxy's stats page (read-only)",
+        p.min_replica + 1: "HAProxy's Prometheus metrics",
+        p.metrics_export: "Ray's Prometheus metrics",
+        p.dashboard_metrics: "the dashboard's Prometheus metrics",
+        p.autoscaler_metrics: "the autoscaler's Prometheus metrics",
+    })
+    return named
+
+
+def test_no_open_doors_on_the_lan(lab, fleet_up):
+    """After up + serve: every socket listening on a non-loopback address on every host, and what it answers
+    when another lab host connects without credentials (table printed). Only the ports the README names
+    answer; the GCS, raylets and workers want the token."""
+    import json
+
+    from rayfleet.testing.doors import listening
+
+    spec = _spec(fleet_up)
+    by_design = _open_by_design(spec)
+    rows, doors = [], []
+    for i, h in enumerate(lab.hosts):
+        socks = listening(h.exec("ss -ltnpH").stdout)
+        targets = [[h.ip if s.address in ("*", "0.0.0.0", "[::]") else s.address.strip("[]").removeprefix("::ffff:"),
+                    s.port] for s in socks]
+        prober = lab.hosts[(i + 1) % len(lab.hosts)]   # another host of the LAN, no token, no key
+        r = prober.exec(f"{VENV}/bin/python -m rayfleet.testing.doors {shlex.quote(json.dumps(targets))}",
+                        timeout=600)
+        answers = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        assert len(answers) == len(socks), r.stdout + r.stderr
+        for s, a in zip(socks, answers):
+            rows.append((h.fqdn, f"{a['address']}:{a['port']}", s.process, a["answer"], by_design.get(s.port, "")))
+            if a["open"] and s.port not in by_design:
+                doors.append(rows[-1])
+    width = [max(len(r[k]) for r in rows) for k in range(4)]
+    print(f"\n{len(rows)} sockets listening on the LAN, probed from another host without credentials:")
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, width)) + (f"  <- {r[4]}" if r[4] else ""))
+    assert len(rows) >= 3 * 5, rows   # Ray's sockets on every host were seen
+    gcs = [r for r in rows if r[1] == f"{lab.hosts[0].ip}:{spec.ports.gcs}"]
+    assert gcs and gcs[0][3].startswith("gRPC: token required"), gcs
+    assert doors == [], "answers without credentials on ports the README does not name: " + repr(doors)
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**Listening on the LAN**"):]
+    for what in ("services (HAProxy)", "HAProxy's stats page", "Prometheus metrics", "a replica's own HTTP port"):
+        assert what in section, what
+
+
 def test_own_code_own_app_and_the_api_on_the_fleet(lab, fleet_up):
     """rayfleet submit of a Ray Train script that is not rayfleet's: 2 DDP workers on 2 nodes (the
     translator holds the third CPU), checkpoints on the shared storage; an own Serve app packaged
@@ -614,7 +694,7 @@ def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
     r = rayfleet_cli("status", "-f", str(fleet_up))
     assert "DEAD" in r.stdout
     t0 = time.monotonic()
-    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=600)
+    r = rayfleet_cli("up", "-f", str(fleet_up), "--accept-new-hosts", "--skip-check", timeout=600)
     _timed("up after a worker died (to all alive)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     alive = {n["node_ip"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
@@ -637,7 +717,7 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
     new = local_lock((str(wheel),)).digest
     assert new != old
     t0 = time.monotonic()
-    r = rayfleet_cli("up", "-f", str(fleet_up), "--skip-check", timeout=900)
+    r = rayfleet_cli("up", "-f", str(fleet_up), "--accept-new-hosts", "--skip-check", timeout=900)
     _timed("up with a changed fleet.yaml (a new runtime: one more package)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     cpus = {n["node_ip"]: n["resources_total"].get("CPU") for n in fl.nodes(_spec(fleet_up)) if n["state"] == "ALIVE"}
@@ -673,7 +753,7 @@ def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):
                 autoscale={"min_workers": 0, "max_workers": 2, "idle_timeout_minutes": 0.2})
     spec = _spec(ff)
     t0 = time.monotonic()
-    r = rayfleet_cli("up", "-f", str(ff), "--skip-check", timeout=600)
+    r = rayfleet_cli("up", "-f", str(ff), "--accept-new-hosts", "--skip-check", timeout=600)
     _timed("autoscale fleet up (head only)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     try:

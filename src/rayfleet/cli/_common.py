@@ -16,12 +16,47 @@ from rayfleet.cluster.target import fleet_target, load_fleet
 from rayfleet.jobs.submit import quiet_ray_logs
 
 __all__ = ["console", "err_console", "FLEET_OPTION", "JobProgress", "fleet_target", "load_fleet", "quiet_ray_logs",
-           "print_report", "print_table"]
+           "print_report", "print_table", "ACCEPT_NEW_HOSTS", "pin_new_hosts"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FLEET_OPTION = typer.Option(None, "-f", "--file", help="fleet.yaml of the cluster (default: ./fleet.yaml).")
+
+
+ACCEPT_NEW_HOSTS = typer.Option(
+    False, "--accept-new-hosts",
+    help="Pin the SSH keys of hosts met for the first time without asking (for scripts; compare the "
+         "printed fingerprints with the hosts' own). On a terminal you are asked instead.")
+
+
+def pin_new_hosts(spec, accept: bool) -> None:
+    """Meet the fleet's hosts whose SSH keys are not pinned yet: print their fingerprints; pin them when
+    ``accept``, or when the user says yes on a terminal; else stop with the fix (cluster/hostkeys.py)."""
+    import sys
+
+    from rayfleet.cluster import fleet as fleet_mod
+    from rayfleet.cluster import hostkeys
+    from rayfleet.errors import ClusterError
+
+    known = fleet_mod.paths(spec).known_hosts
+    new = [h for h in hostkeys.unpinned(spec, known) if h.keys]   # one that didn't answer: check says why
+    if not new:
+        return
+    for h in new:
+        console.print(f"New host {h.label}: SSH key {', '.join(h.fingerprints)}", markup=False)
+    if not accept and console.is_terminal and sys.stdin.isatty():
+        accept = typer.confirm(f"Pin {'this key' if len(new) == 1 else 'these keys'} for fleet '{spec.name}' "
+                               "(compare with the hosts' own first)?", default=False)
+    if not accept:
+        raise ClusterError(
+            f"The SSH key of {', '.join(h.label for h in new)} is not pinned yet; nothing was sent to "
+            f"{'it' if len(new) == 1 else 'them'}.",
+            hint="Compare the fingerprints above with the hosts' own (ssh-keygen -lf "
+                 "/etc/ssh/ssh_host_ed25519_key.pub on each), then run again with --accept-new-hosts "
+                 "(or on a terminal, and answer yes).")
+    hostkeys.pin(known, new)
+    console.print(f"Pinned in {known}.", markup=False)
 
 
 def print_table(table) -> None:

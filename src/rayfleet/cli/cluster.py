@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from rayfleet.cli._common import FLEET_OPTION, console, fleet_target, load_fleet, print_report, print_table
+from rayfleet.cli._common import (ACCEPT_NEW_HOSTS, FLEET_OPTION, console, fleet_target, load_fleet, pin_new_hosts,
+                                  print_report, print_table)
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
 from rayfleet.cluster.dashboard import list_nodes
@@ -25,8 +26,9 @@ def _next_serve() -> str:
         return "rayfleet serve examples/translate.yaml"
     return "rayfleet serve --model MODEL   (a local model directory or a Hugging Face hub id)"
 
-def _fleet_up(fleet_file: Optional[Path], skip_check: bool) -> None:
+def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bool) -> None:
     spec = load_fleet(fleet_file)
+    pin_new_hosts(spec, accept_new_hosts)
     if not skip_check:
         with console.status(f"Checking {len(spec.nodes)} hosts ..."):
             report = run_checks(spec, fleet_mod.paths(spec).known_hosts)
@@ -55,6 +57,7 @@ def up(
     is_local: bool = typer.Option(False, "--local", help="A single-node cluster on this machine."),
     fleet_file: Optional[Path] = FLEET_OPTION,
     skip_check: bool = typer.Option(False, "--skip-check", help="Fleets: don't run 'rayfleet check' first."),
+    accept_new_hosts: bool = ACCEPT_NEW_HOSTS,
     num_cpus: int = typer.Option(None, "--num-cpus", min=1, help="CPUs Ray may use (default: all)."),
     port: int = typer.Option(LocalPorts.gcs, "--port", help="GCS port (the cluster address)."),
     dashboard_port: int = typer.Option(LocalPorts.dashboard, "--dashboard-port", help="Dashboard and Jobs API port."),
@@ -78,7 +81,7 @@ def up(
     Example: rayfleet up --local --num-cpus 2    |    rayfleet up -f fleet.yaml
     """
     if not is_local:
-        _fleet_up(fleet_file, skip_check)
+        _fleet_up(fleet_file, skip_check, accept_new_hosts)
         return
     ports = LocalPorts(gcs=port, dashboard=dashboard_port, serve=serve_port, client_server=client_port,
                        dashboard_agent=agent_port, min_worker=min_worker_port, max_worker=max_worker_port,

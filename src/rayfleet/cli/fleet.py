@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from rayfleet.cli._common import FLEET_OPTION, console, load_fleet, print_report
+from rayfleet.cli._common import ACCEPT_NEW_HOSTS, FLEET_OPTION, console, load_fleet, pin_new_hosts, print_report
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster.preflight import run_checks
 from rayfleet.config.fleet import FleetSpec
@@ -19,23 +19,28 @@ from rayfleet.errors import ConfigError
 __all__ = ["register", "render_fleet_yaml"]
 
 
-def check(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
+def check(fleet_file: Optional[Path] = FLEET_OPTION, accept_new_hosts: bool = ACCEPT_NEW_HOSTS) -> None:
     """Check every host in parallel: SSH, versions, ports, disk, GPUs, storage, clocks. Exit 1 on any ✗.
+
+    A host met for the first time shows its SSH key's fingerprint first; its key is pinned for the
+    fleet when you say yes (or with --accept-new-hosts), and every later connection checks it.
 
     Example: rayfleet check -f fleet.yaml
     """
     spec = load_fleet(fleet_file)
+    pin_new_hosts(spec, accept_new_hosts)
     with console.status(f"Checking {len(spec.nodes)} hosts ..."):
         report = run_checks(spec, fleet_mod.paths(spec).known_hosts)
     print_report(report)
     if not report.ok:
         raise typer.Exit(1)
-    console.print(f"All {len(spec.nodes)} hosts are ready.")
+    console.print(f"All {len(spec.nodes)} hosts are ready." if len(spec.nodes) > 1 else "The host is ready.")
 
 
 def install(
     fleet_file: Optional[Path] = FLEET_OPTION,
     host: List[str] = typer.Option([], "--host", help="Only this host (repeat for several; default: every node)."),
+    accept_new_hosts: bool = ACCEPT_NEW_HOSTS,
 ) -> None:
     """Install rayfleet's runtime on the nodes (what 'up' does first): a venv with exactly this
     machine's versions of rayfleet, Ray, torch and the rest (plus runtime.extra_requirements), from a
@@ -47,6 +52,7 @@ def install(
     from rayfleet.cluster import runtime
 
     spec = load_fleet(fleet_file)
+    pin_new_hosts(spec, accept_new_hosts)
     nodes = []
     for h in host:
         node = spec.node(h)

@@ -1,7 +1,7 @@
 """An on-prem cluster from fleet.yaml: up, down, status — through Ray's cluster launcher.
 
 State per fleet, under ``$RAYFLEET_HOME/fleets/<name>/``: ``auth_token`` (0600),
-``known_hosts`` (SSH host keys, accept-new), ``ray-cluster.yaml`` (the rendered
+``known_hosts`` (SSH host keys, pinned at first contact: hostkeys.py), ``ray-cluster.yaml`` (the rendered
 launcher config), ``ray-tmp/`` (the launcher's local state), ``up.log``/``down.log``.
 
 ``up`` starts Ray on the workers itself as soon as ``ray up`` has the head up, with the

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rayfleet.errors import SSHError
 
-__all__ = ["SSHError", "Result", "SSHRunner", "host_key_fingerprints", "KEY_CHANGED"]
+__all__ = ["SSHError", "Result", "SSHRunner", "host_key_fingerprints", "fingerprints_of", "KEY_CHANGED"]
 
 # What ssh says (its last line) when a host's key is not the one known_hosts holds for it.
 KEY_CHANGED = "Host key verification failed."
@@ -44,11 +44,19 @@ def host_key_fingerprints(host: str, port: int, known_hosts: Path) -> tuple[list
                                text=True, timeout=10).stdout
         scan = subprocess.run(["ssh-keyscan", "-p", str(port), "-T", "5", host], capture_output=True, text=True,
                               timeout=15).stdout
-        now = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=scan, capture_output=True, text=True,
-                             timeout=10).stdout if scan.strip() else ""
     except (OSError, subprocess.SubprocessError):
         return [], []
-    return _fingerprints(known), _fingerprints(now)
+    return _fingerprints(known), fingerprints_of(scan) if scan.strip() else []
+
+
+def fingerprints_of(keys: str) -> list[str]:
+    """``SHA256:... (TYPE)`` of each key in ``keys`` (known_hosts / ssh-keyscan lines)."""
+    try:
+        out = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=keys, capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return _fingerprints(out)
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,8 @@ class Result:
 
 @dataclass(frozen=True)
 class SSHRunner:
-    """SSH to one node. ``known_hosts`` keeps host keys per fleet (accept-new)."""
+    """SSH to one node. ``known_hosts``: the fleet's pinned host keys; a host whose key is not there (or
+    another) is refused (``hostkeys.py`` pins new hosts, with the user's consent)."""
 
     host: str
     user: str = "root"
@@ -78,7 +87,7 @@ class SSHRunner:
              "-o", f"ConnectTimeout={self.connect_timeout_s}",
              "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
         if self.known_hosts is not None:
-            a += ["-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={self.known_hosts}"]
+            a += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}"]
         if self.key:
             a += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         return a + [f"{self.user}@{self.host}"]

@@ -27,12 +27,16 @@ def test_translate_command(translator, tiny_model):
     assert r.stdout.splitlines() == [expected[t] for t in texts]
 
 
-def test_translate_error_is_one_line(translator):
+def test_translate_error_is_one_line_and_a_hint(translator):
     _, url = translator
+    hint = f"hint: Fix the request; the service's limits are at {url}/info (limits)."
     r = rayfleet_cli("translate", "x" * 300, "--url", url)
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
-        f"error: {url}/translate answered 413: text has 300 characters; the limit is 200"]
+        f"error: {url}/translate answered 413: text has 300 characters; the limit is 200", hint]
+    r = rayfleet_cli("translate", "", "--url", url)   # FastAPI's validation list, read out (not a Python repr)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"error: {url}/translate answered 422: text: text must not be empty", hint]
 
 
 def test_delete_unknown_service(translator):

@@ -541,6 +541,7 @@ def _open_by_design(spec) -> dict[int, str]:
              for port in range(http_lo, http_hi + 1)}
     named.update({
         p.serve: "the services (HAProxy)",
+        p.dashboard: "the dashboard's web page (static; its APIs want the token)",
         p.min_replica: "HAProxy's stats page (read-only)",
         p.min_replica + 1: "HAProxy's Prometheus metrics",
         p.metrics_export: "Ray's Prometheus metrics",
@@ -584,7 +585,8 @@ def test_no_open_doors_on_the_lan(lab, fleet_up):
     assert doors == [], "answers without credentials on ports the README does not name: " + repr(doors)
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("**Listening on the LAN**"):]
-    for what in ("services (HAProxy)", "HAProxy's stats page", "Prometheus metrics", "a replica's own HTTP port"):
+    for what in ("services (HAProxy)", "HAProxy's stats page", "Prometheus metrics", "a replica's own HTTP port",
+                 "dashboard's web page"):
         assert what in section, what
 
 

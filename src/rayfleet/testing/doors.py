@@ -26,11 +26,11 @@ from dataclasses import dataclass
 __all__ = ["Listening", "listening", "probe"]
 
 HTTP_PATHS = ("/", "/metrics", "/stats", "/api/version", "/api/jobs/")
-GRPC_METHODS = (   # read-only, and an empty request is a valid one
+GRPC_METHODS = (   # read-only (Pull of no object), tried in this order; the health check last
     "/ray.rpc.NodeInfoGcsService/GetClusterId",
     "/ray.rpc.NodeManagerService/GetNodeStats",
     "/ray.rpc.CoreWorkerService/NumPendingTasks",
-    "/ray.rpc.ObjectManagerService/FreeObjects",
+    "/ray.rpc.ObjectManagerService/Pull",   # the object manager has Push and Pull only (Ray 2.60)
     "/ray.rpc.ReporterService/HealthCheck",
     "/ray.rpc.RayletDriver/ClusterInfo",
     "/grpc.health.v1.Health/Check",
@@ -46,7 +46,8 @@ class Listening:
 
     @property
     def loopback(self) -> bool:
-        return self.address.startswith("127.") or self.address in ("[::1]", "localhost")
+        a = self.address.strip("[]").removeprefix("::ffff:")
+        return a.startswith("127.") or a in ("::1", "localhost")
 
 
 def listening(ss_output: str) -> list[Listening]:

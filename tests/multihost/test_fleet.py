@@ -530,6 +530,42 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
     assert other.stdout.strip() == "PermissionError", other.stdout + other.stderr
 
 
+def test_the_launchers_ssh_checks_host_keys(lab, fleet_up, tmp_path):
+    """Ray's launcher runs ssh with StrictHostKeyChecking=no and /dev/null for known hosts; rayfleet gives
+    it a ProxyCommand that checks the fleet's pinned keys. With Ray's own options: the pinned key gets
+    in; another key pinned for the address gets nothing. The head holds the pinned keys for its
+    autoscaler (by address: the autoscale test's workers are started through it)."""
+    from ray.autoscaler._private.command_runner import SSHOptions
+
+    from rayfleet.cluster import fleet as fl
+    from rayfleet.cluster.launcher import proxy_command
+
+    spec = _spec(fleet_up)
+    user, key, _ = spec.ssh_for(spec.head)
+    rendered = yaml.safe_load(fl.paths(spec).launcher_yaml.read_text())
+    assert rendered["auth"]["ssh_proxy_command"] == proxy_command(spec)
+    ray_ssh = ["ssh", *SSHOptions(key, None, ProxyCommand=proxy_command(spec)).to_ssh_options_list(timeout=10)]
+    assert "StrictHostKeyChecking=no" in ray_ssh and f"UserKnownHostsFile={os.devnull}" in ray_ssh
+    known = fl.paths(spec).known_hosts
+    env = dict(os.environ, RAYFLEET_KNOWN_HOSTS=str(known), RAYFLEET_SSH_KEY=key)
+    head = spec.head.address
+    ok = subprocess.run([*ray_ssh, f"{user}@{head}", "echo in"], env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.strip() == "in", ok.stderr
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    forged = tmp_path / "known_hosts"   # the pinned file, with another key for the head's address
+    forged.write_text("".join(ln + "\n" for ln in known.read_text().splitlines() if not ln.startswith(head + " "))
+                      + head + " " + " ".join(other.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    bad = subprocess.run([*ray_ssh, f"{user}@{head}", "echo in"], env=dict(env, RAYFLEET_KNOWN_HOSTS=str(forged)),
+                         capture_output=True, text=True, timeout=60)
+    print(f"Ray's ssh options through rayfleet's ProxyCommand, another key pinned: rc {bad.returncode}, "
+          f"{bad.stderr.strip()[-200:]!r}")
+    assert bad.returncode == 255 and "in" not in bad.stdout and "Host key verification failed" in bad.stderr
+    on_head = lab.hosts[0].exec(f"cat /home/{lab.user}/.rayfleet/{spec.name}/known_hosts").stdout
+    for h in lab.hosts[1:]:
+        assert any(ln.startswith(h.ip + " ssh-ed25519 ") for ln in on_head.splitlines()), on_head
+
+
 # What may answer a LAN host that holds no credentials, by port, and why (README, "Security": "Listening on
 # the LAN"). Anything else that answers fails the test.
 def _open_by_design(spec) -> dict[int, str]:

@@ -55,3 +55,32 @@ def test_check_reports_an_unresolved_name_without_trying_ssh():
     assert (row.host, row.ok) == (UNKNOWN, False)
     assert row.detail.startswith("the name does not resolve on this machine (")
     assert row.fix.startswith("add it to DNS or /etc/hosts")
+
+
+def test_the_launcher_connects_through_a_host_key_check(tmp_path):
+    """Ray's launcher ssh (no host key checks of its own) goes through rayfleet's ProxyCommand; the pinned
+    keys reach the head for its autoscaler. The command survives Ray's rsync --rsh quoting (no quotes,
+    no backslashes)."""
+    import shlex
+    import subprocess
+
+    from rayfleet.cluster.launcher import proxy_command, remote_known_hosts
+
+    fleet = _fleet("localhost", "127.0.0.9")
+    known = tmp_path / "known_hosts"
+    cfg = render(fleet, None, known)
+    proxy = cfg["auth"]["ssh_proxy_command"]
+    assert proxy == proxy_command(fleet) and cfg["file_mounts"][remote_known_hosts(fleet)] == str(known)
+    assert '"' not in proxy and "'" not in proxy and "\\" not in proxy
+    assert "StrictHostKeyChecking=yes" in proxy and "-W %h:%p" in proxy
+    # the shell ssh runs it with expands the fleet's files where set, else the head's copies
+    env = {"RAYFLEET_KNOWN_HOSTS": str(known), "RAYFLEET_SSH_KEY": "/k", "HOME": "/home/u", "PATH": "/usr/bin:/bin"}
+    words = subprocess.run(["bash", "-c", "printf '%s\\n' " + proxy.replace("%", "%%")], env=env,
+                           capture_output=True, text=True).stdout.split("\n")
+    assert f"UserKnownHostsFile={known}" in words and "/k" in words
+    del env["RAYFLEET_KNOWN_HOSTS"], env["RAYFLEET_SSH_KEY"]
+    words = subprocess.run(["bash", "-c", "printf '%s\\n' " + proxy.replace("%", "%%")], env=env,
+                           capture_output=True, text=True).stdout.split("\n")
+    assert "UserKnownHostsFile=/home/u/.rayfleet/t/known_hosts" in words and "/home/u/ray_bootstrap_key.pem" in words
+    assert shlex.split(proxy)[0] == "ssh"
+    assert "ssh_proxy_command" not in render(fleet, None)["auth"]

@@ -29,7 +29,7 @@ from typing import Callable
 from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
 from rayfleet.cluster import runtime
 from rayfleet.cluster.dashboard import list_nodes
-from rayfleet.cluster.launcher import (remote_token_path, render, render_yaml, started_mark,
+from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, remote_token_path, render, render_yaml, started_mark,
                                        worker_start_command)
 from rayfleet.cluster.preflight import runner_for
 from rayfleet.cluster.ssh import SSHError
@@ -92,13 +92,16 @@ def _launcher_env(fleet: FleetSpec) -> dict[str, str]:
     env["RAY_UP_enable_autoscaler_v2"] = "0"   # v2 is broken with provider 'local' on Ray 2.60
     env["RAY_TMPDIR"] = str(p.ray_tmp)         # the launcher's local state files, per fleet
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # the launcher's host key checks (launcher.proxy_command): the fleet's pinned keys, its SSH key
+    env[KNOWN_HOSTS_ENV] = str(p.known_hosts)
+    env[SSH_KEY_ENV] = fleet.ssh_for(fleet.head)[1]
     return with_venv_path(env)
 
 
 def export_config(fleet: FleetSpec) -> str:
     """The launcher YAML rayfleet uses (for users who want ``ray up`` themselves)."""
     p = paths(fleet)
-    return render_yaml(fleet, ensure_token(p.dir) if fleet.auth_enabled else None)
+    return render_yaml(fleet, ensure_token(p.dir) if fleet.auth_enabled else None, p.known_hosts)
 
 
 def nodes(fleet: FleetSpec, timeout_s: float = 10) -> list[dict]:
@@ -157,7 +160,7 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
     """Bring the fleet up through Ray's launcher; wait until head + min_workers are alive."""
     p = paths(fleet)
     token = ensure_token(p.dir) if fleet.auth_enabled else None
-    text = render_yaml(fleet, token)
+    text = render_yaml(fleet, token, p.known_hosts)
     changed = not p.launcher_yaml.exists() or p.launcher_yaml.read_text() != text
     # Nodes are matched by address (Ray's node_ip): a host written as a name is resolved here.
     expected = {fleet.head.address} | {w.address for w in fleet.workers[:fleet.min_workers]}

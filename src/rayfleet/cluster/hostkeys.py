@@ -40,12 +40,19 @@ def _known_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-def _is_pinned(host: str, port: int, known_hosts: Path) -> bool:
+def _pinned(host: str, port: int, known_hosts: Path) -> list[str]:
+    """The key lines ``known_hosts`` holds for the host ([] if none)."""
     if not known_hosts.is_file():
-        return False
+        return []
     r = subprocess.run(["ssh-keygen", "-F", _known_name(host, port), "-f", str(known_hosts)], capture_output=True,
                        text=True, timeout=10)
-    return r.returncode == 0 and bool(r.stdout.strip())
+    return [ln for ln in r.stdout.splitlines() if ln.strip() and not ln.startswith("#")] if r.returncode == 0 else []
+
+
+def _as(lines: list[str] | str, host: str, port: int) -> str:
+    """Key lines re-labelled for ``host``."""
+    lines = lines.splitlines() if isinstance(lines, str) else lines
+    return "".join(f"{_known_name(host, port)} {ln.split(None, 1)[1]}\n" for ln in lines if len(ln.split()) >= 3)
 
 
 def _scan(host: str, address: str, port: int) -> NewHost:
@@ -60,22 +67,34 @@ def _scan(host: str, address: str, port: int) -> NewHost:
 
 def unpinned(fleet: FleetSpec, known_hosts: Path) -> list[NewHost]:
     """The fleet's hosts whose keys ``known_hosts`` does not hold yet, with the keys they offer now
-    (none for a host that did not answer: ``check`` then says why)."""
+    (none for a host that did not answer: ``check`` then says why).
+
+    Keys are pinned under the host's name and its address (Ray's launcher connects by address).
+    A host pinned by name whose address is missing gets the name's keys under its address here,
+    with no question: a connection to that address must then show the key pinned for the name."""
     todo = {}
     for n in fleet.nodes:
         _, _, port = fleet.ssh_for(n)
-        if not _is_pinned(n.host, port, known_hosts):
+        by_name = _pinned(n.host, port, known_hosts)
+        if not by_name:
             todo.setdefault((n.host, port), n.address)
+        elif n.address != n.host and not _pinned(n.address, port, known_hosts):
+            _append(known_hosts, _as(by_name, n.address, port))
     if not todo:
         return []
     with ThreadPoolExecutor(min(16, len(todo))) as pool:
         return list(pool.map(lambda kv: _scan(kv[0][0], kv[1], kv[0][1]), todo.items()))
 
 
-def pin(known_hosts: Path, hosts: list[NewHost]) -> None:
-    """Add the hosts' keys to ``known_hosts`` (created 0600 in a 0700 directory)."""
+def _append(known_hosts: Path, text: str) -> None:
     known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
-        for h in hosts:
-            f.write(h.keys)
+        f.write(text)
+
+
+def pin(known_hosts: Path, hosts: list[NewHost]) -> None:
+    """Add the hosts' keys to ``known_hosts`` (created 0600 in a 0700 directory), under their names
+    and their addresses."""
+    _append(known_hosts, "".join(h.keys + (_as(h.keys, h.address, h.port) if h.address != h.host else "")
+                                 for h in hosts))

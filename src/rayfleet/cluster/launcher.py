@@ -30,12 +30,34 @@ from rayfleet.cluster.serving import haproxy_dir, serve_env
 from rayfleet.config.fleet import FleetSpec, ResourcesSpec
 from rayfleet.errors import ConfigError
 
-__all__ = ["render", "render_yaml", "remote_token_path", "worker_start_command", "started_mark", "node_plan",
+__all__ = ["render", "render_yaml", "remote_token_path", "remote_known_hosts", "proxy_command", "worker_start_command", "started_mark", "node_plan",
            "start_command"]
 
 
 def remote_token_path(fleet: FleetSpec) -> str:
     return f"~/.rayfleet/{fleet.name}/auth_token"
+
+
+def remote_known_hosts(fleet: FleetSpec) -> str:
+    return f"~/.rayfleet/{fleet.name}/known_hosts"
+
+
+# Ray's launcher runs ssh with StrictHostKeyChecking=no and UserKnownHostsFile=/dev/null, fixed in its
+# code. Its connections go through this ProxyCommand instead: an ssh that checks the host's key against
+# the fleet's pinned keys and forwards to the host's sshd (-W), so the launcher's own session runs
+# inside a channel to the host whose key was checked, and a host with another key gets nothing.
+# Where `ray up` runs, rayfleet sets RAYFLEET_KNOWN_HOSTS / RAYFLEET_SSH_KEY; on the head (the
+# autoscaler's connections to workers) the defaults are the files the launcher put there. No quotes:
+# Ray hands the options to rsync's --rsh, which does not take backslash escapes.
+KNOWN_HOSTS_ENV = "RAYFLEET_KNOWN_HOSTS"
+SSH_KEY_ENV = "RAYFLEET_SSH_KEY"
+
+
+def proxy_command(fleet: FleetSpec) -> str:
+    return ("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes "
+            f"-o UserKnownHostsFile=${{{KNOWN_HOSTS_ENV}:-$HOME/.rayfleet/{fleet.name}/known_hosts}} "
+            f"-o IdentitiesOnly=yes -i ${{{SSH_KEY_ENV}:-$HOME/ray_bootstrap_key.pem}} "
+            "-o ConnectTimeout=10 -o LogLevel=ERROR -l %r -p %p -W %h:%p %h")
 
 
 def _resource_flags(res: ResourcesSpec) -> list[str]:
@@ -126,8 +148,9 @@ def _check_single_auth(fleet: FleetSpec) -> tuple[str, str, int]:
     return auths.pop()
 
 
-def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
-    """The launcher config as a dict (``ray up`` reads it as YAML)."""
+def render(fleet: FleetSpec, local_token: Path | None, known_hosts: Path | None = None) -> dict[str, Any]:
+    """The launcher config as a dict (``ray up`` reads it as YAML). ``known_hosts``: the fleet's pinned
+    host keys; with it, every connection of the launcher checks them (``proxy_command``)."""
     user, key, port = _check_single_auth(fleet)
     if port != 22:
         raise ConfigError(f"ssh port {port}: Ray's cluster launcher (provider 'local') connects on port 22 only.",
@@ -138,6 +161,10 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
         assert local_token is not None
         mounts[remote_token_path(fleet)] = str(local_token)
         setup.append(f"chmod 700 ~/.rayfleet ~/.rayfleet/{fleet.name} && chmod 600 {remote_token_path(fleet)}")
+    auth = {"ssh_user": user, "ssh_private_key": key}
+    if known_hosts is not None:
+        mounts[remote_known_hosts(fleet)] = str(known_hosts)   # the autoscaler's, on the head
+        auth["ssh_proxy_command"] = proxy_command(fleet)
     setup.append(f"mkdir -p {shlex.quote(fleet.temp_dir)}")
     return {
         "cluster_name": fleet.name,
@@ -146,7 +173,7 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
             "head_ip": fleet.head.address,   # addresses, also for names: Ray knows nodes by address
             "worker_ips": [w.address for w in fleet.workers],
         },
-        "auth": {"ssh_user": user, "ssh_private_key": key},
+        "auth": auth,
         "min_workers": fleet.min_workers,
         "max_workers": fleet.max_workers,
         "upscaling_speed": 1.0,
@@ -165,7 +192,10 @@ def render(fleet: FleetSpec, local_token: Path | None) -> dict[str, Any]:
     }
 
 
-def render_yaml(fleet: FleetSpec, local_token: Path | None) -> str:
+def render_yaml(fleet: FleetSpec, local_token: Path | None, known_hosts: Path | None = None) -> str:
     header = (f"# Ray cluster launcher config rendered by rayfleet from fleet '{fleet.name}'.\n"
               "# Use it with: RAY_UP_enable_autoscaler_v2=0 ray up THIS_FILE\n")
-    return header + yaml.safe_dump(render(fleet, local_token), sort_keys=False, width=1000)
+    if known_hosts is not None:
+        user, key, _ = _check_single_auth(fleet)
+        header += (f"# and, for its host key checks: {KNOWN_HOSTS_ENV}={known_hosts} {SSH_KEY_ENV}={key}\n")
+    return header + yaml.safe_dump(render(fleet, local_token, known_hosts), sort_keys=False, width=1000)

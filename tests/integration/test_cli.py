@@ -64,3 +64,9 @@ def test_debug_shows_traceback(tmp_path, local_cluster):
     p.write_text("replicas: many\n")
     r = rayfleet_cli("--debug", "serve", str(p))
     assert r.returncode == 1 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+def test_dashboard_on_the_local_cluster_is_its_url(local_cluster):
+    r = rayfleet_cli("dashboard")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"Dashboard: {local_cluster.dashboard_url}  (local cluster; its token: {local_cluster.token_path})\n"

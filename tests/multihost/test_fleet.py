@@ -566,6 +566,28 @@ def test_the_launchers_ssh_checks_host_keys(lab, fleet_up, tmp_path):
         assert any(ln.startswith(h.ip + " ssh-ed25519 ") for ln in on_head.splitlines()), on_head
 
 
+def test_dashboard_through_an_ssh_tunnel(lab, fleet_up):
+    """`rayfleet dashboard` (stdout a pipe): a local URL that reaches the head's dashboard through SSH; the
+    Jobs API answers there with the token; the tunnel closes on SIGTERM."""
+    from rayfleet.cluster import fleet as fl
+
+    exe = Path(os.sys.executable).parent / "rayfleet"
+    p = subprocess.Popen([str(exe), "dashboard", "-f", str(fleet_up)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        first = p.stdout.readline()
+        m = re.fullmatch(rf"Dashboard: (http://127\.0\.0\.1:\d+)  \(through SSH to {re.escape(lab.hosts[0].fqdn)} "
+                         rf"\({lab.hosts[0].ip}\); Ctrl-C closes it\)\n", first)
+        assert m, first + p.stderr.read() if p.poll() is not None else first
+        headers = fl.auth_headers(_spec(fleet_up))
+        assert requests.get(f"{m[1]}/api/jobs/", headers=headers, timeout=30).status_code == 200
+        assert requests.get(f"{m[1]}/api/jobs/", timeout=30).status_code == 401
+    finally:
+        p.terminate()
+        out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0 and "Tunnel closed." in out, out
+
+
 # What may answer a LAN host that holds no credentials, by port, and why (README, "Security": "Listening on
 # the LAN"). Anything else that answers fails the test.
 def _open_by_design(spec) -> dict[int, str]:

@@ -9,7 +9,7 @@ from conftest import rayfleet_cli
 pytestmark = pytest.mark.unit
 
 COMMANDS = [["up"], ["down"], ["status"], ["serve"], ["services"], ["services", "delete"], ["translate"],
-            ["init"], ["check"], ["install"], ["exec"], ["logs"], ["export-ray-config"], ["train"], ["tune"], ["jobs"],
+            ["init"], ["check"], ["install"], ["exec"], ["logs"], ["export-ray-config"], ["dashboard"], ["train"], ["tune"], ["jobs"],
             ["models"], ["translate-file"]]
 
 

@@ -165,6 +165,42 @@ def export_ray_config(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     sys.stdout.write(fleet_mod.export_config(spec))
 
 
+def dashboard(
+    fleet_file: Optional[Path] = FLEET_OPTION,
+    port: int = typer.Option(0, "--port", help="Local port of the tunnel (default: a free one)."),
+) -> None:
+    """Open the Ray dashboard of a fleet through an SSH tunnel to its head (host key checked), print
+    its local URL, and keep the tunnel open until Ctrl-C. The dashboard and the token you give it
+    travel inside SSH, not as plain HTTP on the LAN. On the local cluster it prints the URL.
+
+    Example: rayfleet dashboard -f fleet.yaml
+    """
+    import signal
+    import threading
+
+    from rayfleet.cluster.target import resolve_target
+    from rayfleet.cluster.tunnel import Tunnel, dashboard_target
+
+    target = resolve_target(fleet_file)
+    if target.fleet is None:
+        console.print(f"Dashboard: {target.serve.dashboard_url}  (local cluster; its token: "
+                      f"{target.local.token_path})", markup=False)
+        return
+    spec = target.fleet
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Tunnel(spec, *dashboard_target(spec), local_port=port) as t:
+        console.print(f"Dashboard: {t.url}  (through SSH to {spec.head.label}; Ctrl-C closes it)", markup=False)
+        if spec.auth_enabled:
+            console.print(f"  It asks for the fleet's token: {fleet_mod.paths(spec).token}", markup=False)
+        try:
+            while not stop.is_set() and t.proc.poll() is None:
+                stop.wait(0.5)
+        except KeyboardInterrupt:
+            pass
+    console.print("Tunnel closed.")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(check)
@@ -172,4 +208,5 @@ def register(app: typer.Typer) -> None:
     app.command("exec")(exec_)
     app.command()(logs)
     app.command("export-ray-config")(export_ray_config)
+    app.command()(dashboard)
 

@@ -124,11 +124,13 @@ def test_auth_disabled_only_with_the_dashboard_on_loopback(tmp_path):
     from rayfleet.config.fleet import FleetSpec
 
     p = tmp_path / "fleet.yaml"
-    p.write_text("name: lab\npython: /opt/venv\nhead:\n  host: 10.0.0.1\nsecurity:\n  auth: disabled\n")
+    base = "name: lab\npython: /opt/venv\nhead:\n  host: 10.0.0.1\nsecurity:\n  auth: disabled\n"
+    p.write_text(base + "  dashboard_host: 10.0.0.1\n")
     with pytest.raises(ConfigError) as e:
         load_model(FleetSpec, p)
     print(e.value.message, e.value.hint, sep="\n")
     assert "security.auth: disabled with the dashboard on 10.0.0.1" in e.value.message
     assert "security.dashboard_host: 127.0.0.1" in e.value.message
-    p.write_text(p.read_text() + "  dashboard_host: 127.0.0.1\n")
-    assert load_model(FleetSpec, p).security.auth == "disabled"
+    p.write_text(base)   # the default: the head's loopback
+    spec = load_model(FleetSpec, p)
+    assert spec.security.auth == "disabled" and spec.dashboard_bind == "127.0.0.1" and spec.dashboard_tunneled

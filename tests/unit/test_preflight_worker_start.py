@@ -163,5 +163,5 @@ def test_the_node_picks_its_flags_and_environment_from_the_plan(tmp_path):
     assert environment.startswith(f"{fleet.temp_dir} {tmp_path}/.rayfleet/t/auth_token {venv}/bin:")
     r = subprocess.run(["bash", "-c", start_command(fleet, "head")], env=env, capture_output=True, text=True)
     head = log.read_text().splitlines()[-1].split(" | ")[0]
-    assert head.startswith("start --head --port=16399 --dashboard-host=127.0.0.77 ")
+    assert head.startswith("start --head --port=16399 --dashboard-host=127.0.0.1 ")   # the head's loopback: reached through SSH
     assert f"--autoscaling-config={tmp_path}/ray_bootstrap_config.yaml" in head

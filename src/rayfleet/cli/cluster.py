@@ -46,7 +46,7 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bo
     console.print(f"Fleet '{spec.name}' is up: {len(alive)} node(s) alive: {', '.join(alive)}")
     console.print(f"  address:    {spec.head.address}:{spec.ports.gcs}"
                   + (f" ({spec.head.host})" if spec.head.host != spec.head.address else ""))
-    console.print(f"  dashboard:  {fleet_mod.dashboard_url(spec)}")
+    console.print(f"  dashboard:  {fleet_mod.dashboard_label(spec)}")
     console.print(f"  services:   {fleet_target(spec).url('/')}")
     auth = "on (token in " + str(fleet_mod.paths(spec).token) + ")" if spec.auth_enabled else "DISABLED"
     console.print(f"  auth:       {auth}")
@@ -140,7 +140,7 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
         spec = target.fleet
         auth = "token auth on" if spec.auth_enabled else "AUTH DISABLED"
         console.print(f"Fleet '{spec.name}' {spec.head.address}:{spec.ports.gcs} — dashboard "
-                      f"{fleet_mod.dashboard_url(spec)} — {auth}")
+                      f"{fleet_mod.dashboard_label(spec)} — {auth}")
         node_rows = fleet_mod.nodes(spec)
     table = Table("node", "state", "CPU", "GPU", "memory (GiB)", "object store (GiB)", title="Nodes")
     for n in sorted(node_rows, key=lambda n: (not n.get("is_head_node"), n.get("node_ip", ""), n.get("state", ""))):

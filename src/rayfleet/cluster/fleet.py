@@ -38,7 +38,7 @@ from rayfleet.cluster.state import ensure_token, ray_executable, state_dir, with
 from rayfleet.config.fleet import FleetSpec, shell_path
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
-__all__ = ["FleetPaths", "paths", "up", "down", "nodes", "auth_headers", "dashboard_url",
+__all__ = ["FleetPaths", "paths", "up", "down", "nodes", "auth_headers", "dashboard_url", "dashboard_label",
            "ray_processes", "export_config", "exec_on", "logs"]
 
 Progress = Callable[[str], None]
@@ -72,7 +72,21 @@ def paths(fleet: FleetSpec) -> FleetPaths:
 
 
 def dashboard_url(fleet: FleetSpec) -> str:
-    return f"http://{fleet.security.dashboard_host or fleet.head.address}:{fleet.ports.dashboard}"
+    """The dashboard / Jobs API as this process reaches it: on the head's loopback (the default), a local
+    SSH tunnel to it, opened once per process (cluster/tunnel.py); else its address on the LAN."""
+    if fleet.dashboard_tunneled:
+        from rayfleet.cluster.tunnel import shared
+
+        return shared(fleet).url
+    host = fleet.head.address if fleet.dashboard_bind in ("0.0.0.0", "::") else fleet.dashboard_bind
+    return f"http://{host}:{fleet.ports.dashboard}"
+
+
+def dashboard_label(fleet: FleetSpec) -> str:
+    """Where the dashboard is, for people: its URL, or how to open it when it is on the head's loopback."""
+    if fleet.dashboard_tunneled:
+        return "on the head's loopback ('rayfleet dashboard' opens it through SSH)"
+    return dashboard_url(fleet)
 
 
 def auth_headers(fleet: FleetSpec) -> dict[str, str]:

@@ -9,7 +9,8 @@ What the rendering absorbs (each measured on Ray 2.60, see docs):
   and ``RAY_AUTH_MODE=token`` set for every ``ray start``;
 - fixed ports, so firewalls and ``rayfleet check`` know them;
 - per-node resources, chosen by node address on the node;
-- the dashboard bound to the head's address, never 0.0.0.0 unless asked.
+- the dashboard bound to the head's loopback (rayfleet reaches it through an SSH tunnel),
+  never 0.0.0.0 unless asked.
 Every start command is one call of ``rayfleet.cluster.node_start`` with the venv's Python and a
 JSON plan: the logic that runs on the node is Python there, not shell text rendered here.
 The v1 autoscaler (``RAY_UP_enable_autoscaler_v2=0``) is chosen where
@@ -111,7 +112,7 @@ def node_plan(fleet: FleetSpec) -> NodePlan:
             "--disable-usage-stats",
         ],
         head_start=[
-            f"--port={p.gcs}", f"--dashboard-host={fleet.security.dashboard_host or fleet.head.address}",
+            f"--port={p.gcs}", f"--dashboard-host={fleet.dashboard_bind}",
             f"--dashboard-port={p.dashboard}", f"--ray-client-server-port={p.client_server}",
             "--autoscaling-config=~/ray_bootstrap_config.yaml",
         ],

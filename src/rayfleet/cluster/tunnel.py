@@ -5,20 +5,54 @@ browser, so the dashboard and its token travel inside SSH, not as plain HTTP on 
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 
 from rayfleet.config.fleet import FleetSpec
 from rayfleet.errors import ClusterError
 
-__all__ = ["Tunnel", "dashboard_target"]
+__all__ = ["Tunnel", "dashboard_target", "shared"]
 
 
 def dashboard_target(fleet: FleetSpec) -> tuple[str, int]:
     """Where the dashboard listens, as the head itself reaches it."""
-    host = fleet.security.dashboard_host
-    return (fleet.head.address if host in (None, "0.0.0.0", "::") else host), fleet.ports.dashboard
+    host = fleet.dashboard_bind
+    return (fleet.head.address if host in ("0.0.0.0", "::") else host), fleet.ports.dashboard
+
+
+_SHARED: dict[tuple, "Tunnel"] = {}
+_LOCK = threading.Lock()
+
+
+def shared(fleet: FleetSpec) -> "Tunnel":
+    """This process's tunnel to the fleet's dashboard: opened at first use, closed when the process
+    exits (and by the kernel if it dies: the ssh gets SIGTERM when its parent thread goes)."""
+    key = (fleet.name, fleet.head.address, fleet.ports.dashboard)
+    with _LOCK:
+        t = _SHARED.get(key)
+        if t is None or t.proc is None or t.proc.poll() is not None:
+            t = Tunnel(fleet, *dashboard_target(fleet)).__enter__()
+            _SHARED[key] = t
+            if len(_SHARED) == 1:
+                atexit.register(_close_all)
+        return t
+
+
+def _close_all() -> None:
+    for t in list(_SHARED.values()):
+        t.close()
+    _SHARED.clear()
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -50,13 +84,15 @@ class Tunnel:
     def __enter__(self) -> "Tunnel":
         args = self._runner.args()
         forward = f"127.0.0.1:{self.local_port}:{self.remote[0]}:{self.remote[1]}"
+        self._err = tempfile.TemporaryFile("w+")   # not a pipe: nobody reads a long-lived tunnel's stderr
         self.proc = subprocess.Popen([*args[:-1], "-N", "-o", "ExitOnForwardFailure=yes", "-L", forward, args[-1]],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
+                                     text=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() or "").strip().splitlines()
+                self._err.seek(0)
+                err = self._err.read().strip().splitlines()
                 raise ClusterError(f"The SSH tunnel to {self.fleet.head.label} did not open: "
                                    f"{err[-1] if err else f'ssh exited {self.proc.returncode}'}",
                                    hint="Run 'rayfleet check' (SSH to the head, its pinned host key).")

@@ -166,7 +166,8 @@ class SecuritySpec(Model):
 
     auth: Literal["token", "disabled"] = Field(default="token", description="Ray token authentication.")
     dashboard_host: str | None = Field(
-        default=None, description="Address the dashboard binds to (default: the head's address).")
+        default=None, description="Address the dashboard (and Jobs API) binds to on the head (default: 127.0.0.1, "
+                                  "reached through an SSH tunnel; the head's address opens it to the LAN).")
     serve_host: str | None = Field(
         default=None, description="Where clients reach the services (default: the head's address, one HTTP "
                                    "proxy on the head); 0.0.0.0 runs a proxy on every node.")
@@ -279,7 +280,7 @@ class FleetSpec(Model):
             raise ValueError(f"autoscale.max_workers is {hi} but only {n} workers are listed")
         if lo is not None and lo > (hi if hi is not None else n):
             raise ValueError(f"autoscale.min_workers ({lo}) exceeds max_workers ({hi if hi is not None else n})")
-        dashboard = self.security.dashboard_host or self.head.host
+        dashboard = self.dashboard_bind
         if self.security.auth == "disabled" and not _loopback(dashboard):
             raise ValueError(f"security.auth: disabled with the dashboard on {dashboard}: anyone who reaches it "
                              "could run code on every node. Keep token auth (remove 'auth: disabled'), or put the "
@@ -287,6 +288,16 @@ class FleetSpec(Model):
         return self
 
     # Effective values ----------------------------------------------------
+    @property
+    def dashboard_bind(self) -> str:
+        """Where the dashboard listens on the head (loopback unless security.dashboard_host says otherwise)."""
+        return self.security.dashboard_host or "127.0.0.1"
+
+    @property
+    def dashboard_tunneled(self) -> bool:
+        """The dashboard is on the head's loopback: rayfleet reaches it through an SSH tunnel."""
+        return _loopback(self.dashboard_bind)
+
     @property
     def nodes(self) -> list[NodeSpec]:
         return [self.head, *self.workers]

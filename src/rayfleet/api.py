@@ -16,7 +16,9 @@ options, calls these methods and prints.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +27,8 @@ from rayfleet.cluster.target import Target, resolve_target
 from rayfleet.config.service import ServiceSpec
 from rayfleet.jobs.submit import JobInfo, JobsClient
 from rayfleet.serve.deploy import ServeTarget, ServiceStatus
+
+logger = logging.getLogger("rayfleet")
 
 __all__ = ["connect", "Cluster", "Job", "TrainRun", "FileRun", "STORAGE_ENV"]
 
@@ -230,7 +234,18 @@ class Cluster:
         if self.token_path is not None:
             os.environ.update(auth_env(self.token_path))
             reload_auth()  # Ray read them once already if it was imported: init works after `import ray`
-        return ray.init(address=self.address, **kwargs)
+        try:
+            return ray.init(address=self.address, **kwargs)
+        except ConnectionAbortedError as e:
+            # Ray Client's proxy on the head starts one server per client; on a loaded head that start
+            # failed once in a CI run ("Starting Ray client server failed"). Once more, then the error.
+            if not self.address.startswith("ray://") or "Starting Ray client server failed" not in str(e):
+                raise
+            logger.warning("Ray Client: the head could not start a server for this client (%s); trying once more",
+                           str(e).strip().splitlines()[-1])
+            ray.shutdown()
+            time.sleep(2)
+            return ray.init(address=self.address, **kwargs)
 
     @property
     def jobs_client(self) -> JobsClient:

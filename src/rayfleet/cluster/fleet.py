@@ -74,12 +74,12 @@ def paths(fleet: FleetSpec) -> FleetPaths:
 def dashboard_url(fleet: FleetSpec) -> str:
     """The dashboard / Jobs API as this process reaches it: on the head's loopback (the default), a local
     SSH tunnel to it, opened once per process (cluster/tunnel.py); else its address on the LAN."""
-    if fleet.dashboard_tunneled:
-        from rayfleet.cluster.tunnel import shared
+    from rayfleet.cluster.tunnel import dashboard_target, shared
 
+    if fleet.dashboard_tunneled:
         return shared(fleet).url
-    host = fleet.head.address if fleet.dashboard_bind in ("0.0.0.0", "::") else fleet.dashboard_bind
-    return f"http://{host}:{fleet.ports.dashboard}"
+    host, port = dashboard_target(fleet)   # a LAN address: the head's own reaches it from here too
+    return f"http://{host}:{port}"
 
 
 def dashboard_label(fleet: FleetSpec) -> str:

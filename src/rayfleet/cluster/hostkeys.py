@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from rayfleet.cluster.ssh import fingerprints_of
+from rayfleet.cluster.ssh import fingerprints_of, known_name
 from rayfleet.config.fleet import FleetSpec
 
 __all__ = ["NewHost", "unpinned", "pin"]
@@ -36,15 +36,11 @@ class NewHost:
         return self.host if self.host == self.address else f"{self.host} ({self.address})"
 
 
-def _known_name(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
-
-
 def _pinned(host: str, port: int, known_hosts: Path) -> list[str]:
     """The key lines ``known_hosts`` holds for the host ([] if none)."""
     if not known_hosts.is_file():
         return []
-    r = subprocess.run(["ssh-keygen", "-F", _known_name(host, port), "-f", str(known_hosts)], capture_output=True,
+    r = subprocess.run(["ssh-keygen", "-F", known_name(host, port), "-f", str(known_hosts)], capture_output=True,
                        text=True, timeout=10)
     return [ln for ln in r.stdout.splitlines() if ln.strip() and not ln.startswith("#")] if r.returncode == 0 else []
 
@@ -52,7 +48,7 @@ def _pinned(host: str, port: int, known_hosts: Path) -> list[str]:
 def _as(lines: list[str] | str, host: str, port: int) -> str:
     """Key lines re-labelled for ``host``."""
     lines = lines.splitlines() if isinstance(lines, str) else lines
-    return "".join(f"{_known_name(host, port)} {ln.split(None, 1)[1]}\n" for ln in lines if len(ln.split()) >= 3)
+    return "".join(f"{known_name(host, port)} {ln.split(None, 1)[1]}\n" for ln in lines if len(ln.split()) >= 3)
 
 
 def _scan(host: str, address: str, port: int) -> NewHost:

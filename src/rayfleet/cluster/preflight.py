@@ -45,7 +45,7 @@ from pathlib import Path
 from rayfleet.cluster.check_compare import Round2, compare_clocks, compare_ports, compare_storage, compare_versions
 from rayfleet.cluster.probe_session import PROBE, ProbeSession
 from rayfleet.cluster.runtime import MARK, local_lock
-from rayfleet.cluster.ssh import KEY_CHANGED, SSHError, SSHRunner, host_key_fingerprints
+from rayfleet.cluster.ssh import KEY_CHANGED, SSHError, SSHRunner, host_key_fingerprints, known_name
 from rayfleet.config.fleet import FleetSpec, NodeSpec
 from rayfleet.errors import HostNotResolved
 
@@ -165,7 +165,7 @@ class _HostCheck:
         return self.res("ssh", False,
                         f"its host key changed: known {', '.join(known) or '?'}; it offers {', '.join(now) or '?'}",
                         f"nothing was sent to it. If {self.node.host} was reinstalled, forget the old key: "
-                        f"ssh-keygen -R {self.r.host if self.r.port == 22 else f'[{self.r.host}]:{self.r.port}'} "
+                        f"ssh-keygen -R {known_name(self.r.host, self.r.port)} "
                         f"-f {self.r.known_hosts}; otherwise someone may be between you and it")
 
     # -- round 1 -------------------------------------------------------------------------------

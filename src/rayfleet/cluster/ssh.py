@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rayfleet.errors import SSHError
 
-__all__ = ["SSHError", "Result", "SSHRunner", "host_key_fingerprints", "fingerprints_of", "KEY_CHANGED"]
+__all__ = ["SSHError", "Result", "SSHRunner", "host_key_fingerprints", "fingerprints_of", "known_name", "KEY_CHANGED"]
 
 # What ssh says (its last line) when a host's key is not the one known_hosts holds for it.
 KEY_CHANGED = "Host key verification failed."
@@ -36,9 +36,14 @@ def _fingerprints(text: str) -> list[str]:
     return out
 
 
+def known_name(host: str, port: int) -> str:
+    """How known_hosts (and ssh-keyscan, ssh-keygen -F/-R) name a host on a port."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
 def host_key_fingerprints(host: str, port: int, known_hosts: Path) -> tuple[list[str], list[str]]:
     """(the fingerprints ``known_hosts`` holds for the host, the ones it offers now)."""
-    name = host if port == 22 else f"[{host}]:{port}"
+    name = known_name(host, port)
     try:
         known = subprocess.run(["ssh-keygen", "-l", "-F", name, "-f", str(known_hosts)], capture_output=True,
                                text=True, timeout=10).stdout

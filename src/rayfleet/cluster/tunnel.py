@@ -112,6 +112,8 @@ class Tunnel:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self.proc is not None:
+            self._err.close()
 
     def __exit__(self, *exc) -> None:
         self.close()

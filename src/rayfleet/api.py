@@ -234,6 +234,13 @@ class Cluster:
         if self.token_path is not None:
             os.environ.update(auth_env(self.token_path))
             reload_auth()  # Ray read them once already if it was imported: init works after `import ray`
+        fleet = self.target.fleet
+        if fleet is not None and fleet.security.tls and "_credentials" not in kwargs:
+            # Ray Client to a fleet with mutual TLS: the fleet's CA and this machine's client certificate
+            from rayfleet.cluster import fleet as fleet_mod
+            from rayfleet.cluster.tls import client_credentials
+
+            kwargs["_credentials"] = client_credentials(fleet_mod.paths(fleet).dir, fleet.name)
         try:
             return ray.init(address=self.address, **kwargs)
         except ConnectionAbortedError as e:

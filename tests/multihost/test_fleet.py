@@ -25,6 +25,7 @@ import yaml
 
 from conftest import ROOT, rayfleet_cli
 from rayfleet.cluster.serving import haproxy_dir
+from rayfleet.testing.capture import Capture
 from rayfleet.testing.hosts import HostLab, lab_supported
 
 pytestmark = pytest.mark.multihost
@@ -58,9 +59,16 @@ def lab():
         other = _other_python()
         keep = [str(ROOT), VENV] + ([str(other.parent.parent)] if other else [])
         with HostLab(3, work / "hosts", keep=keep) as lab:
-            yield lab
+            # Everything on the lab's LAN from here on, but SSH (encrypted, and the runtime's wheels:
+            # GBs): test_no_secret_on_the_wire searches it at the module's end.
+            with Capture(lab.bridge, work / "lan.pcap", "not tcp port 22") as cap:
+                _WIRE.update(capture=cap, pcap=work / "lan.pcap")
+                yield lab
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+_WIRE: dict = {}
 
 
 def _fleet(lab, path: Path, *, names: bool = False, user: str | None = None, python: str | None = None,
@@ -637,12 +645,53 @@ def test_no_open_doors_on_the_lan(lab, fleet_up):
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, width)) + (f"  <- {r[4]}" if r[4] else ""))
     assert len(rows) >= 3 * 5, rows   # Ray's sockets on every host were seen
     gcs = [r for r in rows if r[1] == f"{lab.hosts[0].ip}:{spec.ports.gcs}"]
-    assert gcs and gcs[0][3].startswith("gRPC: token required"), gcs
+    assert gcs and gcs[0][3] == "TLS: client certificate required", gcs
     assert doors == [], "answers without credentials on ports the README does not name: " + repr(doors)
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("**Listening on the LAN**"):]
     for what in ("services (HAProxy)", "HAProxy's stats page", "Prometheus metrics", "a replica's own HTTP port"):
         assert what in section, what
+
+
+def test_without_the_fleets_certificate_no_one_calls_the_gcs(lab, fleet_up, tmp_path):
+    """Ray's gRPC runs with mutual TLS (security.tls, on by default): from another host of the LAN (this
+    machine, on the lab's bridge), the GCS refuses plain gRPC even with the token, TLS without a client
+    certificate, and a certificate of another CA; the fleet's own certificate gets through (and still
+    needs the token). Joining as a node starts with these calls, so a node without the certificate can't."""
+    import grpc
+
+    from rayfleet.cluster import fleet as fl
+    from rayfleet.cluster import tls
+
+    spec = _spec(fleet_up)
+    target = f"{lab.hosts[0].ip}:{spec.ports.gcs}"
+    token = [("authorization", "Bearer " + fl.paths(spec).token.read_text().strip())]
+    ca = (fl.paths(spec).dir / "tls" / "ca.crt").read_bytes()
+
+    def call(credentials, metadata=token) -> str:
+        with grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target) as ch:
+            try:
+                ch.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")(b"", timeout=5, metadata=metadata)
+                return "OK"
+            except grpc.RpcError as e:
+                return e.code().name
+
+    got = {
+        "plain gRPC with the token": call(None),
+        "TLS, no client certificate": call(grpc.ssl_channel_credentials(root_certificates=ca)),
+        "TLS, another CA's certificate": call(tls.client_credentials(tmp_path / "other", spec.name)),
+        "the fleet's certificate, no token": call(tls.client_credentials(fl.paths(spec).dir, spec.name), []),
+        "the fleet's certificate and the token": call(tls.client_credentials(fl.paths(spec).dir, spec.name)),
+    }
+    print("\nGCS " + target + ":\n" + "\n".join(f"  {k}: {v}" for k, v in got.items()))
+    assert got == {"plain gRPC with the token": "UNAVAILABLE", "TLS, no client certificate": "UNAVAILABLE",
+                   "TLS, another CA's certificate": "UNAVAILABLE", "the fleet's certificate, no token": "UNAUTHENTICATED",
+                   "the fleet's certificate and the token": "OK"}
+    for h in lab.hosts:   # each node holds its own key only, private
+        d = h.home(lab.user) / ".rayfleet" / spec.name / "tls"
+        assert sorted(f.name for f in d.iterdir()) == ["ca.crt", "node.crt", "node.key"]
+        assert {oct(f.stat().st_mode & 0o777) for f in d.iterdir()} | {oct(d.stat().st_mode & 0o777)} == {"0o600", "0o700"}
+        assert (d / "node.key").read_bytes() == (fl.paths(spec).dir / "tls" / "nodes" / f"{h.ip}.key").read_bytes()
 
 
 def test_own_code_own_app_and_the_api_on_the_fleet(lab, fleet_up):
@@ -801,6 +850,7 @@ def test_down_leaves_no_ray_process(lab, fleet_up):
     for h in lab.hosts:  # seen from inside each host too
         assert h.exec("pgrep -f 'raylet|gcs_server|ray::'").stdout.strip() == ""
     assert not key.exists()   # no private key left on any node
+    assert not any((h.home(lab.user) / ".rayfleet" / "lab" / "tls").exists() for h in lab.hosts)   # nor a TLS key
 
 
 def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):
@@ -844,3 +894,24 @@ def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):
     finally:
         r = rayfleet_cli("down", "-f", str(ff), timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_no_secret_on_the_wire(lab):
+    """Everything on the lab's LAN since the module began (but SSH: encrypted) - check, up on bare hosts,
+    jobs, training, serving, translating, the Ray Client, down, the autoscaled fleet - searched for the
+    fleets' tokens (as text and HPACK-coded) and the private keys (SSH, TLS): 0 found."""
+    from rayfleet.cluster.state import state_dir
+    from rayfleet.testing.capture import search
+
+    summary = _WIRE["capture"].stop()
+    secrets = {f"token of fleet {t.parent.name}": [b"Bearer " + t.read_bytes().strip(), t.read_bytes().strip()]
+               for t in (state_dir() / "fleets").glob("*/auth_token")}
+    assert len(secrets) >= 2, secrets   # the module's fleet and the autoscaled one
+    pem = lambda p: [ln.encode() for ln in p.read_text().splitlines()[1:-1] if len(ln) >= 60][:3]  # noqa: E731
+    secrets["the SSH private key"] = pem(lab.key)
+    secrets["the nodes' TLS keys"] = [b for k in (state_dir() / "fleets").glob("*/tls/nodes/*.key") for b in pem(k)]
+    assert secrets["the SSH private key"] and secrets["the nodes' TLS keys"]
+    rep = search(_WIRE["pcap"], secrets)
+    print(f"\ntcpdump: {summary.splitlines()[0] if summary else '?'}\n{rep.summary}")
+    assert rep.tcp_packets > 10_000, rep.summary   # the module's traffic was seen
+    assert rep.found == [], rep.summary

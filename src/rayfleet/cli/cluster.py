@@ -50,6 +50,8 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bo
     console.print(f"  services:   {fleet_target(spec).url('/')}")
     auth = "on (token in " + str(fleet_mod.paths(spec).token) + ")" if spec.auth_enabled else "DISABLED"
     console.print(f"  auth:       {auth}")
+    console.print("  tls:        " + ("on (Ray's gRPC between nodes; 'rayfleet certs' lists the certificates)"
+                                      if spec.security.tls else "OFF (security.tls: false): cluster traffic in clear text"))
     console.print(f"Next: {_next_serve()} -f {fleet_file or 'fleet.yaml'}")
 
 

@@ -1,4 +1,4 @@
-"""``rayfleet init``, ``check``, ``exec``, ``logs`` and ``export-ray-config`` (fleets)."""
+"""``rayfleet init``, ``check``, ``exec``, ``logs``, ``export-ray-config``, ``dashboard`` and ``certs`` (fleets)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import List, Optional
 
 import typer
 
-from rayfleet.cli._common import ACCEPT_NEW_HOSTS, FLEET_OPTION, console, load_fleet, pin_new_hosts, print_report
+from rich.table import Table
+
+from rayfleet.cli._common import (ACCEPT_NEW_HOSTS, FLEET_OPTION, console, load_fleet, pin_new_hosts, print_report,
+                                  print_table)
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster.preflight import run_checks
 from rayfleet.config.fleet import FleetSpec
@@ -201,6 +204,40 @@ def dashboard(
     console.print("Tunnel closed.")
 
 
+def certs(
+    fleet_file: Optional[Path] = FLEET_OPTION,
+    renew: bool = typer.Option(False, "--renew", help="Issue new node certificates and put them on every node."),
+    new_ca: bool = typer.Option(False, "--new-ca", help="With --renew: a new CA too (after a leaked key)."),
+) -> None:
+    """List the fleet's TLS certificates (Ray's gRPC between nodes: security.tls) and when they expire;
+    --renew issues new ones and puts them on every node. Ray reads them when it starts: after a renewal,
+    'rayfleet down' and 'rayfleet up' (services and jobs restart). 'rayfleet up' renews on its own the
+    ones with less than 30 days left.
+
+    Example: rayfleet certs -f fleet.yaml --renew
+    """
+    from rayfleet.cluster import tls
+
+    spec = load_fleet(fleet_file)
+    if not spec.security.tls:
+        console.print(f"Fleet '{spec.name}' runs without TLS (security.tls: false): no certificates.")
+        return
+    if new_ca and not renew:
+        raise ConfigError("--new-ca only goes with --renew.", hint="rayfleet certs --renew --new-ca")
+    if renew:
+        fleet_mod.renew_certs(spec, new_ca=new_ca, progress=lambda m: console.print(f"  {m}", markup=False))
+    found = tls.inventory(fleet_mod.paths(spec).dir, spec)
+    if not found:
+        console.print("No certificates yet: 'rayfleet up' makes them.")
+        return
+    table = Table("certificate", "expires", "days left", "names")
+    for c in found:
+        table.add_row(c.name, c.not_after.strftime("%Y-%m-%d"), str(c.days_left), ", ".join(c.sans))
+    print_table(table)
+    if renew:
+        console.print("Renewed. Ray uses them from its next start: rayfleet down && rayfleet up")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(check)
@@ -209,4 +246,5 @@ def register(app: typer.Typer) -> None:
     app.command()(logs)
     app.command("export-ray-config")(export_ray_config)
     app.command()(dashboard)
+    app.command()(certs)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
-from rayfleet.cluster import runtime
+from rayfleet.cluster import runtime, tls
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, remote_token_path, render, render_yaml, started_mark,
                                        worker_start_command)
@@ -193,6 +193,7 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
         if fleet.shipped:   # a node may be a new machine in the old one's place
             runtime.install(fleet, [n for n in fleet.workers if n.address in missing], progress=progress,
                             timeout_s=max(timeout_s, 1200))
+        _ship_certs(fleet, [n for n in fleet.workers if n.address in missing], progress)
         errors = _start_workers_twice(fleet, missing, timeout_s)
         if errors:
             raise ClusterError("Could not restart Ray on: " + "; ".join(errors),
@@ -201,6 +202,7 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
         return nodes(fleet)
     if fleet.shipped:
         runtime.install(fleet, progress=progress, timeout_s=max(timeout_s, 1200))
+    _ship_certs(fleet, fleet.nodes, progress)
     p.launcher_yaml.write_text(text)
     if progress:
         progress("starting the head through Ray's cluster launcher")
@@ -224,6 +226,26 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
     if progress and any(removed.values()):
         progress("removed older runtimes: " + ", ".join(f"{h} {' '.join(d)}" for h, d in removed.items() if d))
     return nodes(fleet)
+
+
+def _ship_certs(fleet: FleetSpec, nodes: list, progress: Progress | None, *, renew: bool = False) -> None:
+    """Each node's TLS certificate and key onto it (security.tls; cluster/tls.py), before Ray starts there."""
+    if not fleet.security.tls or not nodes:
+        return
+    if progress:
+        progress(f"TLS: {'new ' if renew else ''}certificates to {len(nodes)} node(s)")
+    p = paths(fleet)
+    errors = tls.ship(fleet, nodes, p.dir, p.known_hosts, renew=renew)
+    if errors:
+        raise ClusterError("Could not put the TLS certificates on: " + "; ".join(f"{h}: {e}" for h, e in errors.items()),
+                           hint="Fix SSH to those nodes (rayfleet check) and run the command again.")
+
+
+def renew_certs(fleet: FleetSpec, *, new_ca: bool = False, progress: Progress | None = None) -> None:
+    """New node certificates (and with ``new_ca`` a new CA) on every node; Ray reads them when it starts."""
+    if new_ca:
+        tls.new_ca(paths(fleet).dir, fleet.name)
+    _ship_certs(fleet, fleet.nodes, progress, renew=True)
 
 
 def _fast_start(fleet: FleetSpec) -> bool:
@@ -311,6 +333,8 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     if progress:
         progress(f"stopping Ray on {len(fleet.nodes)} nodes")
     # Ray's launcher copied the SSH private key (and its config) to the head: no key stays behind.
+    # Nor a node's TLS key (`up` ships it again).
+    stop_cmd += f"; rm -rf {shell_path(tls.remote_dir(fleet))}"
     head_cmd = stop_cmd + "; rm -f ~/ray_bootstrap_key.pem ~/ray_bootstrap_config.yaml"
 
     def stop(node) -> str | None:

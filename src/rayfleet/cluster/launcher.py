@@ -7,6 +7,8 @@ What the rendering absorbs (each measured on Ray 2.60, see docs):
   the machine that runs rayfleet, and the launcher gets addresses only;
 - token auth: the fleet's token is shipped to every node (file_mounts, 0600)
   and ``RAY_AUTH_MODE=token`` set for every ``ray start``;
+- mutual TLS on Ray's gRPC (``security.tls``): ``RAY_USE_TLS`` and each node's own certificate, which
+  ``rayfleet up`` ships before the launcher runs (cluster/tls.py);
 - fixed ports, so firewalls and ``rayfleet check`` know them;
 - per-node resources, chosen by node address on the node;
 - the dashboard bound to the head's loopback (rayfleet reaches it through an SSH tunnel),
@@ -26,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from rayfleet.cluster import tls
 from rayfleet.cluster.node_start import SESSION, NodePlan
 from rayfleet.cluster.serving import haproxy_dir, serve_env
 from rayfleet.config.fleet import FleetSpec, ResourcesSpec
@@ -86,6 +89,8 @@ def _env(fleet: FleetSpec) -> dict[str, str]:
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": remote_token_path(fleet)})
     else:
         env["RAY_AUTH_MODE"] = "disabled"
+    if fleet.security.tls:
+        env.update(tls.node_env(fleet))   # each node's certificate, shipped by `up` (cluster/tls.py)
     return env
 
 

@@ -165,6 +165,10 @@ class SecuritySpec(Model):
     """Cluster security. Token auth is on unless you turn it off (don't)."""
 
     auth: Literal["token", "disabled"] = Field(default="token", description="Ray token authentication.")
+    tls: bool = Field(
+        default=True, description="Mutual TLS on Ray's gRPC between the nodes (RAY_USE_TLS), with a CA and node "
+                                  "certificates rayfleet makes for the fleet. Off: the token and all cluster "
+                                  "traffic cross the LAN in clear text.")
     dashboard_host: str | None = Field(
         default=None, description="Address the dashboard (and Jobs API) binds to on the head (default: 127.0.0.1, "
                                   "reached through an SSH tunnel; the head's address opens it to the LAN).")

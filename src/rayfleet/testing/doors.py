@@ -12,6 +12,9 @@ caller without a token:
 - else gRPC: one read-only method of each of Ray's services with an empty request and no
   token; ``UNAUTHENTICATED`` is "token required", ``OK`` (or any error from the method
   itself) is open; ``UNIMPLEMENTED`` for every method says "gRPC, none of Ray's services";
+- else TLS (Ray's gRPC with ``security.tls``): a handshake without a client certificate; a server
+  that then refuses (wants a certificate of the fleet's CA) is "TLS: client certificate required",
+  one that talks on is open;
 - else what the socket did: closed, stayed silent, or sent bytes that are neither.
 """
 
@@ -109,6 +112,29 @@ def _grpc(address: str, port: int, timeout_s: float) -> str | None:
         return "UNIMPLEMENTED"
 
 
+def _tls(address: str, port: int, timeout_s: float) -> str | None:
+    """'certificate required' (TLS, refused without a client certificate), 'open' (TLS, talked on without
+    one), None (not TLS)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s) as raw, ctx.wrap_socket(raw) as s:
+            # TLS 1.3: the server checks the client's certificate after the handshake; the refusal
+            # comes with the first read.
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            return "open" if s.recv(64) else "certificate required"
+    except ssl.SSLError as e:
+        reason = (e.reason or "").upper()
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+            return "certificate required"
+        return None
+    except (OSError, socket.timeout):
+        return None
+
+
 def probe(address: str, port: int, timeout_s: float = 3.0) -> tuple[str, bool]:
     """(what the socket answered, whether that is open to a caller without credentials)."""
     answers = []
@@ -129,6 +155,10 @@ def probe(address: str, port: int, timeout_s: float = 3.0) -> tuple[str, bool]:
         return "HTTP " + ", ".join(f"{s} at {p}" for p, s in answers), False   # errors only: nothing given
     if kind == "refused":
         return "refused", False
+    tls = _tls(address, port, timeout_s)
+    if tls is not None:
+        return ("TLS: client certificate required", False) if tls == "certificate required" else \
+            ("TLS without a client certificate", True)
     grpc_status = _grpc(address, port, timeout_s)
     if grpc_status is not None:
         if grpc_status.startswith("UNAUTHENTICATED"):

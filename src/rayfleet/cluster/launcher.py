@@ -204,4 +204,6 @@ def render_yaml(fleet: FleetSpec, local_token: Path | None, known_hosts: Path | 
     if known_hosts is not None:
         user, key, _ = _check_single_auth(fleet)
         header += (f"# and, for its host key checks: {KNOWN_HOSTS_ENV}={known_hosts} {SSH_KEY_ENV}={key}\n")
+    if fleet.security.tls:
+        header += "# Ray's gRPC runs with TLS: put the nodes' certificates there first: rayfleet certs --renew -f FLEET.yaml\n"
     return header + yaml.safe_dump(render(fleet, local_token, known_hosts), sort_keys=False, width=1000)

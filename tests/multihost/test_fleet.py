@@ -822,6 +822,7 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
     fleet_up.write_text(yaml.safe_dump(data))
     new = local_lock((str(wheel),)).digest
     assert new != old
+    assert lab.hosts[0].exec("pgrep -f haproxy").stdout.strip(), "the translator's HAProxy should run on the head"
     t0 = time.monotonic()
     r = rayfleet_cli("up", "-f", str(fleet_up), "--accept-new-hosts", "--skip-check", timeout=900)
     _timed("up with a changed fleet.yaml (a new runtime: one more package)", t0)
@@ -834,10 +835,16 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
         got = h.exec(f"/home/{lab.user}/.rayfleet/runtime/{new}/bin/python -c 'import rfextra; print(rfextra.VALUE)'")
         assert got.stdout.strip() == "extra", got.stderr
         assert f"/runtime/{new}/" in h.exec("ps -eww -o args | grep '[r]aylet/raylet'").stdout
+    # Ray restarted on the head: the old Serve's HAProxy went with it (Ray leaves it running: it would
+    # keep port 8000 and the next service's HAProxy could not bind it).
+    assert lab.hosts[0].exec("pgrep -a -f haproxy").stdout.strip() == ""
 
 
-def test_down_leaves_no_ray_process(lab, fleet_up):
+def test_down_leaves_no_ray_process(lab, fleet_up, tiny_model):
     from rayfleet.cluster import fleet as fl
+
+    r = rayfleet_cli("serve", "--model", str(tiny_model), "-f", str(fleet_up), "--timeout", "300", timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr   # a service (so HAProxy) on the fleet at down
 
     key = lab.hosts[0].home(lab.user) / "ray_bootstrap_key.pem"   # Ray's launcher copies the SSH key to the head
     assert key.exists()
@@ -847,8 +854,8 @@ def test_down_leaves_no_ray_process(lab, fleet_up):
     assert r.returncode == 0, r.stdout + r.stderr
     left = {h: p for h, p in fl.ray_processes(_spec(fleet_up)).items() if p}
     assert left == {}
-    for h in lab.hosts:  # seen from inside each host too
-        assert h.exec("pgrep -f 'raylet|gcs_server|ray::'").stdout.strip() == ""
+    for h in lab.hosts:  # seen from inside each host too, Serve's HAProxy included (the translator ran)
+        assert h.exec("pgrep -f 'raylet|gcs_server|ray::|haproxy'").stdout.strip() == ""
     assert not key.exists()   # no private key left on any node
     assert not any((h.home(lab.user) / ".rayfleet" / "lab" / "tls").exists() for h in lab.hosts)   # nor a TLS key
 

@@ -18,6 +18,7 @@ state on both sides, and verifies that no Ray process is left.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -32,6 +33,7 @@ from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, remote_token_path, render, render_yaml, started_mark,
                                        worker_start_command)
 from rayfleet.cluster.preflight import runner_for
+from rayfleet.cluster.serving import haproxy_dir
 from rayfleet.cluster.ssh import SSHError
 from rayfleet.cluster.state import auth_headers as state_auth_headers
 from rayfleet.cluster.state import ensure_token, ray_executable, state_dir, with_venv_path
@@ -305,12 +307,20 @@ def _start_workers(fleet: FleetSpec, addresses: list[str], timeout_s: float,
         return {a: e for a, e in zip(addresses, pool.map(one, addresses)) if e}
 
 
+def _haproxy_pattern(fleet: FleetSpec) -> str:
+    """Serve's HAProxy of this fleet (its config is in the fleet's private HAProxy dir). Ray starts it
+    without a parent-death signal: `ray stop` leaves it running, listening on the services' port."""
+    return re.escape(haproxy_dir(fleet.temp_dir) + "/")
+
+
 def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:
-    """Ray processes still running, per host (over SSH)."""
+    """Ray processes (and the fleet's HAProxy) still running, per host (over SSH)."""
+    pattern = shlex.quote(ray_process_pattern() + "|" + _haproxy_pattern(fleet))
+
     def one(node) -> tuple[str, list[str]]:
         r = runner_for(fleet, node, paths(fleet).known_hosts)
         try:
-            res = r.run(f"pgrep -a -f {shlex.quote(ray_process_pattern())} | grep -v pgrep || true", timeout_s=20)
+            res = r.run(f"pgrep -a -f {pattern} | grep -v pgrep || true", timeout_s=20)
         except SSHError as e:
             return node.host, [f"(unreachable: {e.message})"]
         return node.host, [ln for ln in res.stdout.splitlines() if ln.strip()]
@@ -327,7 +337,8 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     tmp = shlex.quote(fleet.temp_dir)
     # The head's autoscaler keeps its provider state in $RAY_TMPDIR/ray (= temp_dir/ray);
     # /tmp/ray and temp_dir itself are where older setups and Ray's defaults put it.
-    stop_cmd = (f"{_any_ray(fleet)} stop --force >/dev/null 2>&1; rm -f "
+    stop_cmd = (f"{_any_ray(fleet)} stop --force >/dev/null 2>&1; "
+                f"pgrep -f {shlex.quote(_haproxy_pattern(fleet))} | xargs -r kill -9; rm -f "
                 + " ".join(f for d in ("/tmp/ray", tmp, f"{tmp}/ray") for f in launcher_state_files(name, d))
                 + f" {shlex.quote(started_mark(fleet))}; true")
     if progress:

@@ -7,7 +7,7 @@ The plan (``NodePlan``) is rendered on the machine that runs rayfleet from fleet
 that depends on the node is found here: its address (the one it was reached at over SSH), its
 resource flags (chosen by that address), the interface Gloo must use, and which Ray runs already.
 
-- ``head``: ``ray stop`` and ``ray start --head``.
+- ``head``: ``ray stop`` (and the cluster's HAProxy: ``_stop_ray``) and ``ray start --head``.
 - ``worker SESSION`` (``rayfleet up`` starts workers itself, as soon as the head is up, rather
   than waiting ~15-20 s for the v1 autoscaler): nothing if a raylet of that head and session runs
   here already, else ``ray stop`` (when any Ray runs) and ``ray start``; then a one-shot mark
@@ -27,6 +27,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ def _raise_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _command_lines() -> Iterator[list[str]]:
+def _command_lines_by_pid() -> Iterator[tuple[int, list[str]]]:
     me = os.getpid()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == me:
@@ -112,7 +113,11 @@ def _command_lines() -> Iterator[list[str]]:
         except OSError:
             continue
         if raw:
-            yield raw.rstrip(b"\0").decode(errors="replace").split("\0")
+            yield int(proc.name), raw.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+def _command_lines() -> Iterator[list[str]]:
+    return (args for _, args in _command_lines_by_pid())
 
 
 def raylet_runs(plan: NodePlan, session: str) -> bool:
@@ -146,6 +151,24 @@ def _ray(*args: str, env: dict[str, str] | None = None) -> int:
     return subprocess.run([f"{sys.prefix}/bin/ray", *args], env=env).returncode
 
 
+def _stop_ray(plan: NodePlan) -> None:
+    """``ray stop --force``, and Serve's HAProxy of this cluster: Ray starts it without a parent-death
+    signal, so it outlives ``ray stop`` and keeps the services' port, and the next Serve's HAProxy can't
+    bind it ("Address already in use"). Found by its config in the cluster's private HAProxy dir."""
+    _ray("stop", "--force")
+    _stop_haproxy(plan)
+
+
+def _stop_haproxy(plan: NodePlan) -> None:
+    marks = [d.rstrip("/") + "/" for d in plan["private_dirs"]]
+    for pid, args in _command_lines_by_pid():
+        if "haproxy" in args[0] and any(m in " ".join(args) for m in marks):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def start(plan: NodePlan, *, head: bool) -> int:
     ip = node_ip()
     flags = [f"--node-ip-address={ip}", *plan["ray_start"], *plan["resources"].get(ip, plan["default_resources"])]
@@ -163,7 +186,7 @@ def start(plan: NodePlan, *, head: bool) -> int:
 
 def run(mode: str, plan: NodePlan, session: str | None = None) -> int:
     if mode == "head":
-        _ray("stop", "--force")
+        _stop_ray(plan)
         return start(plan, head=True)
     mark = Path(plan["mark"])
     with _locked(plan):
@@ -173,7 +196,9 @@ def run(mode: str, plan: NodePlan, session: str | None = None) -> int:
                 print("Ray of this session already runs here")
                 return 0
             if any_ray_runs():
-                _ray("stop", "--force")
+                _stop_ray(plan)
+            else:
+                _stop_haproxy(plan)   # one left by a Ray that died
             rc = start(plan, head=False)
             if rc == 0:
                 mark.write_text(session + "\n")
@@ -187,7 +212,7 @@ def run(mode: str, plan: NodePlan, session: str | None = None) -> int:
         if fresh and SESSION.fullmatch(started) and raylet_runs(plan, started):
             print("rayfleet up started Ray here moments ago for this head: not restarting it")
             return 0
-        _ray("stop", "--force")
+        _stop_ray(plan)
         return start(plan, head=False)
 
 

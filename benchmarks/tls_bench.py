@@ -59,6 +59,7 @@ print("TRAFFIC_S", time.time() - t0)
 
 
 def _cli(*args: str, env: dict, timeout: float = 900) -> str:
+    print(f"    $ rayfleet {' '.join(args)}", flush=True)
     r = subprocess.run([str(BIN / "rayfleet"), *args], env=env, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise SystemExit(f"rayfleet {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
@@ -175,6 +176,9 @@ def main() -> None:
                     t0 = time.monotonic()
                     _cli("train", str(job), "-f", ff, "--quiet", env=env)
                     got.setdefault("train s", []).append(time.monotonic() - t0)
+                except BaseException as e:   # shown before down (whose own failure would replace it)
+                    print(f"tls {variant}: {e!r}", flush=True)
+                    raise
                 finally:
                     _cli("down", "-f", ff, env=env)
                 print(f"  tls {variant}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in got.items()), flush=True)

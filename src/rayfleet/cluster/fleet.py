@@ -309,8 +309,11 @@ def _start_workers(fleet: FleetSpec, addresses: list[str], timeout_s: float,
 
 def _haproxy_pattern(fleet: FleetSpec) -> str:
     """Serve's HAProxy of this fleet (its config is in the fleet's private HAProxy dir). Ray starts it
-    without a parent-death signal: `ray stop` leaves it running, listening on the services' port."""
-    return re.escape(haproxy_dir(fleet.temp_dir) + "/")
+    without a parent-death signal: `ray stop` leaves it running, listening on the services' port.
+    Its first character in brackets: the shell that runs pgrep holds the pattern in its own command
+    line, and must not match it (pgrep would kill the command that runs it)."""
+    d = haproxy_dir(fleet.temp_dir) + "/"
+    return f"haproxy.*[{d[0]}]{re.escape(d[1:])}"
 
 
 def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:

@@ -908,13 +908,16 @@ def test_no_secret_on_the_wire(lab):
     jobs, training, serving, translating, the Ray Client, down, the autoscaled fleet - searched for the
     fleets' tokens (as text and HPACK-coded) and the private keys (SSH, TLS): 0 found."""
     from rayfleet.cluster.state import state_dir
-    from rayfleet.testing.capture import search
+    from rayfleet.testing.capture import forms, search
 
     summary = _WIRE["capture"].stop()
-    secrets = {f"token of fleet {t.parent.name}": [b"Bearer " + t.read_bytes().strip(), t.read_bytes().strip()]
+    # A token as text (HTTP/1.1, or anywhere) and as the HTTP/2 header gRPC sends (maybe Huffman-coded);
+    # a private key by the middle line of its PEM body (the key's own bytes: an OpenSSH key's first
+    # lines are the same for every key of its type).
+    secrets = {f"token of fleet {t.parent.name}": [t.read_bytes().strip(), forms(b"Bearer " + t.read_bytes().strip())[1]]
                for t in (state_dir() / "fleets").glob("*/auth_token")}
     assert len(secrets) >= 2, secrets   # the module's fleet and the autoscaled one
-    pem = lambda p: [ln.encode() for ln in p.read_text().splitlines()[1:-1] if len(ln) >= 60][:3]  # noqa: E731
+    pem = lambda p: [(lambda b: b[len(b) // 2])(p.read_text().splitlines()[1:-1]).encode()]  # noqa: E731
     secrets["the SSH private key"] = pem(lab.key)
     secrets["the nodes' TLS keys"] = [b for k in (state_dir() / "fleets").glob("*/tls/nodes/*.key") for b in pem(k)]
     assert secrets["the SSH private key"] and secrets["the nodes' TLS keys"]

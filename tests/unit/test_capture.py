@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from rayfleet.testing.capture import Capture, search
+from rayfleet.testing.capture import Capture, forms, search
 
 pytestmark = pytest.mark.unit
 
@@ -51,8 +51,9 @@ def test_a_secret_is_found_as_text_split_or_huffman_coded(tmp_path):
         time.sleep(0.3)
         summary = cap.stop()
     assert "packets captured" in summary
-    rep = search(tmp_path / "lo.pcap", {"token": [SECRET]})
+    rep = search(tmp_path / "lo.pcap", {"token": forms(SECRET)})
     print(rep.summary)
     assert rep.flows >= 4 and rep.tcp_packets > 8
     assert sorted(f.count for f in rep.found) == [1, 1, 1], rep.summary   # 3 of the 4 client->server streams
-    assert search(tmp_path / "lo.pcap", {"other": [b"Bearer 000000000000000000000"]}).found == []
+    assert search(tmp_path / "lo.pcap", {"other": forms(b"Bearer 000000000000000000000")}).found == []
+    assert len(search(tmp_path / "lo.pcap", {"text only": [SECRET]}).found) == 2   # not the Huffman-coded one

@@ -1,12 +1,12 @@
 """Secrets on the wire: capture a bridge with tcpdump, then look for given byte strings in every TCP
 stream (reassembled in sequence order, so a secret split across segments is still found).
 
-A secret is searched as its raw bytes and as HPACK Huffman codes (HTTP/2 and gRPC may send a header
-value Huffman-coded: ``Bearer <token>`` would not show as text), see ``forms``.
+A header value (a token) must be searched as its raw bytes and as HPACK Huffman codes (HTTP/2 and
+gRPC may send a header value Huffman-coded: ``Bearer <token>`` would not show as text): ``forms``.
 
-    with Capture("rfhbr0", path, "not port 22") as cap:
+    with Capture("rfhbr0", path, "not tcp port 22") as cap:
         ...
-    report = search(path, {"token": [b"Bearer abc..."]})
+    report = search(path, {"token": forms(b"Bearer abc...")})
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def _packets(path: Path):
 
 
 def search(path: Path, secrets: dict[str, list[bytes]]) -> Report:
-    """Every TCP stream of the pcap at ``path``, reassembled, searched for each form of each secret."""
+    """Every TCP stream of the pcap at ``path``, reassembled, searched for each byte string of each secret
+    (pass ``forms(value)`` for a value that may travel as an HTTP/2 header)."""
     rep = Report()
     segments: dict[tuple, dict[int, bytes]] = defaultdict(dict)
     for linktype, frame in _packets(path):
@@ -147,7 +148,7 @@ def search(path: Path, secrets: dict[str, list[bytes]]) -> Report:
         stream = b"".join(segs[s] for s in sorted(segs))   # sequence order (wrap-around ignored: short runs)
         rep.payload_bytes += len(stream)
         for name, values in secrets.items():
-            n = sum(stream.count(form) for v in values for form in forms(v))
+            n = sum(stream.count(v) for v in values)
             if n:
                 rep.found.append(Found(name, f"{src}:{sport} -> {dst}:{dport}", n))
     return rep

@@ -6,9 +6,17 @@ noisy neighbour hurts all of them alike), bounded closed-loop load on 127.0.0.1:
   1. blog-style: a Serve deployment as in the usual blog post / Ray's getting-started
      translator: transformers ``generate`` on one sentence per request, no batching,
      the model call blocking the replica's event loop, Serve's defaults otherwise;
+     (a) 1 replica, as the blog posts run it, and (b) as many replicas as rayfleet's
+     variants (the same CPUs: the fair comparison, which the ratio's target uses);
   2. rayfleet, ``backend: transformers``;
   3. rayfleet, ``backend: ctranslate2`` (int8);
-  4. in-process CTranslate2 on the same converted model, no HTTP: the ceiling.
+  4. in-process CTranslate2 on the same converted model, no HTTP: the ceiling, at the best
+     setting found in the same run before the rounds (batch 16/32/64/128 x all threads in
+     one batch or one thread per concurrent batch, on the CPUs the served variants use).
+
+The variants' order rotates from round to round. ``--json FILE`` writes every row and
+``ratios`` (numbers): ``served_vs_ceiling``, ``served_vs_blog_equal_cpu``,
+``served_vs_blog_1_replica`` (served = rayfleet ctranslate2).
 
 The model has opus-mt-en-fr's exact shape (d_model 512, 6+6 layers, 8 heads,
 ffn 2048, vocab 59,514, swish, tied embeddings, pad = decoder start = 59513,
@@ -216,42 +224,60 @@ def run_load(url: str, bodies: list[bytes], concurrency: int, duration_s: float,
     return asyncio.run(_closed_loop(url, bodies, concurrency, duration_s, max_requests))
 
 
-def run_ceiling(ct2_path: Path, sources: list[list[str]], batch: int, duration_s: float,
-                threads: int) -> tuple[list[float], float, int, str]:
-    """In-process CTranslate2: back-to-back batches; the better of (intra=threads) and (threads batches at once)."""
+CEILING_BATCHES = (16, 32, 64, 128)
+
+
+def _ceiling_once(translator, sources: list[list[str]], batch: int, inter: int,
+                  duration_s: float) -> tuple[list[float], float, int]:
+    chunk = [sources[i % len(sources)] for i in range(batch)]
+    opts = dict(beam_size=1, min_decoding_length=OUTPUT_TOKENS, max_decoding_length=OUTPUT_TOKENS,
+                max_input_length=0)
+    translator.translate_batch(chunk, **opts)  # warm up
+    latencies: list[float] = []
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < duration_s:
+        t0 = time.perf_counter()
+        pending = [translator.translate_batch(chunk, asynchronous=True, **opts) for _ in range(inter)]
+        for results in pending:
+            for r in results:
+                assert len(r.result().hypotheses[0]) == OUTPUT_TOKENS
+        latencies.append(time.perf_counter() - t0)
+        done += batch * inter
+    return latencies, time.perf_counter() - start, done
+
+
+def find_ceiling(ct2_path: Path, sources: list[list[str]], threads: int,
+                 seconds: float = 4.0) -> tuple[int, int, int, list[str]]:
+    """The best in-process setting on this machine now: every batch size of CEILING_BATCHES x (``threads``
+    intra-op threads | ``threads`` batches at once), ``seconds`` each. (batch, intra, inter, the table)."""
     import ctranslate2
 
-    best: tuple[list[float], float, int, str] | None = None
+    tried = []
     for intra, inter in ((threads, 1), (1, threads)):
         translator = ctranslate2.Translator(str(ct2_path), device="cpu", compute_type="int8",
                                             intra_threads=intra, inter_threads=inter)
-        chunk = [sources[i % len(sources)] for i in range(batch)]
-        opts = dict(beam_size=1, min_decoding_length=OUTPUT_TOKENS, max_decoding_length=OUTPUT_TOKENS,
-                    max_input_length=0)
-        translator.translate_batch(chunk, **opts)  # warm up
-        latencies: list[float] = []
-        done = 0
-        start = time.perf_counter()
-        while time.perf_counter() - start < duration_s / 2:
-            t0 = time.perf_counter()
-            pending = [translator.translate_batch(chunk, asynchronous=True, **opts) for _ in range(inter)]
-            for results in pending:
-                for r in results:
-                    assert len(r.result().hypotheses[0]) == OUTPUT_TOKENS
-            latencies.append(time.perf_counter() - t0)
-            done += batch * inter
-        elapsed = time.perf_counter() - start
-        label = f"intra {intra} x inter {inter}, batch {batch}"
-        if best is None or done / elapsed > best[2] / best[1]:
-            best = (latencies, elapsed, done, label)
+        for batch in CEILING_BATCHES:
+            _, elapsed, done = _ceiling_once(translator, sources, batch, inter, seconds)
+            tried.append((done / elapsed, batch, intra, inter))
         del translator
-    assert best is not None
-    return best
+    rate, batch, intra, inter = max(tried)
+    table = [f"batch {b} intra {i} x inter {n}: {r:.1f}/s" for r, b, i, n in sorted(tried, reverse=True)]
+    return batch, intra, inter, table
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
+def run_ceiling(ct2_path: Path, sources: list[list[str]], batch: int, intra: int, inter: int,
+                duration_s: float) -> tuple[list[float], float, int]:
+    """In-process CTranslate2 at one setting: back-to-back batches for ``duration_s``."""
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(ct2_path), device="cpu", compute_type="int8",
+                                        intra_threads=intra, inter_threads=inter)
+    try:
+        return _ceiling_once(translator, sources, batch, inter, duration_s)
+    finally:
+        del translator
+
 
 def _cpu() -> tuple[str, set[str]]:
     """The CPU's name (with family/model: virtual machines often say only "AMD EPYC") and its flags."""
@@ -275,22 +301,27 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def _deploy_blog(target, model_dir: Path, timeout_s: float = 300) -> str:
+def _deploy_blog(target, model_dir: Path, replicas: dict[str, int], timeout_s: float = 300) -> dict[str, str]:
+    """The blog-style app once per name in ``replicas`` (name -> replica count, 1 CPU each as Serve's
+    default); their URLs."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     client = ServeSubmissionClient(target.dashboard_url, headers=dict(target.headers))
     client.deploy_applications({
         "http_options": {"host": target.serve_host, "port": target.serve_port},
-        "applications": [{"name": "blog", "route_prefix": "/blog", "import_path": "serve_bench:blog_app",
-                          "args": {"model": str(model_dir)}}],
+        "applications": [{"name": name, "route_prefix": f"/{name}", "import_path": "serve_bench:blog_app",
+                          "args": {"model": str(model_dir)},
+                          "deployments": [{"name": "BlogTranslator", "num_replicas": n}]}
+                         for name, n in replicas.items()],
     })
     deadline = time.monotonic() + timeout_s
     while True:
-        app = (client.get_serve_details().get("applications") or {}).get("blog") or {}
-        if app.get("status") == "RUNNING":
-            return target.url("/blog")
-        if app.get("status") == "DEPLOY_FAILED" or time.monotonic() > deadline:
-            raise RuntimeError(f"blog-style app did not start: {app.get('status')} {app.get('message')}")
+        apps = client.get_serve_details().get("applications") or {}
+        states = {name: (apps.get(name) or {}).get("status") for name in replicas}
+        if all(v == "RUNNING" for v in states.values()):
+            return {name: target.url(f"/{name}") for name in replicas}
+        if "DEPLOY_FAILED" in states.values() or time.monotonic() > deadline:
+            raise RuntimeError(f"blog-style apps did not start: {states}")
         time.sleep(0.5)
 
 
@@ -362,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cluster = local.start(ports=ports, num_cpus=max(8, 1 + 2 * args.replicas * args.cpus), directory=home).cluster
         target = target_for(cluster)
-        blog_url = _deploy_blog(target, model_dir)
+        blog_urls = _deploy_blog(target, model_dir, {"blog": 1, "blog-eq": args.replicas})
         common = dict(model=str(model_dir), generation={"max_new_tokens": OUTPUT_TOKENS},
                       batching={"max_batch_size": args.batch, "batch_wait_timeout_s": 0.01},
                       limits={"max_texts": 64})
@@ -371,37 +402,44 @@ def main(argv: list[str] | None = None) -> int:
         ct2 = ServiceSpec(name="rf-ct2", route_prefix="/rf-ct2", backend="ctranslate2", **common)
         urls = {"rf-hf": deploy(target, hf, [], timeout_s=300).url,
                 "rf-ct2": deploy(target, ct2, [], timeout_s=300).url}
-        print("deployed: blog-style, rayfleet transformers, rayfleet ctranslate2", flush=True)
+        print(f"deployed: blog-style (1 and {args.replicas} replicas), rayfleet transformers, rayfleet ctranslate2",
+              flush=True)
 
         rf_bodies = [json.dumps({"text": s}).encode() for s in sentences]
         blog_bodies = [json.dumps(s).encode() for s in sentences]
         sources = _sources(model_dir, sentences)
-        ceiling_config: list[str] = []
-
-        def ceiling(d: float):
-            lat, elapsed, done, label = run_ceiling(converted.path, sources, args.batch, d, 2)
-            ceiling_config.append(label)
-            return lat, elapsed, done
+        threads = args.replicas * args.cpus   # the CPUs the served variants use
+        c_batch, c_intra, c_inter, tried = find_ceiling(converted.path, sources, threads)
+        ceiling_label = f"batch {c_batch}, intra {c_intra} x inter {c_inter}"
+        print(f"ceiling: the best in-process setting of {len(tried)} ({', '.join(map(str, CEILING_BATCHES))} x 2 thread "
+              f"splits, {threads} threads): {ceiling_label}\n  " + "\n  ".join(tried), flush=True)
         variants = {
-            "blog": ("1. blog-style Serve + transformers, 1 sentence/request",
-                     lambda d: run_load(blog_url, blog_bodies, args.blog_concurrency, d), args.blog_concurrency),
+            "blog": ("1a. blog-style Serve + transformers, 1 sentence/request, 1 replica",
+                     lambda d: run_load(blog_urls["blog"], blog_bodies, args.blog_concurrency, d),
+                     args.blog_concurrency),
+            "blog-eq": (f"1b. the same, {args.replicas} replicas (rayfleet's CPUs)",
+                        lambda d: run_load(blog_urls["blog-eq"], blog_bodies, args.blog_concurrency, d),
+                        args.blog_concurrency),
             "rf-hf": ("2. rayfleet, backend transformers",
                       lambda d: run_load(f"{urls['rf-hf']}/translate", rf_bodies, args.concurrency, d),
                       args.concurrency),
             "rf-ct2": ("3. rayfleet, backend ctranslate2 (int8)",
                        lambda d: run_load(f"{urls['rf-ct2']}/translate", rf_bodies, args.concurrency, d),
                        args.concurrency),
-            "ceiling": ("4. in-process CTranslate2 int8 (ceiling)",
-                        ceiling, None),
+            "ceiling": (f"4. in-process CTranslate2 int8 (ceiling: {ceiling_label})",
+                        lambda d: run_ceiling(converted.path, sources, c_batch, c_intra, c_inter, d), None),
         }
         # Warm-up: every path once (first requests pay for lazy initialisation).
-        for key in ("blog", "rf-hf", "rf-ct2"):
+        for key in ("blog", "blog-eq", "rf-hf", "rf-ct2"):
             variants[key][1](0.1)
         results: dict[str, list[tuple[float, list[float], int]]] = {k: [] for k in variants}
         # /info answers from one replica: a mean batch size only means something with one replica.
         batching_before = {k: _stats(urls[k]) if args.replicas == 1 else None for k in urls}
+        keys = list(variants)
         for r in range(rounds):
-            for key, (label, fn, _) in variants.items():
+            order = keys[r % len(keys):] + keys[:r % len(keys)]   # rotates: no variant always goes first
+            for key in order:
+                label, fn, _ = variants[key]
                 lat, elapsed, third = fn(duration)
                 done = third if key == "ceiling" else len(lat)
                 errors = 0 if key == "ceiling" else third
@@ -410,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                       + (f" ({errors} errors)" if errors else ""), flush=True)
         batching_after = {k: _stats(urls[k]) if args.replicas == 1 else None for k in urls}
         report = _report(results, variants, batching_before, batching_after, cpu_model, args, rounds, duration)
-        report["ceiling_configs"] = ceiling_config
-        print(f"ceiling: the better in-process setting each round: {'; '.join(ceiling_config)}")
+        report["ceiling"] = {"batch": c_batch, "intra_threads": c_intra, "inter_threads": c_inter, "tried": tried}
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
         return 0
@@ -434,7 +471,7 @@ def _sources(model_dir: Path, sentences: list[str]) -> list[list[str]]:
 def _mean_batch(key: str, row: dict, batch: int) -> str:
     if key == "ceiling":
         return str(batch)
-    if key == "blog":
+    if key.startswith("blog"):
         return "1 (no batching)"
     return f"{row['mean_batch']:.1f}" if "mean_batch" in row else "n/a (>1 replica)"
 
@@ -456,20 +493,23 @@ def _report(results, variants, before, after, cpu_model, args, rounds, duration)
     print()
     print(f"CPU: {cpu_model}; {rounds} interleaved rounds x {duration:.0f} s per variant; "
           f"{SOURCE_IDS} source ids -> {OUTPUT_TOKENS} output tokens per sentence; median of rounds")
-    print(f"| variant | clients | sentences/s | output tokens/s | p50 | p99 | mean batch |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| variant | clients | sentences/s | output tokens/s | p50 | p99 | mean batch |")
+    print("|---|---|---|---|---|---|---|")
     for key, row in rows.items():
         latency = "per batch: " if key == "ceiling" else ""
         print(f"| {row['label']} | {row['concurrency'] or '-'} | {row['sentences_per_s']:.2f} | "
               f"{row['tokens_per_s']:.0f} | {latency}{row['p50_s']:.2f} s | {latency}{row['p99_s']:.2f} s | "
               f"{_mean_batch(key, row, args.batch)} |")
-    ct2, ceiling, blog = (rows[k]["sentences_per_s"] for k in ("rf-ct2", "ceiling", "blog"))
-    ratios = {"ct2_served_vs_ceiling": ct2 / ceiling, "ct2_served_vs_blog": ct2 / blog}
+    ct2, ceiling, blog, blog_eq = (rows[k]["sentences_per_s"] for k in ("rf-ct2", "ceiling", "blog", "blog-eq"))
+    ratios = {"served_vs_ceiling": ct2 / ceiling, "served_vs_blog_equal_cpu": ct2 / blog_eq,
+              "served_vs_blog_1_replica": ct2 / blog}
     print()
-    print(f"rayfleet ctranslate2 served / in-process ceiling: {ratios['ct2_served_vs_ceiling']:.0%} "
-          f"(target >= 90%: {'met' if ratios['ct2_served_vs_ceiling'] >= 0.9 else 'NOT met'})")
-    print(f"rayfleet ctranslate2 served / blog-style: {ratios['ct2_served_vs_blog']:.1f}x "
-          f"(target >= 30x: {'met' if ratios['ct2_served_vs_blog'] >= 30 else 'NOT met'})")
+    print(f"rayfleet ctranslate2 served / best in-process ceiling: {ratios['served_vs_ceiling']:.0%} "
+          f"(target >= 90%: {'met' if ratios['served_vs_ceiling'] >= 0.9 else 'NOT met'})")
+    print(f"rayfleet ctranslate2 served / blog-style with the same CPUs ({args.replicas} replicas): "
+          f"{ratios['served_vs_blog_equal_cpu']:.1f}x "
+          f"(target >= 30x: {'met' if ratios['served_vs_blog_equal_cpu'] >= 30 else 'NOT met'}); "
+          f"vs 1 replica: {ratios['served_vs_blog_1_replica']:.1f}x")
     errors = sum(row["errors"] for row in rows.values())
     if errors:
         print(f"{errors} requests failed")

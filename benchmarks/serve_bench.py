@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1}/{rounds} {label}: {done / elapsed:.2f} sentences/s"
                       + (f" ({errors} errors)" if errors else ""), flush=True)
         batching_after = {k: _stats(urls[k]) if args.replicas == 1 else None for k in urls}
+        args.ceiling_batch = c_batch
         report = _report(results, variants, batching_before, batching_after, cpu_model, args, rounds, duration)
         report["ceiling"] = {"batch": c_batch, "intra_threads": c_intra, "inter_threads": c_inter, "tried": tried}
         if args.json:
@@ -499,7 +500,7 @@ def _report(results, variants, before, after, cpu_model, args, rounds, duration)
         latency = "per batch: " if key == "ceiling" else ""
         print(f"| {row['label']} | {row['concurrency'] or '-'} | {row['sentences_per_s']:.2f} | "
               f"{row['tokens_per_s']:.0f} | {latency}{row['p50_s']:.2f} s | {latency}{row['p99_s']:.2f} s | "
-              f"{_mean_batch(key, row, args.batch)} |")
+              f"{_mean_batch(key, row, args.ceiling_batch)} |")
     ct2, ceiling, blog, blog_eq = (rows[k]["sentences_per_s"] for k in ("rf-ct2", "ceiling", "blog", "blog-eq"))
     ratios = {"served_vs_ceiling": ct2 / ceiling, "served_vs_blog_equal_cpu": ct2 / blog_eq,
               "served_vs_blog_1_replica": ct2 / blog}

@@ -18,6 +18,7 @@ then ``down``. Prints a table and the on/off ratio of each measure (median over 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -25,12 +26,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from rayfleet.testing.hosts import HostLab, lab_supported  # noqa: E402
 
@@ -67,32 +68,13 @@ def _cli(*args: str, env: dict, timeout: float = 900) -> str:
 
 
 def _load(url: str, duration_s: float, concurrency: int) -> tuple[float, float, int]:
-    """Closed loop: (requests/s, p50 latency s, failed requests)."""
-    import httpx
+    """serve_bench's closed loop (4 sentences per request): (requests/s, p50 latency s, failed requests)."""
+    from serve_bench import run_load
 
-    texts = ["The cat sleeps on the red chair.", "A small dog eats bread.", "The old man reads a book.",
-             "My sister drinks water."]
-    lat: list[float] = []
-    failed = [0]
-    stop = time.monotonic() + duration_s
-
-    def client() -> None:
-        with httpx.Client(timeout=60) as c:
-            while time.monotonic() < stop:
-                t0 = time.monotonic()
-                r = c.post(url, json={"texts": texts})
-                if r.status_code == 200:
-                    lat.append(time.monotonic() - t0)
-                else:
-                    failed[0] += 1
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return len(lat) / (time.monotonic() - t0), statistics.median(lat) if lat else float("nan"), failed[0]
+    body = json.dumps({"texts": ["The cat sleeps on the red chair.", "A small dog eats bread.",
+                                 "The old man reads a book.", "My sister drinks water."]}).encode()
+    latencies, elapsed, failed = run_load(url, [body], concurrency, duration_s)
+    return len(latencies) / elapsed, statistics.median(latencies) if latencies else float("nan"), failed
 
 
 def _train_job(work: Path, steps: int) -> Path:

@@ -42,9 +42,10 @@ def readme_quick_start() -> list[list[str]]:
 
 def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / args[0]
+    t0 = time.monotonic()
     r = subprocess.run([str(exe), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout,
                        cwd=ROOT, stdin=subprocess.DEVNULL)
-    print(f"$ {shlex.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
+    print(f"$ {shlex.join(args)}  -> {r.returncode} ({time.monotonic() - t0:.0f} s)\n{r.stdout}{r.stderr}")
     assert not ANSI.search(r.stdout + r.stderr), "terminal codes in output that is not a terminal"
     return r
 

@@ -427,9 +427,13 @@ def test_jobs_api_is_on_the_heads_loopback_and_wants_the_token(lab, fleet_up):
 FLEET_MODEL = "en-fr-fleet"
 
 
+TRAIN_STEPS = 100
+
+
 def _fleet_job(path: Path) -> Path:
-    """examples/finetune-tiny.yaml with 2 workers, shortened: 350 steps (exact match >= 0.998 from step 350 across seeds,
-    see notes/training.md), evaluated and checkpointed once at the end, no storage_path; its synthetic
+    """examples/finetune-tiny.yaml with 2 workers, shortened to 100 steps (what this test checks is where
+    things run and land, not how well it learns: the quick start and tests/integration/test_train.py train
+    to exact match), evaluated and checkpointed once at the end, no storage_path; its synthetic
     corpus written here as data files beside the job (in this machine's private /tmp: the nodes can't see them)."""
     from rayfleet.train.corpus import write_corpus
 
@@ -440,9 +444,10 @@ def _fleet_job(path: Path) -> Path:
                          validation_size=synthetic["validation_size"])
     spec["data"].update(train="data/train.tsv", validation="data/validation.tsv")   # relative to the job file
     assert files.train == path.parent / "data" / "train.tsv"
-    spec.update(name="fleet-tiny", eval={"every_steps": 350}, checkpoints={"every_steps": 350, "keep": 1},
+    spec.update(name="fleet-tiny", eval={"every_steps": TRAIN_STEPS},
+                checkpoints={"every_steps": TRAIN_STEPS, "keep": 1},
                 register={"model_name": FLEET_MODEL, "alias": "staging"})
-    spec["training"]["max_steps"] = 350
+    spec["training"]["max_steps"] = TRAIN_STEPS
     spec["scaling"]["num_workers"] = 2  # DDP across nodes: not 'auto' (the example's), which sizes to free CPUs
     assert "storage_path" not in spec
     path.write_text(yaml.safe_dump(spec))
@@ -451,13 +456,14 @@ def _fleet_job(path: Path) -> Path:
 
 def test_train_across_nodes_register_and_serve_from_shared_storage(lab, fleet_up, tmp_path):
     """`rayfleet train -f`: DDP over 2 nodes, run dir, checkpoints and registry on the fleet's storage;
-    then `registry://NAME@ALIAS` served on the fleet translates held-out sentences word for word."""
+    then `registry://NAME@ALIAS` served on the fleet translates held-out sentences exactly as the registered
+    files do in this process (the replica loaded that version, from the share)."""
     shared, head = lab_shared(fleet_up), lab.hosts[0].ip
     assert lab.hosts[1].exec(f"test -e {tmp_path}").returncode == 1  # the nodes can't see the data files
     t0 = time.monotonic()
     r = rayfleet_cli("train", str(_fleet_job(tmp_path / "job.yaml")), "-f", str(fleet_up), "--quiet",
                      timeout=900)
-    _timed("train on the fleet (2 DDP workers, 350 steps, registration included)", t0)
+    _timed(f"train on the fleet (2 DDP workers, {TRAIN_STEPS} steps, registration included)", t0)
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
     shipped = sorted(p.name for p in (shared / "data").iterdir())   # the data files, copied there by content
@@ -467,8 +473,7 @@ def test_train_across_nodes_register_and_serve_from_shared_storage(lab, fleet_up
     # 1 CPU per node: the two workers can't share a node; gloo ran between namespaces
     m = re.search(r"Training with 2 worker\(s\) on (\d) node\(s\): (.+)", r.stdout)
     assert m and int(m[1]) >= 2 and set(m[2].split(", ")) <= {h.ip for h in lab.hosts}, r.stdout
-    exact = float(re.search(r"Evaluation: exact_match ([0-9.]+)", r.stdout)[1])
-    assert exact >= 0.9
+    assert re.search(r"Evaluation: exact_match [0-9.]+", r.stdout), r.stdout  # evaluated on the workers
     version = re.search(rf"Registered {FLEET_MODEL} version (\d+) \(alias staging\)", r.stdout)[1]
     assert list(run_dir.glob("checkpoint-step-*/model/config.json")) and (shared / "mlflow.db").is_file()
 
@@ -490,15 +495,17 @@ def test_train_across_nodes_register_and_serve_from_shared_storage(lab, fleet_up
     try:
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"model {files}" in r.stdout  # the replica loads the version's files from the share
+        from rayfleet.serve.backends.base import BackendSettings, load_backend
+        from rayfleet.serve.segment import TextTranslator
         from rayfleet.train.data import read_pairs
 
-        held_out = read_pairs(tmp_path / "data" / "validation.tsv")[:3]
-        resp = httpx.post(f"http://{head}:8000/trained/translate", json={"texts": [en for en, _ in held_out]},
-                          timeout=60)
+        texts = [en for en, _ in read_pairs(tmp_path / "data" / "validation.tsv")[:3]]
+        resp = httpx.post(f"http://{head}:8000/trained/translate", json={"texts": texts}, timeout=60)
         assert resp.status_code == 200, resp.text
-        for (en, _), hyp in zip(held_out, resp.json()["translations"]):
+        for en, hyp in zip(texts, resp.json()["translations"]):
             print(f"{en!r} -> {hyp!r}")
-        assert resp.json()["translations"] == [fr for _, fr in held_out]
+        here = TextTranslator(load_backend("auto", BackendSettings(model=str(files)))).translate(texts)
+        assert resp.json()["translations"] == [t.text for t in here]
     finally:
         rayfleet_cli("services", "delete", "fleet-trained", "-f", str(fleet_up))
 

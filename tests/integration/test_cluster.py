@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -154,3 +158,76 @@ def test_port_in_use_is_a_clear_error(local_cluster, tmp_path):
         f"error: Port {SESSION_PORTS['gcs']} (the gcs port) is already in use on this machine.",
         "hint: Stop what uses it, or pick another port with --port N.",
     ]
+
+
+def _by_name(cluster, name: str) -> list[int]:
+    return [p for p in local.pids(cluster) if Path(f"/proc/{p}/comm").read_text().strip() == name]
+
+
+def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_with_the_reason(tiny_model, tmp_path):
+    """Head recovery, on by default for `up --local` (a 2-CPU cluster, the CLI as a user runs it): SIGKILL the
+    GCS server; the supervisor starts the head again on its RocksDB store, the service answers again with
+    nothing redeployed, a job that was running is FAILED with the reason (its follower says so and exits 1),
+    `status` shows the restart; `down` removes the store."""
+    home = tmp_path / "home"
+    env = {"RAYFLEET_HOME": str(home)}
+    r = rayfleet_cli("up", "--local", "--num-cpus", "2", *up_flags(OTHER_PORTS), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"head:       supervised; state kept in {home / 'gcs-store'} (RocksDB)" in r.stdout
+    cluster = local.current(home)
+    try:
+        r = rayfleet_cli("serve", "--model", str(tiny_model), env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        url = f"{cluster.serve_url}/translate"
+        before = requests.post(url, json={"text": "The cat sleeps."}, timeout=30)
+        assert before.status_code == 200
+        job_dir = tmp_path / "job"
+        job_dir.mkdir()
+        (job_dir / "ticks.py").write_text("import time\nfor i in range(600):\n    print('tick', i, flush=True)\n"
+                                          "    time.sleep(0.5)\n")
+        job = subprocess.Popen([str(Path(sys.executable).parent / "rayfleet"), "submit", "--working-dir",
+                                str(job_dir), "--", "python", "ticks.py"], env=dict(os.environ, **env),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in job.stdout:
+            if line.startswith("tick 3"):
+                break
+        (gcs,) = _by_name(cluster, "gcs_server")
+        os.kill(gcs, signal.SIGKILL)
+        killed = time.monotonic()
+        while local.head_restarts(home)["count"] == 0:   # the supervisor started the head again
+            assert time.monotonic() - killed < 60, "the head was not started again within 60 s"
+            time.sleep(0.2)
+        print(f"GCS server killed; the head started again {time.monotonic() - killed:.1f} s later")
+        while True:
+            try:
+                again = requests.post(url, json={"text": "The cat sleeps."}, timeout=5)
+                if again.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() - killed < 60, "the service did not come back within 60 s"
+            time.sleep(0.2)
+        print(f"the service answered again {time.monotonic() - killed:.1f} s after the kill")
+        assert again.json() == before.json()
+        rest, _ = job.communicate(timeout=180)
+        print(rest)
+        assert job.returncode == 1
+        assert re.search(r"^error: job \S+ FAILED: head restarted at [\d-]+ [\d:]+ \(gcs_server died\): the job's "
+                         r"driver ran on the head and stopped with it\.", rest, re.M), rest
+        assert _by_name(cluster, "gcs_server") != [gcs]
+        r = rayfleet_cli("status", env=env)
+        assert r.returncode == 0, r.stderr
+        assert re.search(r"^Head: restarted 1 time\(s\); last at .* \(gcs_server died\), back in \d+ s$", r.stdout,
+                         re.M), r.stdout
+        assert "earlier incarnation(s) of restarted nodes not shown" in r.stdout
+        deadline = time.monotonic() + 60   # Serve's controller, itself restarted, catches up with its replicas
+        while not re.search(r"translator .*RUNNING .* 1 ", (r := rayfleet_cli("services", env=env)).stdout):
+            assert time.monotonic() < deadline, r.stdout
+            time.sleep(1)
+        print(f"the service RUNNING again {time.monotonic() - killed:.1f} s after the kill")
+        r = rayfleet_cli("jobs", env=env)
+        assert re.search(r"ticks .*FAILED", r.stdout), r.stdout
+    finally:
+        r = rayfleet_cli("down", "--local", env=env)
+    assert r.returncode == 0 and "no Ray process of it is left" in r.stdout, r.stdout + r.stderr
+    assert local.pids(cluster) == [] and not (home / "gcs-store").exists()

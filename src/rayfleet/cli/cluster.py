@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +77,9 @@ def up(
                                        help="Address the dashboard binds to; 0.0.0.0 exposes it to the network."),
     serve_host: str = typer.Option("127.0.0.1", "--serve-host",
                                    help="Address the services bind to; 0.0.0.0 exposes them to the network."),
+    head_recovery: bool = typer.Option(True, "--head-recovery/--no-head-recovery",
+                                       help="Keep the cluster's state on disk (RocksDB) and start the head again "
+                                            "when it dies: services come back by themselves."),
 ) -> None:
     """Start a Ray cluster (token auth on): --local on this machine, or the fleet in fleet.yaml.
     Running it again while up changes nothing; a changed fleet.yaml is applied.
@@ -90,7 +94,7 @@ def up(
                        min_replica=min_replica_port, max_replica=max_replica_port)
     with console.status("Starting Ray (head node) ..."):
         result = local.start(ports=ports, num_cpus=num_cpus, dashboard_host=dashboard_host,
-                             serve_host=serve_host)
+                             serve_host=serve_host, head_recovery=head_recovery)
     c = result.cluster
     console.print("Cluster already running." if result.already_running else "Cluster started.")
     if "0.0.0.0" in (dashboard_host, serve_host):
@@ -100,6 +104,8 @@ def up(
     console.print(f"  dashboard:  {c.dashboard_url}")
     console.print(f"  services:   {c.serve_url}")
     console.print(f"  auth token: {c.token_path} (Ray token auth is on)")
+    console.print("  head:       " + (f"supervised; state kept in {local.gcs_store(state_dir())} (RocksDB)"
+                                      if c.head_recovery else "not supervised (--no-head-recovery)"))
     console.print(f"Next: {_next_serve()}")
 
 
@@ -125,6 +131,15 @@ def down(
         console.print(f"Stopped the local cluster {stopped.gcs_address}; no Ray process of it is left.")
 
 
+def _restarts_line(restarts: dict) -> str:
+    if not restarts["count"]:
+        return "Head: supervised, never restarted"
+    last = restarts["history"][-1]
+    when = datetime.datetime.fromtimestamp(last["time"]).strftime("%Y-%m-%d %H:%M:%S")
+    back = f"back in {last['seconds']:.0f} s" if last.get("ok") else "its start FAILED (see the supervisor's log)"
+    return f"Head: restarted {restarts['count']} time(s); last at {when} ({last['reason']}), {back}"
+
+
 def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     """Show the cluster: address, nodes (alive/dead, CPU/GPU/memory used/total), jobs, services and URLs.
 
@@ -137,6 +152,8 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     if target.local is not None:
         c = target.local
         console.print(f"Local cluster {c.gcs_address} — dashboard {c.dashboard_url} — token auth on")
+        if c.head_recovery:
+            console.print(_restarts_line(local.head_restarts()))
         node_rows = list_nodes(c.dashboard_url, local.auth_headers(c))
     else:
         spec = target.fleet
@@ -144,7 +161,11 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
         console.print(f"Fleet '{spec.name}' {spec.head.address}:{spec.ports.gcs} — dashboard "
                       f"{fleet_mod.dashboard_label(spec)} — {auth}")
         node_rows = fleet_mod.nodes(spec)
-    table = Table("node", "state", "CPU", "GPU", "memory (GiB)", "object store (GiB)", title="Nodes")
+    alive_ips = {n.get("node_ip") for n in node_rows if n.get("state") == "ALIVE"}
+    earlier = [n for n in node_rows if n.get("state") == "DEAD" and n.get("node_ip") in alive_ips]
+    node_rows = [n for n in node_rows if n not in earlier]   # a restarted node's earlier incarnations
+    table = Table("node", "state", "CPU", "GPU", "memory (GiB)", "object store (GiB)", title="Nodes",
+                  caption=f"({len(earlier)} earlier incarnation(s) of restarted nodes not shown)" if earlier else None)
     for n in sorted(node_rows, key=lambda n: (not n.get("is_head_node"), n.get("node_ip", ""), n.get("state", ""))):
         res = n.get("resources_total") or {}
         table.add_row(

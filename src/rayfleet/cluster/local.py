@@ -5,6 +5,11 @@ known ports, the dashboard bound to 127.0.0.1 and token authentication on;
 ``stop`` ends exactly the processes of that cluster (found by their
 environment marker, see ``processes.py``) and nothing else.
 
+With head recovery (the default) the GCS keeps the cluster's state in RocksDB under
+the state dir, and ``ray start --head`` is run by a supervisor that runs it again when
+the head dies (``supervisor.py``): services come back by themselves. ``stop`` removes
+the store; a cluster that crashed keeps it, and the next ``start`` takes it back.
+
 Contract: ``start`` is idempotent (a running cluster is returned as is);
 ``stop`` is idempotent (no cluster is not an error).
 """
@@ -15,8 +20,12 @@ import dataclasses
 import errno
 import hashlib
 import os
+import select
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -28,6 +37,7 @@ import requests
 from rayfleet._compat.ray import session_logs
 from rayfleet.cluster import processes, state
 from rayfleet.cluster.serving import haproxy_dir, private_dir, serve_env
+from rayfleet.cluster.supervisor import HeadSpec, read_restarts
 from rayfleet.cluster.state import (
     LocalCluster,
     LocalPorts,
@@ -35,6 +45,7 @@ from rayfleet.cluster.state import (
     ensure_token,
     forget_local_cluster,
     load_local_cluster,
+    local_record_path,
     ray_executable,
     save_local_cluster,
     state_dir,
@@ -42,9 +53,23 @@ from rayfleet.cluster.state import (
 )
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
-__all__ = ["StartResult", "start", "stop", "current", "pids", "is_alive", "auth_headers", "ray_executable"]
+__all__ = ["StartResult", "start", "stop", "current", "pids", "is_alive", "auth_headers", "ray_executable",
+           "head_restarts", "gcs_store"]
 
 _START_TIMEOUT_S = 120
+_HEAD_SPEC = "head.json"
+_RESTARTS = "head-restarts.json"
+_SUPERVISOR_LOG = "supervisor.log"
+
+
+def gcs_store(directory: Path) -> Path:
+    """Where the GCS keeps the cluster's state (RocksDB) when head recovery is on."""
+    return directory / "gcs-store"
+
+
+def head_restarts(directory: Path | None = None) -> dict:
+    """How often the supervisor restarted the head: {"count": N, "history": [...]} (supervisor.read_restarts)."""
+    return read_restarts((directory or state_dir()) / _RESTARTS)
 
 
 @dataclass(frozen=True)
@@ -144,8 +169,10 @@ def start(
     dashboard_host: str = "127.0.0.1",
     serve_host: str = "127.0.0.1",
     directory: Path | None = None,
+    head_recovery: bool = True,
 ) -> StartResult:
-    """Start the local cluster, or return the running one unchanged."""
+    """Start the local cluster, or return the running one unchanged. ``head_recovery``: the GCS's state in
+    RocksDB under ``directory`` and a supervisor that starts the head again when it dies."""
     directory = directory or state_dir()
     ports = ports or LocalPorts()
     ports.check()
@@ -157,8 +184,9 @@ def start(
     temp_dir = _ray_temp_dir(directory)
     temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cluster = LocalCluster(cluster_id=uuid.uuid4().hex[:12], host="127.0.0.1", ports=ports, num_cpus=num_cpus,
-                           pgid=0, temp_dir=str(temp_dir), token_path=str(token_path), serve_host=serve_host)
-    session = _ray_start(cluster, dashboard_host, directory / "ray-start.log")
+                           pgid=0, temp_dir=str(temp_dir), token_path=str(token_path), serve_host=serve_host,
+                           head_recovery=head_recovery)
+    session = _ray_start(cluster, dashboard_host, directory)
     cluster = dataclasses.replace(cluster, pgid=session.id, boot_id=session.boot, leader_start=session.leader_start)
     save_local_cluster(cluster, directory)
     _wait_for_dashboard(cluster)
@@ -173,14 +201,22 @@ def _running_or_cleared(directory: Path) -> LocalCluster | None:
         return None
     if is_alive(existing):
         return existing
+    if existing.head_recovery and existing.session.is_ours() and processes.is_running(existing.pgid):
+        deadline = time.monotonic() + 90   # its supervisor is starting the head again: let it
+        while time.monotonic() < deadline and processes.is_running(existing.pgid):
+            if is_alive(existing):
+                return existing
+            time.sleep(1)
     processes.terminate(existing.cluster_id, existing.session)
     forget_local_cluster(directory)
     return None
 
 
-def _ray_start(cluster: LocalCluster, dashboard_host: str, log_path: Path) -> processes.Session:
-    """``ray start --head`` in a new session (its pid is the session's id); ClusterError with the log's tail."""
+def _ray_start(cluster: LocalCluster, dashboard_host: str, directory: Path) -> processes.Session:
+    """``ray start --head`` in a new session (its leader's pid is the session's id): run directly, or by the
+    head's supervisor (head recovery). ClusterError with the log's tail."""
     ports = cluster.ports
+    log_path = directory / "ray-start.log"
     env = dict(os.environ)
     env.update(auth_env(cluster.token_path))
     env[processes.MARKER_ENV] = cluster.cluster_id
@@ -191,21 +227,29 @@ def _ray_start(cluster: LocalCluster, dashboard_host: str, log_path: Path) -> pr
         private_dir(haproxy_dir(cluster.temp_dir))
     except (OSError, ValueError) as e:
         raise ClusterError(f"Can't make HAProxy's private directory: {e}") from None
-    with open(log_path, "w") as log:
-        try:
-            proc = subprocess.Popen(
-                _ray_start_args(ports, cluster.host, dashboard_host, Path(cluster.temp_dir), cluster.num_cpus),
-                env=with_venv_path(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except OSError as e:
-            raise ClusterError(f"Could not run 'ray start': {e}",
-                               hint="Install the project into this venv: pip install -e .") from e
-        session = processes.Session.of(proc.pid)   # before it can be reaped
-        try:
-            rc = proc.wait(timeout=_START_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            rc = None
+    args = _ray_start_args(ports, cluster.host, dashboard_host, Path(cluster.temp_dir), cluster.num_cpus)
+    if cluster.head_recovery:
+        store = gcs_store(directory)
+        store.mkdir(mode=0o700, exist_ok=True)
+        env.update(RAY_gcs_storage="rocksdb", RAY_gcs_storage_path=str(store))
+        spec = HeadSpec(cluster_id=cluster.cluster_id, args=args, log=str(log_path),
+                        restarts=str(directory / _RESTARTS), record=str(local_record_path(directory)),
+                        gcs_address=cluster.gcs_address)
+        spec.save(directory / _HEAD_SPEC)
+        session, rc = _supervised(directory, env)
+    else:
+        with open(log_path, "w") as log:
+            try:
+                proc = subprocess.Popen(args, env=with_venv_path(env), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as e:
+                raise ClusterError(f"Could not run 'ray start': {e}",
+                                   hint="Install the project into this venv: pip install -e .") from e
+            session = processes.Session.of(proc.pid)   # before it can be reaped
+            try:
+                rc = proc.wait(timeout=_START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                rc = None
     if rc != 0:
         processes.terminate(cluster.cluster_id, session)
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
@@ -214,6 +258,21 @@ def _ray_start(cluster: LocalCluster, dashboard_host: str, log_path: Path) -> pr
             context=tail, hint=f"See the full log in {log_path}.",
         )
     return session
+
+
+def _supervised(directory: Path, env: dict[str, str]) -> tuple[processes.Session, int | None]:
+    """Start the head's supervisor (it runs ``ray start --head``); its session and ray start's exit status."""
+    with open(directory / _SUPERVISOR_LOG, "a") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "rayfleet.cluster.supervisor", str(directory / _HEAD_SPEC)],
+                                env=with_venv_path(env), stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    session = processes.Session.of(proc.pid)
+    ready, _, _ = select.select([proc.stdout], [], [], _START_TIMEOUT_S + 30)
+    line = proc.stdout.readline().decode(errors="replace").split() if ready else []
+    proc.stdout.close()
+    if line[:1] == ["started"]:
+        return session, 0
+    return session, (int(line[1]) if len(line) > 1 and line[1].lstrip("-").isdigit() else None)
 
 
 def _wait_for_dashboard(cluster: LocalCluster, timeout_s: float = 60) -> None:
@@ -234,6 +293,11 @@ def stop(directory: Path | None = None) -> LocalCluster | None:
         cluster = load_local_cluster(directory)
     except ClusterNotRunning:
         return None
+    if cluster.head_recovery and cluster.session.is_ours() and processes.is_running(cluster.pgid):
+        try:
+            os.kill(cluster.pgid, signal.SIGTERM)   # the supervisor first: it must not start the head again
+        except ProcessLookupError:
+            pass
     left = processes.terminate(cluster.cluster_id, cluster.session)
     if left:
         raise ClusterError(
@@ -241,6 +305,8 @@ def stop(directory: Path | None = None) -> LocalCluster | None:
             hint="Check them with 'ps -o pid,stat,args -p " + ",".join(map(str, left)) + "'.",
         )
     forget_local_cluster(directory)
+    shutil.rmtree(gcs_store(directory), ignore_errors=True)   # stopped, not crashed: the next up starts afresh
+    (directory / _RESTARTS).unlink(missing_ok=True)
     return cluster
 
 
@@ -248,6 +314,12 @@ def current(directory: Path | None = None) -> LocalCluster:
     """The running local cluster, verified alive; ClusterNotRunning otherwise."""
     cluster = load_local_cluster(directory)
     if not is_alive(cluster):
+        if cluster.head_recovery and cluster.session.is_ours() and processes.is_running(cluster.pgid):
+            raise ClusterNotRunning(
+                f"The local cluster's head is down; its supervisor (PID {cluster.pgid}) is starting it again.",
+                hint="Try again in a few seconds; 'rayfleet status' shows the head's restarts. "
+                     f"The supervisor's log: {(directory or state_dir()) / _SUPERVISOR_LOG}",
+            )
         raise ClusterNotRunning(
             f"The local cluster recorded in {directory or state_dir()} is not running.",
             hint="Start it with: rayfleet up --local",

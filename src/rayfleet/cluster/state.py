@@ -83,6 +83,7 @@ class LocalCluster:
     extra: dict = field(default_factory=dict)
     boot_id: str = ""        # the boot ray start ran in, and when its session's leader started:
     leader_start: int = 0    # a stale record never names someone else's session (processes.Session)
+    head_recovery: bool = False   # GCS state in RocksDB, the session's leader a supervisor (cluster/supervisor.py)
 
     @property
     def session(self) -> Session:
@@ -184,6 +185,10 @@ def save_local_cluster(cluster: LocalCluster, directory: Path | None = None) -> 
     tmp.write_text(json.dumps(asdict(cluster), indent=2))
     tmp.replace(path)
     return path
+
+
+def local_record_path(directory: Path | None = None) -> Path:
+    return (directory or state_dir()) / _CLUSTER_FILE
 
 
 def forget_local_cluster(directory: Path | None = None) -> None:

@@ -249,7 +249,7 @@ def follow(client: JobsClient, job_id: str, *, on_line: Callable[[str], None] | 
         tail = (tail + [line])[-20:]
         if on_line is not None:
             on_line(line)
-    return JobEnd(client.info(job_id), tail)
+    return JobEnd(client.final_info(job_id), tail)
 
 
 _EXIT_CODE = re.compile(r"exit code (-?\d+)")

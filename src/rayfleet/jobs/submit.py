@@ -8,6 +8,7 @@ caller stops the following, never the job).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -36,6 +37,21 @@ def quiet_ray_logs() -> None:
     from rayfleet._compat.ray import quiet_sdk_loggers
 
     quiet_sdk_loggers()
+
+
+RECONNECT_S = 120   # how long a follower waits for a Jobs API that stopped answering (the head restarting)
+_REASON_WAIT_S = 15
+_RAY_LOST_SUPERVISOR = ("Unexpected error occurred: failed to get job supervisor", "Job supervisor actor died")
+
+
+def _unreachable(e: BaseException) -> bool:
+    """The Jobs API did not answer at all (connection refused/reset), as opposed to an answer that is an error."""
+    import requests
+
+    text = str(e)
+    return isinstance(e, (requests.ConnectionError, ConnectionError)) or any(
+        s in text for s in ("Connection refused", "Failed to establish a new connection", "Connection reset",
+                            "RemoteDisconnected"))
 
 
 class JobsClient:
@@ -79,13 +95,42 @@ class JobsClient:
             jobs = self._client.list_jobs()
         return sorted((self._info(j) for j in jobs if j.submission_id), key=lambda j: j.start_ms)
 
-    def info(self, job_id: str) -> JobInfo:
+    def info(self, job_id: str, *, wait_s: float = 0.0) -> JobInfo:
+        """The job's state. ``wait_s``: how long to keep trying while the Jobs API does not answer at all
+        (a supervised head being started again), saying so once on stderr."""
         try:
-            return self._info(self._client.get_job_info(job_id))
+            return self._info(self._unreachable_retried(lambda: self._client.get_job_info(job_id), wait_s))
         except Exception as e:
             if "does not exist" in str(e) or "404" in str(e):
                 raise JobError(f"No job {job_id!r} on this cluster.", hint="List jobs with: rayfleet jobs") from None
             raise JobError(f"Can't read job {job_id}: {e}") from e
+
+    def _unreachable_retried(self, call: Callable[[], Any], wait_s: float):
+        deadline = None
+        while True:
+            try:
+                return call()
+            except Exception as e:
+                if not wait_s or not _unreachable(e):
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + wait_s
+                    print(f"The cluster's Jobs API at {self.dashboard_url} does not answer; waiting up to "
+                          f"{wait_s:.0f} s for it (a supervised head is started again by itself) ...",
+                          file=sys.stderr, flush=True)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def final_info(self, job_id: str) -> JobInfo:
+        """The state of a job that has ended. When Ray says only that the job's supervisor actor is gone, the
+        head's supervisor may be about to write why (the head restarted): wait a few seconds for it."""
+        info = self.info(job_id, wait_s=RECONNECT_S)
+        deadline = time.monotonic() + _REASON_WAIT_S
+        while info.message.startswith(_RAY_LOST_SUPERVISOR) and time.monotonic() < deadline:
+            time.sleep(1)
+            info = self.info(job_id, wait_s=RECONNECT_S)
+        return info
 
     def logs(self, job_id: str) -> str:
         self.info(job_id)
@@ -123,7 +168,7 @@ class JobsClient:
                     lines = (partial + text).split("\n")
                     partial = lines.pop()
                     yield from lines
-                elif kind == "end" and self.info(job_id).status in TERMINAL:
+                elif kind == "end" and self.info(job_id, wait_s=RECONNECT_S).status in TERMINAL:
                     break
                 else:  # the tail broke (or ended early): read the rest over HTTP
                     yield from self._poll_logs(job_id, received, partial, poll_s, on_poll)
@@ -139,9 +184,9 @@ class JobsClient:
         while True:
             if on_poll is not None:
                 on_poll()
-            status = self.info(job_id).status
+            status = self.info(job_id, wait_s=RECONNECT_S).status
             with foreign(JobError, f"Can't read the logs of job {job_id}"):
-                text = self._client.get_job_logs(job_id)
+                text = self._unreachable_retried(lambda: self._client.get_job_logs(job_id), RECONNECT_S)
             if len(text) < seen:  # log rotated or truncated: start over
                 seen = 0
             chunk, seen = partial + text[seen:], len(text)

@@ -1,0 +1,240 @@
+"""The head's supervisor: runs ``ray start --head``, and runs it again when the head dies.
+
+Ray's GCS fault tolerance keeps a cluster's state (nodes, actors, Serve's applications,
+jobs) in a store that outlives the head's processes: RocksDB on the head's disk
+(``RAY_gcs_storage=rocksdb``, ``RAY_gcs_storage_path``) or Redis. A head started again on
+the same store takes the same session back, and Serve's controller brings back what it
+ran, with nothing redeployed. Outside KubeRay, Ray does not restart the head: this
+process does.
+
+It is the leader of its own session and runs ``ray start --head`` as its child, so every
+Ray process of the head is in that session, restart after restart, and
+``processes.cluster_pids`` finds them (``rayfleet down`` stops the supervisor with them).
+Every second it checks that the head's GCS server and raylet run; when one is gone
+(killed, crashed, OOM) it stops what is left of the head, by PID in its session, and runs
+the same ``ray start --head`` again, on the same store. Each restart is recorded
+(``restarts`` file: count, reason, time, seconds until Ray was up again) for
+``rayfleet status``. A ``ray start`` that fails is tried again with a growing pause.
+
+Usage (rayfleet starts it): ``python -m rayfleet.cluster.supervisor SPEC.json``. It writes
+one line on stdout when the first start is done (``started`` or ``failed RC``) and closes
+it; its own log goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rayfleet.cluster import processes
+
+__all__ = ["HeadSpec", "read_restarts", "HEAD_PROCESSES"]
+
+HEAD_PROCESSES = ("gcs_server", "raylet")   # /proc/PID/comm of the processes a head can't run without
+CHECK_EVERY_S = 1.0
+START_TIMEOUT_S = 120
+_MAX_PAUSE_S = 60
+_HISTORY = 20
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What the supervisor runs and where it writes."""
+
+    cluster_id: str
+    args: list[str]          # the `ray start --head ...` command line
+    log: str                 # ray start's output (overwritten at each start)
+    restarts: str            # the restart record (JSON)
+    record: str              # the cluster's record: the supervisor ends when it is gone or names another cluster
+    gcs_address: str = ""    # host:port of the head's GCS (jobs of the old head are marked failed there)
+    env: dict = field(default_factory=dict)   # added to the supervisor's environment for ray start
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "HeadSpec":
+        return cls(**json.loads(path.read_text()))
+
+
+def read_restarts(path: Path) -> dict:
+    """The restart record: {"count": N, "history": [{"time", "reason", "seconds", "ok"}, ...]} (newest last;
+    time: when the head was found down, seconds: until ray start was done)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"count": 0, "history": []}
+    return {"count": int(data.get("count", 0)), "history": list(data.get("history", []))}
+
+
+HEAD_RESTARTED = "head restarted"
+
+
+def fail_orphaned_jobs(gcs_address: str, since_s: float, reason: str) -> list[str]:
+    """Mark FAILED, with the reason, every Ray Job still PENDING/RUNNING that started before ``since_s``:
+    its driver ran on the head and died with it. Ray's own job monitor keeps such a job RUNNING
+    forever (its supervisor actor's handle never resolves). Returns the jobs marked."""
+    import asyncio
+
+    from ray._raylet import GcsClient
+    from ray.dashboard.modules.job.common import JobErrorType, JobInfoStorageClient, JobStatus
+
+    client = JobInfoStorageClient(GcsClient(address=gcs_address))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since_s))
+    message = (f"{HEAD_RESTARTED} at {when} ({reason}): the job's driver ran on the head and stopped with it. "
+               "Its log stays readable ('rayfleet jobs logs ID'); run it again to redo it.")
+
+    # What Ray's job monitor writes when it gets there first: the same fact without the reason.
+    ray_says = {JobErrorType.JOB_SUPERVISOR_ACTOR_START_FAILURE, JobErrorType.JOB_SUPERVISOR_ACTOR_DIED,
+                JobErrorType.JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE}
+
+    async def run() -> set[str]:
+        marked = set()
+        for job_id, info in (await client.get_all_jobs(timeout=30)).items():
+            if (info.start_time or 0) / 1000 >= since_s or info.message == message:
+                continue
+            orphan = not info.status.is_terminal() or (
+                info.status == JobStatus.FAILED and info.error_type in ray_says
+                and (info.end_time or 0) / 1000 >= since_s)
+            if orphan:
+                await client.put_status(job_id, JobStatus.FAILED, message=message,   # FAILED -> FAILED is allowed
+                                        error_type=JobErrorType.JOB_SUPERVISOR_ACTOR_DIED, timeout=30)
+                marked.add(job_id)
+        return marked
+
+    marked = asyncio.run(run())
+    time.sleep(10)   # Ray's job monitor starts with the dashboard, and may still write its own message
+    return sorted(marked | asyncio.run(run()))
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} supervisor[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class _Supervisor:
+    def __init__(self, spec: HeadSpec):
+        self.spec = spec
+        self.session = processes.Session.of(os.getpid())
+        self.children: list[subprocess.Popen] = []
+
+    def owned(self) -> bool:
+        """The cluster's record still names this cluster (`down` removes it: then the supervisor ends)."""
+        try:
+            return json.loads(Path(self.spec.record).read_text()).get("cluster_id") == self.spec.cluster_id
+        except (OSError, ValueError):
+            return False
+
+    def missing(self) -> list[str]:
+        running = {_comm(pid) for pid in processes.cluster_pids(self.spec.cluster_id, self.session)}
+        return [name for name in HEAD_PROCESSES if name not in running]
+
+    def start(self) -> int | None:
+        """``ray start --head``; its exit status (None: timed out)."""
+        env = dict(os.environ, **self.spec.env)
+        with open(self.spec.log, "w") as log:
+            proc = subprocess.Popen(self.spec.args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+            try:
+                return proc.wait(timeout=START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                return None
+
+    def record(self, down_at: float, reason: str, seconds: float, ok: bool) -> None:
+        path = Path(self.spec.restarts)
+        data = read_restarts(path)
+        data["count"] += 1
+        data["history"] = (data["history"] + [{"time": down_at, "reason": reason, "seconds": round(seconds, 1),
+                                               "ok": ok}])[-_HISTORY:]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+
+    def restart(self, reason: str, down_at: float) -> bool:
+        t0 = time.monotonic()
+        _log(f"head down ({reason}): stopping what is left of it, then starting it again")
+        left = processes.terminate(self.spec.cluster_id, self.session, grace_s=1.0)
+        if left:
+            _log(f"processes still alive after SIGKILL: {left}")
+        rc = self.start()
+        ok = rc == 0 and not self.missing()
+        seconds = time.monotonic() - t0
+        self.record(down_at, reason, seconds, ok)
+        _log(f"ray start --head {'done' if ok else f'failed (exit {rc})'} after {seconds:.1f} s"
+             + ("" if ok else f"; see {self.spec.log}"))
+        if ok and self.spec.gcs_address:
+            self.fail_jobs(down_at, reason)
+        return ok
+
+    def fail_jobs(self, since_s: float, reason: str) -> None:
+        """Jobs of the old head: FAILED with the reason (in a short-lived process: the supervisor stays small)."""
+        cmd = [sys.executable, "-m", "rayfleet.cluster.supervisor", "--fail-jobs", self.spec.gcs_address,
+               str(since_s), reason]
+        # Its output goes to the supervisor's log; it is not waited for (the head is watched meanwhile).
+        self.children.append(subprocess.Popen(cmd, env=dict(os.environ, **self.spec.env), stdin=subprocess.DEVNULL))
+
+    def run(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT_S   # rayfleet writes the record once Ray has started
+        while not self.owned() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pause = 2.0
+        while self.owned():
+            time.sleep(CHECK_EVERY_S)
+            self.children = [c for c in self.children if c.poll() is None]
+            missing = self.missing()
+            if not missing or not self.owned():
+                continue
+            down_at = time.time()
+            time.sleep(0.5)   # `down` stopping the head at this moment removes the record first
+            if not self.owned():
+                break
+            if self.restart(", ".join(f"{name} died" for name in missing), down_at):
+                pause = 2.0
+            else:
+                time.sleep(pause)
+                pause = min(pause * 2, _MAX_PAUSE_S)
+        _log("the cluster's record is gone (rayfleet down): exiting")
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--fail-jobs"] and len(argv) == 4:
+        marked = fail_orphaned_jobs(argv[1], float(argv[2]), argv[3])
+        _log(f"jobs of the old head marked failed: {', '.join(marked) or 'none'}")
+        return 0
+    if len(argv) != 1:
+        print("usage: python -m rayfleet.cluster.supervisor SPEC.json", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sup = _Supervisor(HeadSpec.load(Path(argv[0])))
+    rc = sup.start()
+    ok = rc == 0 and not sup.missing()
+    sys.stdout.write("started\n" if ok else f"failed {rc}\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    if not ok:
+        return 1
+    return sup.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ Only the hosts' own addresses (10.213.7.0/24 on a bridge this test creates) are 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -805,7 +806,10 @@ def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
         assert time.monotonic() < deadline, "the killed node was never marked dead"
         time.sleep(2)
     r = rayfleet_cli("status", "-f", str(fleet_up))
-    assert "DEAD" in r.stdout
+    if any(n["node_ip"] == victim_ip and n["state"] == "ALIVE" for n in fl.nodes(spec)):   # restarted meanwhile
+        assert re.search(r"\(\d+ earlier incarnation\(s\) of restarted nodes not shown\)", r.stdout), r.stdout
+    else:
+        assert "DEAD" in r.stdout, r.stdout
     t0 = time.monotonic()
     r = rayfleet_cli("up", "-f", str(fleet_up), "--accept-new-hosts", "--skip-check", timeout=600)
     _timed("up after a worker died (to all alive)", t0)
@@ -815,8 +819,9 @@ def test_worker_raylet_killed_tasks_complete_then_up_restores(lab, fleet_up):
 
 
 def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, fleet_up, tmp_path):
-    """Another CPU count on one worker, and one more package for the users' jobs (a wheel of this machine):
-    a new runtime on every node, Ray restarted from it, the old runtime removed once it runs."""
+    """Another CPU count on one worker, one more package for the users' jobs (a wheel of this machine), and
+    services on every node (serve_host 0.0.0.0): a new runtime on every node, Ray restarted from it, the old
+    runtime removed once it runs."""
     from rayfleet.cluster import fleet as fl
     from rayfleet.cluster.runtime import local_lock
     from rayfleet.testing.wheels import build_wheel
@@ -826,6 +831,7 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
     data = yaml.safe_load(fleet_up.read_text())
     data["workers"][0]["resources"] = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
     data["runtime"] = {"extra_requirements": [str(wheel)]}
+    data["security"] = {"serve_host": "0.0.0.0"}   # a proxy on every node (the head-failure test needs them)
     fleet_up.write_text(yaml.safe_dump(data))
     new = local_lock((str(wheel),)).digest
     assert new != old
@@ -845,6 +851,69 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
     # Ray restarted on the head: the old Serve's HAProxy went with it (Ray leaves it running: it would
     # keep port 8000 and the next service's HAProxy could not bind it).
     assert lab.hosts[0].exec("pgrep -a -f haproxy").stdout.strip() == ""
+
+
+def _head_dir(lab) -> Path:
+    return lab.hosts[0].home(lab.user) / ".rayfleet" / "lab" / "head"
+
+
+def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fleet_up, tiny_model, tmp_path):
+    """Head recovery (the default, RocksDB on the head's disk): every Ray process on the head SIGKILLed while
+    clients send requests to a worker's proxy (serve_host 0.0.0.0, replicas on every node). No request fails;
+    the head's supervisor starts it again; the workers rejoin as the same nodes; the service is RUNNING again
+    without a redeploy, and an update succeeds afterwards."""
+    from rayfleet.cluster import fleet as fl
+    from rayfleet.testing.load import Load
+
+    spec = _spec(fleet_up)
+    service = tmp_path / "ha.yaml"
+    service.write_text(yaml.safe_dump({"name": "ha", "route_prefix": "/ha", "model": str(tiny_model), "replicas": 4,
+                                       "resources": {"num_cpus": 1}, "version": "v1"}))
+    r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        before = {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
+        assert set(before) == {h.ip for h in lab.hosts}
+        # 4 replicas of 1 CPU on 4 CPUs (1 + 2 + 1): some on each worker.
+        sid = int((_head_dir(lab) / "supervisor.pid").read_text())
+        with Load(f"http://{lab.hosts[1].ip}:8000/ha", clients=2) as load:
+            load.wait_for(20)
+            head = lab.hosts[0]
+            killed = head.exec(f"ps -o pid= -s {sid} | grep -vw {sid} | xargs -r kill -9; echo done")
+            assert killed.stdout.strip().endswith("done"), killed.stderr
+            t0, at_kill = time.monotonic(), load.count()
+            restarts = _head_dir(lab) / "restarts.json"
+            _wait_until(lambda: restarts.exists() and json.loads(restarts.read_text())["count"] == 1, 120,
+                        "the head started again")
+            _timed("head killed: Ray started again on it by its supervisor", t0)
+            _wait_until(lambda: {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"
+                                 and n["node_ip"] != head.ip} == {h.ip: before[h.ip] for h in lab.hosts[1:]}
+                        and any(n["node_ip"] == head.ip and n["state"] == "ALIVE" for n in fl.nodes(spec)),
+                        120, "the workers ALIVE under their old node ids, and the head")
+            _timed("head killed: every node ALIVE (the workers under their old node ids)", t0)
+            _wait_until(lambda: re.search(r"│ ha +│ \S+ +│ RUNNING +│ 4 +│", rayfleet_cli(
+                "services", "-f", str(fleet_up)).stdout), 120, "the service RUNNING with 4 replicas")
+            _timed("head killed: the service RUNNING again (nothing redeployed)", t0)
+            load.wait_for(20)
+        print(f"{load.count()} requests ({load.count() - at_kill} after the kill), {len(load.errors)} failed, "
+              f"{load.resent} resent")
+        assert load.errors == [], load.errors[:5]
+        r = rayfleet_cli("status", "-f", str(fleet_up))
+        assert re.search(r"^Head: restarted 1 time\(s\); last at .* back in \d+ s$", r.stdout, re.M), r.stdout
+        service.write_text(service.read_text().replace("version: v1", "version: v2"))
+        r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
+        assert r.returncode == 0, r.stdout + r.stderr
+        resp = httpx.post(f"http://{lab.hosts[2].ip}:8000/ha/translate", json={"text": "The cat sleeps."}, timeout=60)
+        assert resp.status_code == 200 and resp.headers.get("x-model-version") == "v2", resp.headers
+    finally:
+        rayfleet_cli("services", "delete", "ha", "-f", str(fleet_up))
+
+
+def _wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(1)
 
 
 def test_down_leaves_no_ray_process(lab, fleet_up, tiny_model):

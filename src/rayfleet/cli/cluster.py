@@ -161,6 +161,9 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
         console.print(f"Fleet '{spec.name}' {spec.head.address}:{spec.ports.gcs} — dashboard "
                       f"{fleet_mod.dashboard_label(spec)} — {auth}")
         node_rows = fleet_mod.nodes(spec)
+        restarts = fleet_mod.head_restarts(spec)
+        if restarts is not None:
+            console.print(_restarts_line(restarts))
     alive_ips = {n.get("node_ip") for n in node_rows if n.get("state") == "ALIVE"}
     earlier = [n for n in node_rows if n.get("state") == "DEAD" and n.get("node_ip") in alive_ips]
     node_rows = [n for n in node_rows if n not in earlier]   # a restarted node's earlier incarnations

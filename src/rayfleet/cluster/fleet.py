@@ -17,6 +17,7 @@ state on both sides, and verifies that no Ray process is left.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -30,8 +31,9 @@ from typing import Callable
 from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
 from rayfleet.cluster import runtime, tls
 from rayfleet.cluster.dashboard import list_nodes
-from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, remote_token_path, render, render_yaml, started_mark,
-                                       worker_start_command)
+from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, gcs_store, remote_token_path, render, render_yaml,
+                                       started_mark, supervisor_dir, worker_start_command)
+from rayfleet.cluster.node_start import SUPERVISOR_MODULE
 from rayfleet.cluster.preflight import runner_for
 from rayfleet.cluster.serving import haproxy_dir
 from rayfleet.cluster.ssh import SSHError
@@ -123,6 +125,23 @@ def export_config(fleet: FleetSpec) -> str:
 def nodes(fleet: FleetSpec, timeout_s: float = 10) -> list[dict]:
     """Ray's node table (alive and dead) from the head's dashboard."""
     return list_nodes(dashboard_url(fleet), auth_headers(fleet), timeout_s)
+
+
+def head_restarts(fleet: FleetSpec) -> dict | None:
+    """The head supervisor's restart record (``supervisor.read_restarts``), read on the head over SSH;
+    None when head recovery is off."""
+    if fleet.head_recovery.store == "off":
+        return None
+    path = shell_path(supervisor_dir(fleet) + "/restarts.json")
+    try:
+        out = exec_on(fleet, fleet.head.host, f"cat {path} 2>/dev/null || true", timeout_s=20).stdout
+    except SSHError:
+        return None
+    try:
+        data = json.loads(out) if out.strip() else {}
+    except ValueError:
+        data = {}
+    return {"count": int(data.get("count", 0)), "history": list(data.get("history", []))}
 
 
 def _alive_ips(fleet: FleetSpec) -> set[str]:
@@ -318,7 +337,7 @@ def _haproxy_pattern(fleet: FleetSpec) -> str:
 
 def ray_processes(fleet: FleetSpec) -> dict[str, list[str]]:
     """Ray processes (and the fleet's HAProxy) still running, per host (over SSH)."""
-    pattern = shlex.quote(ray_process_pattern() + "|" + _haproxy_pattern(fleet))
+    pattern = shlex.quote(ray_process_pattern() + "|" + _haproxy_pattern(fleet) + "|[r]ayfleet[.]cluster[.]supervisor")
 
     def one(node) -> tuple[str, list[str]]:
         r = runner_for(fleet, node, paths(fleet).known_hosts)
@@ -350,6 +369,13 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     # Nor a node's TLS key (`up` ships it again).
     stop_cmd += f"; rm -rf {shell_path(tls.remote_dir(fleet))}"
     head_cmd = stop_cmd + "; rm -f ~/ray_bootstrap_key.pem ~/ray_bootstrap_config.yaml"
+    if fleet.head_recovery.store != "off":
+        # The head's supervisor first (it would start the head again), by PID if that is a supervisor; its
+        # record goes first, so that a supervisor checking meanwhile ends by itself. The store goes with Ray.
+        d = shell_path(supervisor_dir(fleet))
+        head_cmd = (f"d={d}; rm -f \"$d/record.json\"; p=$(cat \"$d/supervisor.pid\" 2>/dev/null); "
+                    f"if [ -n \"$p\" ] && grep -qa {SUPERVISOR_MODULE} /proc/$p/cmdline 2>/dev/null; then kill $p; fi; "
+                    f"rm -f \"$d/supervisor.pid\"; " + head_cmd + f"; rm -rf {shell_path(gcs_store(fleet))}")
 
     def stop(node) -> str | None:
         try:

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from rayfleet.cluster import tls
-from rayfleet.cluster.node_start import SESSION, NodePlan
+from rayfleet.cluster.node_start import SESSION, NodePlan, Supervise
 from rayfleet.cluster.serving import haproxy_dir, serve_env
 from rayfleet.config.fleet import FleetSpec, ResourcesSpec
 from rayfleet.errors import ConfigError
@@ -127,7 +127,24 @@ def node_plan(fleet: FleetSpec) -> NodePlan:
         temp_dir=fleet.temp_dir,
         private_dirs=[haproxy_dir(fleet.temp_dir)],
         mark=started_mark(fleet),
+        supervise=supervise(fleet),
     )
+
+
+def supervisor_dir(fleet: FleetSpec) -> str:
+    """The head supervisor's files on the head (``~/`` = the SSH user's home there)."""
+    return f"~/.rayfleet/{fleet.name}/head"
+
+
+def gcs_store(fleet: FleetSpec) -> str:
+    return fleet.head_recovery.path or f"~/.rayfleet/{fleet.name}/gcs-store"
+
+
+def supervise(fleet: FleetSpec) -> Supervise | None:
+    """Head recovery's plan for node_start (None: head_recovery off)."""
+    if fleet.head_recovery.store == "off":
+        return None
+    return Supervise(dir=supervisor_dir(fleet), store=gcs_store(fleet), cluster=fleet.name)
 
 
 def start_command(fleet: FleetSpec, mode: str, session: str | None = None) -> str:

@@ -7,7 +7,8 @@ The plan (``NodePlan``) is rendered on the machine that runs rayfleet from fleet
 that depends on the node is found here: its address (the one it was reached at over SSH), its
 resource flags (chosen by that address), the interface Gloo must use, and which Ray runs already.
 
-- ``head``: ``ray stop`` (and the cluster's HAProxy: ``_stop_ray``) and ``ray start --head``.
+- ``head``: ``ray stop`` (and the cluster's HAProxy: ``_stop_ray``) and ``ray start --head``; with head
+  recovery, run by the head's supervisor on a fresh RocksDB store (``supervisor.py``).
 - ``worker SESSION`` (``rayfleet up`` starts workers itself, as soon as the head is up, rather
   than waiting ~15-20 s for the v1 autoscaler): nothing if a raylet of that head and session runs
   here already, else ``ray stop`` (when any Ray runs) and ``ray start``; then a one-shot mark
@@ -41,10 +42,19 @@ from rayfleet.cluster.serving import private_dir
 __all__ = ["NodePlan", "MARK_TTL_S", "main"]
 
 MARK_TTL_S = 180
+SUPERVISOR_MODULE = "rayfleet.cluster.supervisor"
 LOCK_WAIT_S = 300
 OPEN_FILES = 65536
 SESSION = re.compile(r"session_[\w.-]+")
 ANY_RAY = re.compile(r"raylet|gcs_server|ray::")   # what `ray stop` would find
+
+
+class Supervise(TypedDict):
+    """Head recovery (``head_recovery:`` in fleet.yaml): where the head's supervisor keeps its files and
+    the GCS its store, on the head."""
+    dir: str        # the supervisor's spec, pid, log, restart record ("~/" expanded here)
+    store: str      # RocksDB directory of the GCS
+    cluster: str    # the fleet's name
 
 
 class NodePlan(TypedDict):
@@ -57,6 +67,7 @@ class NodePlan(TypedDict):
     temp_dir: str
     private_dirs: list[str]            # created 0700 before Ray starts (HAProxy's files and sockets)
     mark: str                          # the one-shot mark's path
+    supervise: Supervise | None        # the head: run by a supervisor on a RocksDB store (None: head_recovery off)
 
 
 def node_ip() -> str:
@@ -181,11 +192,80 @@ def start(plan: NodePlan, *, head: bool) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
     home = os.path.expanduser("~")
-    return _ray("start", *(f.replace("=~/", f"={home}/", 1) for f in flags), env=_environment(plan, ip))
+    flags = [f.replace("=~/", f"={home}/", 1) for f in flags]
+    if head and plan.get("supervise"):
+        return _start_supervised(plan, flags, _environment(plan, ip))
+    return _ray("start", *flags, env=_environment(plan, ip))
+
+
+def _supervisor_files(sup: Supervise) -> tuple[Path, Path, Path]:
+    d = Path(os.path.expanduser(sup["dir"]))
+    return d, d / "record.json", d / "supervisor.pid"
+
+
+def end_supervisor(plan: NodePlan) -> None:
+    """Stop the head's supervisor (before Ray is stopped: it would start the head again). Its record goes
+    first (a supervisor without one ends by itself), then SIGTERM by PID, if that PID is a supervisor."""
+    sup = plan.get("supervise")
+    if not sup:
+        return
+    _, record, pidfile = _supervisor_files(sup)
+    record.unlink(missing_ok=True)
+    try:
+        pid = int(pidfile.read_text())
+        if SUPERVISOR_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    pidfile.unlink(missing_ok=True)
+
+
+def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> int:
+    """``ray start --head`` run by the head's supervisor (``supervisor.py``) on a fresh RocksDB store: it
+    starts the head again, on that store, whenever the head's GCS or raylet dies."""
+    import select
+    import shutil
+    import uuid
+
+    from rayfleet.cluster.processes import MARKER_ENV
+    from rayfleet.cluster.supervisor import HeadSpec
+
+    sup = plan["supervise"]
+    d, record, pidfile = _supervisor_files(sup)
+    store = Path(os.path.expanduser(sup["store"]))
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.rmtree(store, ignore_errors=True)   # a new head: a new cluster (the store serves its restarts)
+    store.mkdir(parents=True, mode=0o700)
+    cluster_id = f"{sup['cluster']}-{uuid.uuid4().hex[:8]}"
+    env = dict(env, RAY_gcs_storage="rocksdb", RAY_gcs_storage_path=str(store), **{MARKER_ENV: cluster_id})
+    (d / "restarts.json").unlink(missing_ok=True)
+    spec = HeadSpec(cluster_id=cluster_id, args=[f"{sys.prefix}/bin/ray", "start", *flags],
+                    log=str(d / "ray-start.log"), restarts=str(d / "restarts.json"), record=str(record),
+                    gcs_address=plan["head"])
+    spec.save(d / "head.json")
+    with open(d / "supervisor.log", "a") as err:
+        proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(d / "head.json")], env=env,
+                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    pidfile.write_text(f"{proc.pid}\n")
+    ready, _, _ = select.select([proc.stdout], [], [], 180)
+    line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+    proc.stdout.close()
+    log = Path(spec.log).read_text(errors="replace") if Path(spec.log).exists() else ""
+    sys.stdout.write(log)
+    if line != "started":
+        print(f"error: ray start --head failed under the head's supervisor ({line or 'no answer'}); "
+              f"see {spec.log} and {d / 'supervisor.log'}", file=sys.stderr)
+        return 1
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cluster_id": cluster_id, "pid": proc.pid}))
+    tmp.replace(record)
+    return 0
 
 
 def run(mode: str, plan: NodePlan, session: str | None = None) -> int:
     if mode == "head":
+        end_supervisor(plan)
         _stop_ray(plan)
         return start(plan, head=True)
     mark = Path(plan["mark"])

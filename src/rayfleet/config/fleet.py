@@ -19,7 +19,7 @@ from rayfleet.errors import HostNotResolved
 
 __all__ = [
     "FleetSpec", "NodeSpec", "SSHSpec", "ResourcesSpec", "PortsSpec", "AutoscaleSpec",
-    "StorageSpec", "SecuritySpec", "RuntimeSpec", "resolve_host", "shell_path",
+    "StorageSpec", "SecuritySpec", "RuntimeSpec", "HeadRecoverySpec", "resolve_host", "shell_path",
 ]
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -177,6 +177,34 @@ class SecuritySpec(Model):
                                    "proxy on the head); 0.0.0.0 runs a proxy on every node.")
 
 
+class HeadRecoverySpec(Model):
+    """What happens when the head's Ray dies (crash, OOM, kill): with a store, the GCS keeps the cluster's
+    state there and a supervisor on the head starts it again within seconds; workers rejoin as the same
+    nodes and services come back by themselves."""
+
+    store: Literal["rocksdb", "off"] = Field(
+        default="rocksdb", description="rocksdb: the GCS's state in RocksDB on the head's local disk, the head "
+                                       "supervised (restarted when it dies); off: neither.")
+    path: str | None = Field(
+        default=None, description="The RocksDB directory on the head, on a local disk, not NFS (default: "
+                                  "~/.rayfleet/NAME/gcs-store).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        # `head_recovery: off` (YAML reads it as false) or `head_recovery: rocksdb`
+        if v is False or v == "off":
+            return {"store": "off"}
+        if isinstance(v, str):
+            return {"store": v}
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return None if v is None else _node_path(v, "~/.rayfleet/lab/gcs-store")
+
+
 def shell_path(path: str) -> str:
     """``path`` as one shell word for the nodes' shell: ``~/x`` becomes ``"$HOME"/'x'`` (the SSH
     user's home on that node), anything else is quoted as it is."""
@@ -251,6 +279,8 @@ class FleetSpec(Model):
     autoscale: AutoscaleSpec = Field(default_factory=AutoscaleSpec, description="Autoscaling of workers.")
     storage: StorageSpec | None = Field(default=None, description="Shared storage for training and the registry.")
     security: SecuritySpec = Field(default_factory=SecuritySpec, description="Auth and bind addresses.")
+    head_recovery: HeadRecoverySpec = Field(default_factory=HeadRecoverySpec,
+                                            description="Keep the cluster's state and restart a dead head.")
     setup_commands: list[str] = Field(default_factory=list, description="Shell commands run on every node before Ray starts.")
 
     @field_validator("name")

@@ -900,7 +900,10 @@ def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fl
         assert load.errors == [], load.errors[:5]
         r = rayfleet_cli("status", "-f", str(fleet_up))
         assert re.search(r"^Head: restarted 1 time\(s\); last at .* back in \d+ s$", r.stdout, re.M), r.stdout
-        service.write_text(service.read_text().replace("version: v1", "version: v2"))
+        # An update afterwards: a new version on 2 replicas (Serve stops 2 old ones, then starts the new ones
+        # beside the other 2: room for them on these 4 CPUs).
+        service.write_text(service.read_text().replace("version: v1", "version: v2").replace("replicas: 4",
+                                                                                              "replicas: 2"))
         r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
         assert r.returncode == 0, r.stdout + r.stderr
         resp = httpx.post(f"http://{lab.hosts[2].ip}:8000/ha/translate", json={"text": "The cat sleeps."}, timeout=60)

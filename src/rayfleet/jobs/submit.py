@@ -307,4 +307,4 @@ def follow_events(client: JobsClient, job_id: str, protocol: Any, *, on_event: C
             result = ev
         elif ev.event == "error":
             error = ev
-    return JobOutcome(client.info(job_id), result, error, tail)
+    return JobOutcome(client.final_info(job_id), result, error, tail)

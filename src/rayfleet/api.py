@@ -302,8 +302,11 @@ class Cluster:
 
     # -- rayfleet's own jobs --------------------------------------------------------------------------
     def train(self, job: str | Path | Any, *, mode: str = "train", samples: int | None = None,
-              num_workers: int | None = None, workers_fix: str = "num_workers={n}") -> TrainRun:
-        """Submit a training (``mode="tune"``: a search) job: a job.yaml path or a ``JobSpec``."""
+              num_workers: int | None = None, workers_fix: str = "num_workers={n}",
+              resume: str | None = None) -> TrainRun:
+        """Submit a training (``mode="tune"``: a search) job: a job.yaml path or a ``JobSpec``. ``resume``: the
+        id of an earlier run of this job that failed, run again from its latest checkpoint."""
+        from rayfleet.train import launch as train_launch
         from rayfleet.train.launch import load_job, on_fleet, submit
 
         spec = load_job(job) if isinstance(job, (str, Path)) else job
@@ -311,7 +314,10 @@ class Cluster:
             spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"num_workers": num_workers})})
         if self.target.fleet is not None:  # runs, checkpoints and the default registry on the shared storage
             spec = on_fleet(spec, self.target.fleet)
-        launch = submit(self.jobs_client, spec, mode=mode, samples=samples, workers_fix=workers_fix)
+        if resume is not None:
+            launch = train_launch.resume(self.jobs_client, spec, resume)
+        else:
+            launch = submit(self.jobs_client, spec, mode=mode, samples=samples, workers_fix=workers_fix)
         return TrainRun(self, launch.job_id, launch.run_dir, launch.demand, launch.note)
 
     def tune(self, job: str | Path | Any, *, samples: int = 4, **kwargs: Any) -> TrainRun:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import OTHER_PORTS, SESSION_PORTS, rayfleet_cli, up_flags
+from conftest import OTHER_PORTS, ROOT, SESSION_PORTS, rayfleet_cli, up_flags
 from rayfleet.cluster import local, processes
 
 pytestmark = pytest.mark.integration
@@ -167,8 +167,9 @@ def _by_name(cluster, name: str) -> list[int]:
 def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_with_the_reason(tiny_model, tmp_path):
     """Head recovery, on by default for `up --local` (a 2-CPU cluster, the CLI as a user runs it): SIGKILL the
     GCS server; the supervisor starts the head again on its RocksDB store, the service answers again with
-    nothing redeployed, a job that was running is FAILED with the reason (its follower says so and exits 1),
-    `status` shows the restart; `down` removes the store."""
+    nothing redeployed, the jobs that were running are FAILED with the reason (their followers say so and exit
+    1), `status` shows the restart; the training job resumes from its checkpoint with `train --resume` and
+    registers one version; `down` removes the store."""
     home = tmp_path / "home"
     env = {"RAYFLEET_HOME": str(home)}
     r = rayfleet_cli("up", "--local", "--num-cpus", "2", *up_flags(OTHER_PORTS), env=env)
@@ -191,6 +192,22 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         for line in job.stdout:
             if line.startswith("tick 3"):
                 break
+        # A training job too, killed after its first checkpoint, then resumed from it.
+        spec = tmp_path / "train.yaml"
+        spec.write_text((ROOT / "examples" / "finetune-tiny.yaml").read_text()
+                        .replace("name: en-fr-tiny", "name: en-fr-resume").replace("max_steps: 500", "max_steps: 300")
+                        .replace("checkpoints:\n  every_steps: 100", "checkpoints:\n  every_steps: 50")
+                        .replace("model_name: en-fr-tiny", "model_name: en-fr-resume"))
+        train = subprocess.Popen([str(Path(sys.executable).parent / "rayfleet"), "train", str(spec)],
+                                 env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in train.stdout:
+            if m := re.match(r"Submitted job (\S+) \(run dir (\S+)\)\.", line):
+                run_id, run_dir = m[1], Path(m[2])
+                break
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoint_manager_snapshot.json").exists():   # Ray Train's record of its checkpoints
+            assert time.monotonic() < deadline and train.poll() is None, "no checkpoint within 300 s"
+            time.sleep(0.2)
         (gcs,) = _by_name(cluster, "gcs_server")
         os.kill(gcs, signal.SIGKILL)
         killed = time.monotonic()
@@ -227,6 +244,22 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         print(f"the service RUNNING again {time.monotonic() - killed:.1f} s after the kill")
         r = rayfleet_cli("jobs", env=env)
         assert re.search(r"ticks .*FAILED", r.stdout), r.stdout
+
+        out, _ = train.communicate(timeout=180)
+        print(out)
+        assert train.returncode == 1
+        assert re.search(rf"^error: Job {run_id} ended FAILED: head restarted at .* \(gcs_server died\)", out, re.M), out
+        t0 = time.monotonic()
+        r = rayfleet_cli("train", str(spec), "--resume", run_id, env=env, timeout=600)
+        print(f"$ rayfleet train --resume {run_id} ({time.monotonic() - t0:.0f} s)\n{r.stdout}{r.stderr}")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"Resuming run {run_id} from its latest checkpoint." in r.stdout
+        step = int(re.search(r"^Resuming from the run's checkpoint at step (\d+)\.$", r.stdout, re.M)[1])
+        assert step >= 50 and step % 50 == 0
+        assert "Registered en-fr-resume version 1 (alias staging): registry://en-fr-resume/1" in r.stdout
+        r = rayfleet_cli("models", "--name", "en-fr-resume", env=env)
+        assert r.returncode == 0 and "registry://en-fr-resume/1" in r.stdout and "en-fr-resume/2" not in r.stdout, \
+            r.stdout + r.stderr
     finally:
         r = rayfleet_cli("down", "--local", env=env)
     assert r.returncode == 0 and "no Ray process of it is left" in r.stdout, r.stdout + r.stderr

@@ -134,3 +134,32 @@ def test_auth_disabled_only_with_the_dashboard_on_loopback(tmp_path):
     p.write_text(base)   # the default: the head's loopback
     spec = load_model(FleetSpec, p)
     assert spec.security.auth == "disabled" and spec.dashboard_bind == "127.0.0.1" and spec.dashboard_tunneled
+
+
+def test_head_recovery_default_off_and_errors(tmp_path):
+    """head_recovery: RocksDB and a supervised head by default; `off` (YAML's false) or `store: off` turn it
+    off, and the node plan carries no supervisor then; an unknown store or a relative path is a clear error."""
+    from rayfleet.cluster.launcher import node_plan
+    from rayfleet.config.fleet import FleetSpec
+
+    p = tmp_path / "fleet.yaml"
+    base = "name: lab\npython: /opt/venv\nhead:\n  host: 10.0.0.1\n"
+    p.write_text(base)
+    spec = load_model(FleetSpec, p)
+    assert spec.head_recovery.store == "rocksdb"
+    assert node_plan(spec)["supervise"] == {"dir": "~/.rayfleet/lab/head", "store": "~/.rayfleet/lab/gcs-store",
+                                            "cluster": "lab"}
+    for off in ("head_recovery: off\n", "head_recovery:\n  store: off\n"):
+        p.write_text(base + off)
+        spec = load_model(FleetSpec, p)
+        assert spec.head_recovery.store == "off" and node_plan(spec)["supervise"] is None
+    p.write_text(base + "head_recovery:\n  path: /data/gcs\n")
+    assert node_plan(load_model(FleetSpec, p))["supervise"]["store"] == "/data/gcs"
+    p.write_text(base + "head_recovery:\n  store: etcd\n")
+    with pytest.raises(ConfigError) as e:
+        load_model(FleetSpec, p)
+    assert "head_recovery.store" in e.value.message and "'rocksdb' or 'off'" in e.value.message, e.value.message
+    p.write_text(base + "head_recovery:\n  path: gcs\n")
+    with pytest.raises(ConfigError) as e:
+        load_model(FleetSpec, p)
+    assert "head_recovery.path" in e.value.message and "~/.rayfleet/lab/gcs-store" in e.value.message

@@ -164,3 +164,30 @@ def test_the_loop_config_carries_a_trials_overrides_and_refuses_unknown_keys():
     assert (t.lr, t.batch_size, t.warmup_steps) == (1e-3, 24, spec.training.warmup_steps)
     with pytest.raises(ValueError, match="dropout"):  # a search key the loop would ignore
         LoopConfig.model_validate({**sent, "dropout": 0.1})
+
+
+def test_resume_refuses_what_it_cant_resume_before_submitting(tmp_path):
+    """`train --resume RUN_ID`: an unknown run, a run of another job, a run without a checkpoint: each a clear
+    error before anything is submitted (no cluster is asked: the client here is None)."""
+    from rayfleet.errors import TrainError
+    from rayfleet.train.launch import TrainJob, resume
+
+    spec = JobSpec.model_validate({"name": "t", "data": {"synthetic": {}}, "storage_path": str(tmp_path)})
+    with pytest.raises(TrainError) as e:
+        resume(None, spec, "t-20261202-000000-ab12")
+    assert e.value.message == f"No run 't-20261202-000000-ab12' in {tmp_path / 'runs'}."
+    with pytest.raises(TrainError):
+        resume(None, spec, "../../etc")   # a run id is a name, not a path
+    run = tmp_path / "runs" / "u-1"
+    run.mkdir(parents=True)
+    other = spec.model_copy(update={"name": "u"})
+    job = TrainJob(mode="train", spec=other, run_name="u-1", run_dir=str(run), train_storage=str(run.parent),
+                   registry_uri=None, artifact_root=str(tmp_path / "mlartifacts"))
+    (run / "job.json").write_text(job.model_dump_json())
+    with pytest.raises(TrainError) as e:
+        resume(None, spec, "u-1")
+    assert e.value.message == "Run u-1 is a run of job 'u', not of 't'."
+    with pytest.raises(TrainError) as e:
+        resume(None, other, "u-1")
+    assert e.value.message == "Run u-1 has no checkpoint to resume from (it stopped before its first one)."
+    assert e.value.hint == "Start it afresh: rayfleet train JOB.yaml"

@@ -40,12 +40,14 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
 class _Follower(JobProgress):
     """Turns job events (``events.TrainEvent``) into a live progress bar and a few printed lines."""
 
-    def __init__(self, quiet: bool, guard=None):
+    def __init__(self, quiet: bool, guard=None, resuming: bool = False):
         super().__init__(quiet, TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                          TextColumn("step"), MofNCompleteColumn(),
                          TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"), TextColumn("ETA"),
                          TimeRemainingColumn(), guard=guard)
         self._last: events.TrainProgress | None = None
+        self.resuming = resuming          # `train --resume`: the first start comes from the run's checkpoint
+        self._started = False        # a TrainStart was seen
 
     def describe(self) -> str | None:
         ev = self._last
@@ -62,7 +64,10 @@ class _Follower(JobProgress):
         if isinstance(ev, events.Phase):
             self.phase(ev)
         elif isinstance(ev, events.TrainStart):
-            if ev.resumed_from is not None:
+            first, self._started = not self._started, True
+            if ev.resumed_from is not None and first and self.resuming:
+                console.print(f"Resuming from the run's checkpoint at step {ev.resumed_from}.")
+            elif ev.resumed_from is not None:
                 console.print(f"Worker group restarted: resuming from the checkpoint at step {ev.resumed_from}.")
             elif ev.nodes:
                 nodes = sorted(set(ev.nodes))
@@ -98,12 +103,12 @@ def _print_result(result: events.TrainResult) -> None:
 
 def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet: bool,
          fleet_file: Optional[Path], num_workers: Optional[int] = None,
-         unplaceable_timeout: float = 120) -> None:
+         unplaceable_timeout: float = 120, resume: Optional[str] = None) -> None:
     import rayfleet
 
     cluster = rayfleet.connect(fleet_file)
     run = cluster.train(spec_file, mode=mode, samples=samples, num_workers=num_workers,
-                        workers_fix="--num-workers {n}")
+                        workers_fix="--num-workers {n}", resume=resume)
     if run.note:
         console.print(run.note, markup=False)
     console.print(f"Submitted job {run.id} (run dir {run.run_dir}).")
@@ -111,7 +116,7 @@ def _run(spec_file: Path, mode: str, samples: Optional[int], detach: bool, quiet
         console.print(f"Follow it with: rayfleet jobs logs {run.id} --follow")
         return
     try:
-        with _Follower(quiet, run.guard(timeout_s=unplaceable_timeout)) as follower:
+        with _Follower(quiet, run.guard(timeout_s=unplaceable_timeout), resuming=resume is not None) as follower:
             result = run.wait(on_event=follower, on_poll=follower.tick, on_log=follower.log_line)
     except KeyboardInterrupt:
         console.print(f"\nDetached; job {run.id} keeps running. Follow it: rayfleet jobs logs "
@@ -129,17 +134,24 @@ def train(
     unplaceable_timeout: float = typer.Option(
         120, "--unplaceable-timeout", min=1,
         help="Stop the job when it made no progress this many seconds and the cluster can't place it."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", metavar="RUN_ID",
+        help="Run again a failed run of this job (its id, as 'rayfleet train' printed it) from its latest "
+             "checkpoint, with its own settings; registered once, when it finishes."),
     fleet_file: Optional[Path] = FLEET_OPTION,
 ) -> None:
     """Submit a training job; show its progress, metrics and the registered version. Ctrl-C detaches.
 
     A job that needs more CPUs/GPUs than the cluster has is refused before it is submitted;
     one that waits for busy resources says so. Without a terminal, progress is printed as
-    plain lines (phases, evaluations, a heartbeat at least every 30 s).
+    plain lines (phases, evaluations, a heartbeat at least every 30 s). A run that failed
+    (its head restarted, a node lost) resumes from its last checkpoint with --resume RUN_ID.
 
     Example: rayfleet train examples/finetune-tiny.yaml --num-workers 1
     """
-    _run(spec_file, "train", None, detach, quiet, fleet_file, num_workers, unplaceable_timeout)
+    if resume is not None and num_workers is not None:
+        raise typer.BadParameter("--resume runs the run with its own settings: leave out --num-workers")
+    _run(spec_file, "train", None, detach, quiet, fleet_file, num_workers, unplaceable_timeout, resume)
 
 
 def tune(

@@ -199,6 +199,11 @@ class HeadRecoverySpec(Model):
             return {"store": v}
         return v
 
+    @field_validator("store", mode="before")
+    @classmethod
+    def _off(cls, v):
+        return "off" if v is False else v   # YAML reads a bare `off` as false
+
     @field_validator("path")
     @classmethod
     def _path(cls, v: str | None) -> str | None:

@@ -165,6 +165,19 @@ class Registry:
             self.client.log_batch(run.info.run_id, params=items[i:i + 100])
         return run.info.run_id
 
+    def reopen_run(self, experiment: str, tags: dict[str, str]) -> str | None:
+        """The newest run of ``experiment`` with these tags, set RUNNING again; None when there is none."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        if not runs:
+            return None
+        self.client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id
+
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         import time
 

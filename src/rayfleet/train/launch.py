@@ -21,6 +21,7 @@ Run layout in the storage path::
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 import time
@@ -38,7 +39,8 @@ from rayfleet.jobs.resources import Demand, Usage, check_fits
 from rayfleet.jobs.submit import JobsClient, follow_events
 from rayfleet.registry.refs import artifact_root, default_storage, fleet_storage, is_ref, registry_uri
 
-__all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "wait_result", "storage_of", "JOB_ENV"]
+__all__ = ["Launch", "load_job", "on_fleet", "place", "preflight", "submit", "resume", "wait_result", "storage_of",
+           "JOB_ENV"]
 
 JOB_ENV = "RAYFLEET_TRAIN_JOB"   # the job's description, handed to its driver
 
@@ -57,6 +59,7 @@ class TrainJob(BaseModel):
     registry_uri: str | None
     artifact_root: str
     samples: int | None = None      # tune: trials to run
+    resumed: bool = False           # submitted again by `train --resume`: Ray Train restores the run's checkpoint
 
     @classmethod
     def read(cls, path: str | Path) -> "TrainJob":
@@ -201,14 +204,52 @@ def submit(client: JobsClient, spec: JobSpec, *, mode: str = "train", samples: i
     job = TrainJob(mode=mode, spec=spec, run_name=run_name, run_dir=str(run_dir),
                    train_storage=str(storage / "runs"), registry_uri=uri, artifact_root=artifact_root(storage),
                    samples=samples)
-    entrypoint = f"python -m rayfleet.train.workload {shlex.quote(str(run_dir / 'job.json'))}"
+    _submit_job(client, job, run_name, env)
+    return Launch(job_id=run_name, run_dir=run_dir, registry_uri=uri, demand=demand, note=note)
+
+
+def _submit_job(client: JobsClient, job: TrainJob, submission_id: str, env: dict[str, str] | None) -> None:
+    entrypoint = f"python -m rayfleet.train.workload {shlex.quote(str(Path(job.run_dir) / 'job.json'))}"
     # The description (it may hold a database password) goes in the job's environment: not on a
     # command line that `ps` shows every user of a node.
     runtime_env = {"env_vars": {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                                 "RAY_TRAIN_V2_ENABLED": "1", JOB_ENV: job.model_dump_json(), **(env or {})}}
-    client.submit(entrypoint, submission_id=run_name, runtime_env=runtime_env,
-                  metadata={"rayfleet.kind": mode, "rayfleet.name": spec.name})
-    return Launch(job_id=run_name, run_dir=run_dir, registry_uri=uri, demand=demand, note=note)
+    client.submit(entrypoint, submission_id=submission_id, runtime_env=runtime_env,
+                  metadata={"rayfleet.kind": job.mode, "rayfleet.name": job.spec.name})
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def resume(client: JobsClient, spec: JobSpec, run_id: str, *, env: dict[str, str] | None = None) -> Launch:
+    """Submit run ``run_id`` of ``spec`` again (its job failed: a head restart, a node lost): the same run
+    directory, where Ray Train finds the run's latest checkpoint and resumes from it, the same settings
+    (the run's own ``job.json``) and the same MLflow run; registered once, at the end."""
+    runs = storage_of(spec).resolve() / "runs"
+    run_dir = runs / run_id
+    if not _RUN_ID.fullmatch(run_id) or not run_dir.is_dir():
+        raise TrainError(f"No run {run_id!r} in {runs}.",
+                         hint="Give the job id that 'rayfleet train' printed ('rayfleet jobs' lists them), of a "
+                              "job of this spec on this cluster.")
+    try:
+        job = TrainJob.model_validate_json((run_dir / "job.json").read_text())
+    except OSError as e:
+        raise TrainError(f"Can't read run {run_id}'s description {run_dir / 'job.json'}: {e.strerror}.",
+                         hint="Resume it as the user the cluster runs as (fleet.yaml ssh.user).") from None
+    if job.mode != "train":
+        raise TrainError(f"Run {run_id} is a {job.mode} run; only training runs can be resumed.",
+                         hint="Run the search again: rayfleet tune JOB.yaml")
+    if job.spec.name != spec.name:
+        raise TrainError(f"Run {run_id} is a run of job {job.spec.name!r}, not of {spec.name!r}.",
+                         hint=f"Resume it with the spec it ran: rayfleet train JOB.yaml --resume {run_id}")
+    if not any(run_dir.glob("checkpoint*")):
+        raise TrainError(f"Run {run_id} has no checkpoint to resume from (it stopped before its first one).",
+                         hint="Start it afresh: rayfleet train JOB.yaml")
+    _, demand, _ = place(job.spec, client.usage())
+    submission_id = f"{run_id}-resumed-{time.strftime('%H%M%S')}"
+    _submit_job(client, job.model_copy(update={"resumed": True}), submission_id, env)
+    return Launch(job_id=submission_id, run_dir=run_dir, registry_uri=job.registry_uri or "", demand=demand,
+                  note=f"Resuming run {run_id} from its latest checkpoint.")
 
 
 def wait_result(client: JobsClient, job_id: str, *, on_event=None, poll_s: float = 1.0, on_poll=None,

@@ -48,7 +48,7 @@ def flat_params(spec: JobSpec) -> dict[str, Any]:
 
 
 def prepare(spec: JobSpec, run_dir: Path, *, registry_uri: str | None = None,
-            artifact_root: str | None = None) -> dict[str, str]:
+            artifact_root: str | None = None, resumed: bool = False) -> dict[str, str]:
     """Data files and tokenizer on the cluster side: {'train', 'validation', 'tokenizer', 'base'}.
 
     A ``registry://`` base model is looked up in the job's registry (``registry_uri``,
@@ -73,8 +73,12 @@ def prepare(spec: JobSpec, run_dir: Path, *, registry_uri: str | None = None,
         from rayfleet.train.modeling import build_tokenizer
 
         arch = spec.model.arch
-        out["tokenizer"] = str(build_tokenizer(read_pairs(train, "train"), run_dir / "tokenizer",
-                                               vocab_size=arch.vocab_size, max_length=arch.max_positions))
+        tokenizer = run_dir / "tokenizer"
+        if resumed and tokenizer.is_dir():   # the checkpoint's vocabulary: the one the run started with
+            out["tokenizer"] = str(tokenizer)
+        else:
+            out["tokenizer"] = str(build_tokenizer(read_pairs(train, "train"), tokenizer,
+                                                   vocab_size=arch.vocab_size, max_length=arch.max_positions))
     else:
         base = spec.model.base
         if base.startswith("registry://"):
@@ -156,14 +160,19 @@ def _train(job: TrainJob) -> TrainResult:
     spec = job.spec
     run_dir = Path(job.run_dir)
     emit(Phase(name="preparing data and tokenizer"))
-    paths = prepare(spec, run_dir, registry_uri=job.registry_uri, artifact_root=job.artifact_root)
+    paths = prepare(spec, run_dir, registry_uri=job.registry_uri, artifact_root=job.artifact_root,
+                    resumed=job.resumed)
     registry = None
     run_id = None
     if job.registry_uri:
         from rayfleet.registry.store import Registry
 
         registry = Registry(job.registry_uri, artifact_root=job.artifact_root)
-        run_id = registry.start_run(spec.name, job.run_name, flat_params(spec), tags={"rayfleet.job": job.run_name})
+        if job.resumed:   # the run's MLflow run goes on (its metrics so far stay)
+            run_id = registry.reopen_run(spec.name, {"rayfleet.job": job.run_name})
+        if run_id is None:
+            run_id = registry.start_run(spec.name, job.run_name, flat_params(spec),
+                                        tags={"rayfleet.job": job.run_name})
         emit(MlflowRun(run_id=run_id))
     ray.init(log_to_driver=True)
     _quiet_ray_data()

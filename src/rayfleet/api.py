@@ -16,6 +16,7 @@ options, calls these methods and prints.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -348,7 +349,56 @@ class Cluster:
         from rayfleet.serve.service import deploy_service
 
         return deploy_service(self.serve_target, spec, overrides=overrides, timeout_s=timeout_s, progress=progress,
-                              storage=self._serve_storage, extra_args=extra_args)
+                              storage=self._serve_storage, extra_args=extra_args, on_deployed=self._keep_spec)
+
+    # What rayfleet deployed, kept on this machine: a cluster that lost its services (its head started
+    # afresh, without a store) gets them again from `rayfleet up` (``reapply_services``).
+    def _specs_dir(self) -> Path:
+        from rayfleet.cluster import fleet as fleet_mod
+        from rayfleet.cluster.state import state_dir
+
+        if self.target.fleet is not None:
+            return fleet_mod.paths(self.target.fleet).dir / "services"
+        return state_dir() / "services"
+
+    def _keep_spec(self, spec: ServiceSpec, base_dir: Path) -> None:
+        d = self._specs_dir()
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = d / f".{spec.name}.tmp"
+        tmp.write_text(json.dumps({"spec": spec.model_dump(mode="json"), "base_dir": str(base_dir)}))
+        tmp.replace(d / f"{spec.name}.json")
+
+    def reapply_services(self, *, timeout_s: float = 600, progress: Callable[[str], None] | None = None
+                         ) -> dict[str, str | None]:
+        """Deploy again every service rayfleet deployed on this cluster that it no longer runs (a head started
+        afresh, without a store, has none): {name: None when deployed, else the error}."""
+        from rayfleet.errors import RayfleetError
+        from rayfleet.serve.service import deploy_service
+
+        d = self._specs_dir()
+        kept = sorted(d.glob("*.json")) if d.is_dir() else []
+        if not kept:
+            return {}
+        running = {s.name for s in self.services()}
+        out: dict[str, str | None] = {}
+        for path in kept:
+            rec = json.loads(path.read_text())
+            spec = ServiceSpec.model_validate(rec["spec"])
+            if spec.name in running:
+                continue
+            try:
+                deploy_service(self.serve_target, spec, timeout_s=timeout_s, progress=progress,
+                               storage=self._serve_storage, base_dir=Path(rec["base_dir"]))
+                out[spec.name] = None
+            except RayfleetError as e:
+                out[spec.name] = e.message
+        return out
+
+    def forget_services(self) -> None:
+        """``down``: the cluster is stopped on purpose; the next ``up`` starts without services."""
+        import shutil
+
+        shutil.rmtree(self._specs_dir(), ignore_errors=True)
 
     def _serve_storage(self) -> Path | None:
         """Where a service's files go (a registry version's, an app's package). With
@@ -372,6 +422,7 @@ class Cluster:
         from rayfleet.serve.deploy import delete_service
 
         delete_service(self.serve_target, name)
+        (self._specs_dir() / f"{name}.json").unlink(missing_ok=True)
 
     def service_url(self, name: str | None = None) -> str:
         """The URL of service ``name`` (None: the service at route prefix /)."""

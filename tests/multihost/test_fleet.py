@@ -939,10 +939,13 @@ def test_down_leaves_no_ray_process(lab, fleet_up, tiny_model):
     assert not any((h.home(lab.user) / ".rayfleet" / "lab" / "tls").exists() for h in lab.hosts)   # nor a TLS key
 
 
-def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):
+def test_autoscale_up_on_demand_down_when_idle_and_a_lost_service_reapplied(lab, tmp_path, tiny_model):
+    """Workers started by the autoscaler on demand and stopped when idle. Then, on this fleet without head
+    recovery (head_recovery: off): the head's Ray killed, `rayfleet up` starts it afresh, without the
+    service it ran, and deploys that service again from the spec rayfleet kept (and says so)."""
     from rayfleet.cluster import fleet as fl
 
-    ff = _fleet(lab, tmp_path / "fleet.yaml", name="auto",
+    ff = _fleet(lab, tmp_path / "fleet.yaml", name="auto", head_recovery="off",
                 autoscale={"min_workers": 0, "max_workers": 2, "idle_timeout_minutes": 0.2})
     spec = _spec(ff)
     t0 = time.monotonic()
@@ -977,6 +980,27 @@ def test_autoscale_up_on_demand_down_when_idle(lab, tmp_path):
             assert time.monotonic() < deadline, f"workers still alive: {alive()}"
             time.sleep(3)
         _timed("idle workers stopped", t0)
+
+        r = rayfleet_cli("serve", "--model", str(tiny_model), "-f", str(ff), "--timeout", "300", timeout=400)
+        assert r.returncode == 0, r.stdout + r.stderr
+        url = f"http://{lab.hosts[0].ip}:8000/translate"
+        before = httpx.post(url, json={"text": "The cat sleeps."}, timeout=60).json()
+        killed = lab.hosts[0].exec("pgrep -f '[r]aylet|[g]cs_server|[r]ay::|[d]ashboard|[h]aproxy|[m]onitor' "
+                                   "| xargs -r kill -9; echo done")
+        assert killed.stdout.strip().endswith("done"), killed.stderr
+        deadline = time.monotonic() + 60
+        while lab.hosts[0].exec("pgrep -f '[g]cs_server'").stdout.strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        time.sleep(3)
+        assert lab.hosts[0].exec("pgrep -f '[g]cs_server'").stdout.strip() == ""   # nothing started it again
+        t0 = time.monotonic()
+        r = rayfleet_cli("up", "-f", str(ff), "--skip-check", timeout=600)
+        _timed("up after the head was lost without a store (service re-applied)", t0)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Re-applied service translator: the cluster had lost it" in r.stdout, r.stdout
+        after = httpx.post(url, json={"text": "The cat sleeps."}, timeout=60)
+        assert after.status_code == 200 and after.json() == before
     finally:
         r = rayfleet_cli("down", "-f", str(ff), timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from rayfleet.cli._common import (ACCEPT_NEW_HOSTS, FLEET_OPTION, console, fleet_target, load_fleet, pin_new_hosts,
-                                  print_report, print_table)
+from rayfleet.cli._common import (ACCEPT_NEW_HOSTS, FLEET_OPTION, console, err_console, fleet_target, load_fleet,
+                                  pin_new_hosts, print_report, print_table)
 from rayfleet.cluster import fleet as fleet_mod
 from rayfleet.cluster import local
 from rayfleet.cluster.dashboard import list_nodes
@@ -53,7 +54,24 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bo
     console.print(f"  auth:       {auth}")
     console.print("  tls:        " + ("on (Ray's gRPC between nodes; 'rayfleet certs' lists the certificates)"
                                       if spec.security.tls else "OFF (security.tls: false): cluster traffic in clear text"))
+    _reapply(fleet_file)
     console.print(f"Next: {_next_serve()} -f {fleet_file or 'fleet.yaml'}")
+
+
+def _reapply(fleet_file: Optional[Path]) -> None:
+    """The services rayfleet deployed on this cluster and that it lost (its head started afresh, without a
+    store): deployed again, and said so."""
+    import rayfleet
+
+    cluster = rayfleet.connect(fleet_file)
+    with console.status("Checking the services rayfleet deployed here ...") as st:
+        done = cluster.reapply_services(progress=lambda m: st.update(m))
+    for name, error in done.items():
+        if error is None:
+            console.print(f"Re-applied service {name}: the cluster had lost it (its head started without its "
+                          "state), now deployed again from its spec.")
+        else:
+            err_console.print(f"warning: could not re-apply service {name}: {error}", style="yellow", markup=False)
 
 
 def up(
@@ -106,6 +124,8 @@ def up(
     console.print(f"  auth token: {c.token_path} (Ray token auth is on)")
     console.print("  head:       " + (f"supervised; state kept in {local.gcs_store(state_dir())} (RocksDB)"
                                       if c.head_recovery else "not supervised (--no-head-recovery)"))
+    if not result.already_running:
+        _reapply(None)
     console.print(f"Next: {_next_serve()}")
 
 
@@ -121,10 +141,12 @@ def down(
         spec = load_fleet(fleet_file)
         with console.status(f"Stopping fleet '{spec.name}' ...") as st:
             fleet_mod.down(spec, progress=lambda m: st.update(f"fleet '{spec.name}': {m}"))
+        shutil.rmtree(fleet_mod.paths(spec).dir / "services", ignore_errors=True)   # stopped on purpose
         console.print(f"Fleet '{spec.name}' is down: no Ray process is left on its {len(spec.nodes)} nodes.")
         return
     with console.status("Stopping Ray ..."):
         stopped = local.stop()
+    shutil.rmtree(state_dir() / "services", ignore_errors=True)   # stopped on purpose: the next up has none
     if stopped is None:
         console.print(f"No local cluster is running (state dir {state_dir()}).")
     else:

@@ -24,12 +24,13 @@ from rayfleet.serve.deploy import ServeTarget, ServiceStatus, deploy
 __all__ = ["load_service", "deploy_service", "package_app"]
 
 
-def load_service(spec: str | Path | ServiceSpec | dict | None, overrides: dict[str, Any] | None = None
-                 ) -> tuple[ServiceSpec, Path]:
-    """(spec, the directory its relative paths are relative to: the file's, else the current one)."""
+def load_service(spec: str | Path | ServiceSpec | dict | None, overrides: dict[str, Any] | None = None,
+                 base_dir: Path | None = None) -> tuple[ServiceSpec, Path]:
+    """(spec, the directory its relative paths are relative to: the file's, else ``base_dir`` or the current
+    one)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if isinstance(spec, ServiceSpec):
-        return (spec.model_copy(update=overrides) if overrides else spec), Path.cwd()
+        return (spec.model_copy(update=overrides) if overrides else spec), base_dir or Path.cwd()
     if isinstance(spec, dict) or spec is None:
         return validate_data(ServiceSpec, {**(spec or {}), **overrides}, source="command line"), Path.cwd()
     path = Path(spec)
@@ -117,13 +118,26 @@ def deploy_service(target: ServeTarget, spec: str | Path | ServiceSpec | dict | 
                    overrides: dict[str, Any] | None = None, timeout_s: float = 600,
                    progress: Callable[[str], None] | None = None,
                    storage: Callable[[], Path | None] = lambda: None,
-                   extra_args: dict[str, Any] | None = None) -> ServiceStatus:
+                   extra_args: dict[str, Any] | None = None,
+                   on_deployed: Callable[[ServiceSpec, Path], None] | None = None,
+                   base_dir: Path | None = None) -> ServiceStatus:
     """Deploy (or update in place) the service of ``spec``; see the module docstring. ``storage()``
-    is the cluster's shared storage (None: this machine's default), asked only when needed."""
+    is the cluster's shared storage (None: this machine's default), asked only when needed.
+    ``on_deployed(spec, base_dir)``: called with the spec as given (before its model is resolved) once
+    the service answers."""
+    status = _deploy_service(target, load_service(spec, overrides, base_dir), timeout_s, progress, storage,
+                             extra_args)
+    if on_deployed is not None:
+        on_deployed(*load_service(spec, overrides, base_dir))
+    return status
+
+
+def _deploy_service(target, loaded: tuple[ServiceSpec, Path], timeout_s, progress, storage,
+                    extra_args) -> ServiceStatus:
     from rayfleet.serve.keys import hash_key, load_api_keys
     from rayfleet.serve.models import for_fleet, resolve_model
 
-    spec, base_dir = load_service(spec, overrides)
+    spec, base_dir = loaded
     if spec.app is not None:
         runtime_env = package_app(spec, base_dir, storage())
         if progress:

@@ -256,6 +256,16 @@ def test_check_port_taken(lab, fleet_file):
         "'rayfleet down'), or change 'ports:'"]
 
 
+def test_check_head_recovery_store_not_writable(lab, fleet_file, tmp_path):
+    """head_recovery's RocksDB directory is checked on the head only: writable, on a local filesystem."""
+    ff = _fleet(lab, tmp_path / "fleet.yaml", names=True, head_recovery={"path": "/proc/rf-gcs"})
+    r = _check(ff)
+    assert r.returncode == 1
+    assert _fail_rows(r.stdout) == [
+        f"✗ {lab.hosts[0].fqdn} recovery: RocksDB store /proc/rf-gcs (proc): not writable by {lab.user} — fix: "
+        f"make its directory writable by {lab.user}, or set head_recovery.path"]
+
+
 def test_check_storage_not_shared(lab, fleet_file):
     h = lab.hosts[2]
     storage = lab.workdir.parent / "shared"

@@ -17,6 +17,7 @@ Checks, in the words the table uses:
   disk       free space in the temp dir
   gpus       nvidia-smi sees num_gpus GPUs (only where num_gpus > 0)
   storage    the storage path exists, is writable, and a file written on one node is seen on every node
+  recovery   the head only, with head_recovery: its RocksDB directory writable and on a local filesystem
   clock      clock skew vs the head < 1 s
 
 How (one SSH session per host, two rounds): rayfleet logs in to every host at
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rayfleet.cluster.check_compare import Round2, compare_clocks, compare_ports, compare_storage, compare_versions
+from rayfleet.cluster.launcher import gcs_store
 from rayfleet.cluster.probe_session import PROBE, ProbeSession
 from rayfleet.cluster.runtime import MARK, local_lock
 from rayfleet.cluster.ssh import KEY_CHANGED, SSHError, SSHRunner, host_key_fingerprints, known_name
@@ -51,7 +53,9 @@ from rayfleet.errors import HostNotResolved
 
 __all__ = ["CheckResult", "Report", "CHECKS", "run_checks", "runner_for"]
 
-CHECKS = ["ssh", "python", "runtime", "ray", "rayfleet", "names", "ports", "disk", "gpus", "storage", "clock"]
+CHECKS = ["ssh", "python", "runtime", "ray", "rayfleet", "names", "ports", "disk", "gpus", "storage", "recovery",
+          "clock"]
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "ceph", "glusterfs", "9p", "lustre")
 MIN_FREE_DISK_GIB = 2.0
 
 LOGIN_TIMEOUT_S = 15      # SSH login (the original per-command budget of the login check)
@@ -179,6 +183,8 @@ class _HostCheck:
                "ray": None if self.lock else f"{self.fleet.venv}/bin/ray", "gpus": self.gpus_wanted,
                "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
                "storage": self.fleet.storage.path if self.fleet.storage else None,
+               "gcs_store": gcs_store(self.fleet) if self.node is self.fleet.head
+               and self.fleet.head_recovery.store != "off" else None,
                "runtime": {"root": self.fleet.runtime.path, "digest": self.lock.digest, "mark": MARK}
                if self.lock else None,
                "names": sorted(self.names)}
@@ -253,6 +259,20 @@ class _HostCheck:
         self.put(self._disk_row(probe["disk_free_kib"] / 2**20))
         if "storage" in probe:
             self.wrote = probe["storage"]
+        if "gcs_store" in probe:
+            self.put(self._recovery_row(probe["gcs_store"]))
+
+    def _recovery_row(self, st: dict) -> CheckResult:
+        """Head recovery's store on the head: RocksDB wants a local, writable directory."""
+        where = f"RocksDB store {st['path']} ({st['fstype']})"
+        if not st["writable"]:
+            return self.res("recovery", False, f"{where}: not writable by {self.r.user}",
+                            f"make its directory writable by {self.r.user}, or set head_recovery.path")
+        if st["fstype"] in NETWORK_FS:
+            return self.res("recovery", False, f"{where}: a network filesystem",
+                            "put it on the head's local disk (head_recovery.path): RocksDB must not be on "
+                            "NFS or another network filesystem")
+        return self.res("recovery", True, where)
 
     def _names_row(self, seen: dict) -> None:
         """The fleet's host names resolve here as on the machine running rayfleet (Ray is told those addresses)."""

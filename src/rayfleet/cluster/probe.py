@@ -134,6 +134,24 @@ if cfg["storage"]:
             out["storage"] = ""
         except OSError:
             out["storage"] = "not writable"
+if cfg.get("gcs_store"):
+    # head recovery's RocksDB directory: writable, and on a local filesystem (RocksDB on NFS corrupts)
+    store = os.path.expanduser(cfg["gcs_store"])
+    near = store
+    while not os.path.exists(near) and os.path.dirname(near) != near:
+        near = os.path.dirname(near)
+    real = os.path.realpath(near)
+    fstype, best = "?", ""
+    try:
+        with open("/proc/mounts") as f:
+            for entry in f:
+                parts = entry.split()
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, fstype = mnt, parts[2]
+    except OSError:
+        pass
+    out["gcs_store"] = {"path": store, "fstype": fstype, "writable": os.access(near, os.W_OK)}
 print(json.dumps(out), flush=True)
 line = sys.stdin.readline()
 if not line:

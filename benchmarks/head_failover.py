@@ -84,12 +84,15 @@ def main() -> None:
         # Its own bridge and subnet, so it can run beside the multihost tests.
         with HostLab(3, work / "hosts", subnet="10.213.10", prefix="rff", keep=[str(ROOT), str(BIN.parent)]) as lab:
             head, workers = lab.hosts[0], lab.hosts[1:]
+            (work / "shared").mkdir()   # the fleet's storage: the model goes there
+            os.chmod(work / "shared", 0o777)
             for store in ("rocksdb", "off"):
                 ff = work / f"fleet-{store}.yaml"
                 ff.write_text(yaml.safe_dump({
                     "name": f"hf{store}", "head": {"host": head.ip}, "workers": [{"host": h.ip} for h in workers],
                     "ssh": {"user": "root", "key": str(lab.key)}, "python": str(BIN.parent),
                     "resources": {"num_cpus": 1, "object_store_memory": 200 * 2**20},
+                    "storage": {"path": str(work / "shared")},
                     "security": {"serve_host": "0.0.0.0"}, "head_recovery": {"store": store}}))
                 spec = load_model(FleetSpec, ff)
                 print(f"head_recovery {store}", flush=True)

@@ -20,12 +20,10 @@ import dataclasses
 import errno
 import hashlib
 import os
-import select
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -37,7 +35,7 @@ import requests
 from rayfleet._compat.ray import session_logs
 from rayfleet.cluster import processes, state
 from rayfleet.cluster.serving import haproxy_dir, private_dir, serve_env
-from rayfleet.cluster.supervisor import HeadSpec, read_restarts
+from rayfleet.cluster.supervisor import HeadSpec, read_restarts, spawn
 from rayfleet.cluster.state import (
     LocalCluster,
     LocalPorts,
@@ -262,17 +260,11 @@ def _ray_start(cluster: LocalCluster, dashboard_host: str, directory: Path) -> p
 
 def _supervised(directory: Path, env: dict[str, str]) -> tuple[processes.Session, int | None]:
     """Start the head's supervisor (it runs ``ray start --head``); its session and ray start's exit status."""
-    with open(directory / _SUPERVISOR_LOG, "a") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rayfleet.cluster.supervisor", str(directory / _HEAD_SPEC)],
-                                env=with_venv_path(env), stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    session = processes.Session.of(proc.pid)
-    ready, _, _ = select.select([proc.stdout], [], [], _START_TIMEOUT_S + 30)
-    line = proc.stdout.readline().decode(errors="replace").split() if ready else []
-    proc.stdout.close()
-    if line[:1] == ["started"]:
-        return session, 0
-    return session, (int(line[1]) if len(line) > 1 and line[1].lstrip("-").isdigit() else None)
+    pid, line = spawn(directory / _HEAD_SPEC, with_venv_path(env), directory / _SUPERVISOR_LOG)
+    words = line.split()
+    if words[:1] == ["started"]:
+        return processes.Session.of(pid), 0
+    return processes.Session.of(pid), (int(words[1]) if len(words) > 1 and words[1].lstrip("-").isdigit() else None)
 
 
 def _wait_for_dashboard(cluster: LocalCluster, timeout_s: float = 60) -> None:

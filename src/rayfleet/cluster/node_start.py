@@ -230,12 +230,11 @@ def end_supervisor(plan: NodePlan) -> None:
 def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> int:
     """``ray start --head`` run by the head's supervisor (``supervisor.py``) on a fresh RocksDB store: it
     starts the head again, on that store, whenever the head's GCS or raylet dies."""
-    import select
     import shutil
     import uuid
 
     from rayfleet.cluster.processes import MARKER_ENV
-    from rayfleet.cluster.supervisor import HeadSpec
+    from rayfleet.cluster.supervisor import HeadSpec, spawn
 
     sup = plan["supervise"]
     d, record, pidfile = _supervisor_files(sup)
@@ -250,14 +249,8 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
                     log=str(d / "ray-start.log"), restarts=str(d / "restarts.json"), record=str(record),
                     gcs_address=plan["head"])
     spec.save(d / "head.json")
-    with open(d / "supervisor.log", "a") as err:
-        proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(d / "head.json")], env=env,
-                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    pidfile.write_text(f"{proc.pid}\n")
-    ready, _, _ = select.select([proc.stdout], [], [], 180)
-    line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
-    proc.stdout.close()
+    pid, line = spawn(d / "head.json", env, d / "supervisor.log", timeout_s=180)
+    pidfile.write_text(f"{pid}\n")
     log = Path(spec.log).read_text(errors="replace") if Path(spec.log).exists() else ""
     sys.stdout.write(log)
     if line != "started":
@@ -265,7 +258,7 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
               f"see {spec.log} and {d / 'supervisor.log'}", file=sys.stderr)
         return 1
     tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"cluster_id": cluster_id, "pid": proc.pid}))
+    tmp.write_text(json.dumps({"cluster_id": cluster_id, "pid": pid}))
     tmp.replace(record)
     return 0
 

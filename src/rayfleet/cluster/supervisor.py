@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rayfleet.cluster import processes
 
-__all__ = ["HeadSpec", "read_restarts", "HEAD_PROCESSES"]
+__all__ = ["HeadSpec", "spawn", "read_restarts", "HEAD_PROCESSES"]
 
 HEAD_PROCESSES = ("gcs_server", "raylet")   # /proc/PID/comm of the processes a head can't run without
 CHECK_EVERY_S = 1.0
@@ -64,6 +64,21 @@ class HeadSpec:
     @classmethod
     def load(cls, path: Path) -> "HeadSpec":
         return cls(**json.loads(path.read_text()))
+
+
+def spawn(spec_path: Path, env: dict[str, str], log: Path, timeout_s: float = START_TIMEOUT_S + 30
+          ) -> tuple[int, str]:
+    """Start the supervisor of the spec at ``spec_path`` in a new session (it runs ``ray start --head``);
+    its PID and the first start's outcome: ``started``, ``failed RC``, or "" (no answer in time)."""
+    import select
+
+    with open(log, "a") as err:
+        proc = subprocess.Popen([sys.executable, "-m", __name__, str(spec_path)], env=env,
+                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+    proc.stdout.close()
+    return proc.pid, line
 
 
 def read_restarts(path: Path) -> dict:

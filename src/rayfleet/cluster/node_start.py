@@ -167,24 +167,17 @@ def _stop_ray(plan: NodePlan) -> None:
     signal, so it outlives ``ray stop`` and keeps the services' port, and the next Serve's HAProxy can't
     bind it ("Address already in use"). Found by its config in the cluster's private HAProxy dir."""
     _ray("stop", "--force")
-    # Serve's HAProxy manager may reload HAProxy (a new process, `-sf OLD`) while Ray goes down: look again.
-    quiet_until, give_up = time.monotonic() + 3, time.monotonic() + 15
-    while (_stop_haproxy(plan) or time.monotonic() < quiet_until) and time.monotonic() < give_up:
-        time.sleep(0.5)
+    _stop_haproxy(plan)
 
 
-def _stop_haproxy(plan: NodePlan) -> bool:
-    """Kill this cluster's HAProxy processes; True when there was one."""
+def _stop_haproxy(plan: NodePlan) -> None:
     marks = [d.rstrip("/") + "/" for d in plan["private_dirs"]]
-    found = False
     for pid, args in _command_lines_by_pid():
         if "haproxy" in args[0] and any(m in " ".join(args) for m in marks):
-            found = True
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-    return found
 
 
 def start(plan: NodePlan, *, head: bool) -> int:

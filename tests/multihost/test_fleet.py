@@ -845,7 +845,8 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
     fleet_up.write_text(yaml.safe_dump(data))
     new = local_lock((str(wheel),)).digest
     assert new != old
-    assert lab.hosts[0].exec("pgrep -f haproxy").stdout.strip(), "the translator's HAProxy should run on the head"
+    old_haproxy = set(lab.hosts[0].exec("pgrep -f haproxy").stdout.split())
+    assert old_haproxy, "the translator's HAProxy should run on the head"
     t0 = time.monotonic()
     r = rayfleet_cli("up", "-f", str(fleet_up), "--accept-new-hosts", "--skip-check", timeout=900)
     _timed("up with a changed fleet.yaml (a new runtime: one more package)", t0)
@@ -859,8 +860,14 @@ def test_changed_fleet_yaml_is_applied_and_a_new_runtime_replaces_the_old(lab, f
         assert got.stdout.strip() == "extra", got.stderr
         assert f"/runtime/{new}/" in h.exec("ps -eww -o args | grep '[r]aylet/raylet'").stdout
     # Ray restarted on the head: the old Serve's HAProxy went with it (Ray leaves it running: it would
-    # keep port 8000 and the next service's HAProxy could not bind it).
-    assert lab.hosts[0].exec("pgrep -a -f haproxy").stdout.strip() == ""
+    # keep port 8000 and the next service's HAProxy could not bind it) ...
+    assert not old_haproxy & set(lab.hosts[0].exec("pgrep -f haproxy").stdout.split())
+    # ... and the head, started afresh, lost the translator: `up` deployed it again from its kept spec.
+    assert "Re-applied service translator: the cluster had lost it" in r.stdout, r.stdout
+    resp = httpx.post(f"http://{lab.hosts[0].ip}:8000/translate", json={"text": "The cat sleeps."}, timeout=60)
+    assert resp.status_code == 200
+    r = rayfleet_cli("services", "delete", "translator", "-f", str(fleet_up))   # its CPU for the next test
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _head_dir(lab) -> Path:

@@ -1,5 +1,5 @@
-"""What a head failure costs a fleet: head recovery on (RocksDB store + the head's supervisor) vs off, on the
-same 3-host namespace fleet (needs root).
+"""What a head failure costs a fleet: head recovery on (the head's supervisor, with the RocksDB store or
+rayfleet's Redis on a worker) vs off, on the same 3-host namespace fleet (needs root, and redis-server).
 
   python benchmarks/head_failover.py [--window 75] [--json FILE]
 
@@ -11,7 +11,7 @@ kill, over ``--window`` seconds: failed requests on each proxy, seconds until Ra
 again, until every node is ALIVE (the workers under their old node ids), until the service is RUNNING
 with all its replicas, and until the head's proxy answers again. With recovery off nothing starts
 the head: the window shows what users then meet (the workers' raylets give up after Ray's 60 s
-reconnect timeout), and ``rayfleet up`` afterwards is timed. Redis as the store is not built yet.
+reconnect timeout), and ``rayfleet up`` afterwards is timed.
 """
 
 from __future__ import annotations
@@ -86,14 +86,17 @@ def main() -> None:
             head, workers = lab.hosts[0], lab.hosts[1:]
             (work / "shared").mkdir()   # the fleet's storage: the model goes there
             os.chmod(work / "shared", 0o777)
-            for store in ("rocksdb", "off"):
+            for store in ("rocksdb", "redis", "off"):
                 ff = work / f"fleet-{store}.yaml"
+                # Redis: rayfleet's, on the last worker (TLS with the fleet's certificates).
+                recovery = ({"store": store, "redis": {"host": workers[-1].ip}} if store == "redis"
+                            else {"store": store})
                 ff.write_text(yaml.safe_dump({
                     "name": f"hf{store}", "head": {"host": head.ip}, "workers": [{"host": h.ip} for h in workers],
                     "ssh": {"user": "root", "key": str(lab.key)}, "python": str(BIN.parent),
                     "resources": {"num_cpus": 1, "object_store_memory": 200 * 2**20},
                     "storage": {"path": str(work / "shared")},
-                    "security": {"serve_host": "0.0.0.0"}, "head_recovery": {"store": store}}))
+                    "security": {"serve_host": "0.0.0.0"}, "head_recovery": recovery}))
                 spec = load_model(FleetSpec, ff)
                 print(f"head_recovery {store}", flush=True)
                 _cli("up", "-f", str(ff), "--skip-check", "--accept-new-hosts", env=env)

@@ -874,49 +874,61 @@ def _head_dir(lab) -> Path:
     return lab.hosts[0].home(lab.user) / ".rayfleet" / "lab" / "head"
 
 
-def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fleet_up, tiny_model, tmp_path):
-    """Head recovery (the default, RocksDB on the head's disk): every Ray process on the head SIGKILLed while
-    clients send requests to a worker's proxy (serve_host 0.0.0.0, replicas on every node). No request fails;
-    the head's supervisor starts it again; the workers rejoin as the same nodes; the service is RUNNING again
-    without a redeploy, and an update succeeds afterwards."""
-    from rayfleet.cluster import fleet as fl
-    from rayfleet.testing.load import Load
-
-    spec = _spec(fleet_up)
+def _serve_ha(fleet_up, tiny_model, tmp_path) -> Path:
+    """The 'ha' service: 4 replicas of 1 CPU on 4 CPUs (1 + 2 + 1): some on each worker."""
     service = tmp_path / "ha.yaml"
     service.write_text(yaml.safe_dump({"name": "ha", "route_prefix": "/ha", "model": str(tiny_model), "replicas": 4,
                                        "resources": {"num_cpus": 1}, "version": "v1"}))
     r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
     assert r.returncode == 0, r.stdout + r.stderr
+    return service
+
+
+def _kill_the_head_under_load(lab, fleet_up, store: str) -> None:
+    """Every Ray process on the head SIGKILLed while clients send requests to a worker's proxy: no request
+    fails; the supervisor starts the head again; the workers rejoin under their old node ids; 'ha' RUNNING
+    again without a redeploy; `status` tells."""
+    from rayfleet.cluster import fleet as fl
+    from rayfleet.testing.load import Load
+
+    spec = _spec(fleet_up)
+    before = {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
+    assert set(before) == {h.ip for h in lab.hosts}
+    sid = int((_head_dir(lab) / "supervisor.pid").read_text())
+    with Load(f"http://{lab.hosts[1].ip}:8000/ha", clients=2) as load:
+        load.wait_for(20)
+        head = lab.hosts[0]
+        killed = head.exec(f"ps -o pid= -s {sid} | grep -vw {sid} | xargs -r kill -9; echo done")
+        assert killed.stdout.strip().endswith("done"), killed.stderr
+        t0, at_kill = time.monotonic(), load.count()
+        restarts = _head_dir(lab) / "restarts.json"
+        _wait_until(lambda: restarts.exists() and json.loads(restarts.read_text())["count"] == 1, 120,
+                    "the head started again")
+        _timed(f"head killed ({store}): Ray started again on it by its supervisor", t0)
+        _wait_until(lambda: {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"
+                             and n["node_ip"] != head.ip} == {h.ip: before[h.ip] for h in lab.hosts[1:]}
+                    and any(n["node_ip"] == head.ip and n["state"] == "ALIVE" for n in fl.nodes(spec)),
+                    120, "the workers ALIVE under their old node ids, and the head")
+        _timed(f"head killed ({store}): every node ALIVE (the workers under their old node ids)", t0)
+        _wait_until(lambda: re.search(r"│ ha +│ \S+ +│ RUNNING +│ 4 +│", rayfleet_cli(
+            "services", "-f", str(fleet_up)).stdout), 120, "the service RUNNING with 4 replicas")
+        _timed(f"head killed ({store}): the service RUNNING again (nothing redeployed)", t0)
+        load.wait_for(20)
+    print(f"{load.count()} requests ({load.count() - at_kill} after the kill), {len(load.errors)} failed, "
+          f"{load.resent} resent")
+    assert load.errors == [], load.errors[:5]
+    r = rayfleet_cli("status", "-f", str(fleet_up))
+    assert re.search(r"^Head: restarted 1 time\(s\); last at .* back in \d+ s$", r.stdout, re.M), r.stdout
+
+
+def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fleet_up, tiny_model, tmp_path):
+    """Head recovery (the default, RocksDB on the head's disk): every Ray process on the head SIGKILLed while
+    clients send requests to a worker's proxy (serve_host 0.0.0.0, replicas on every node). No request fails;
+    the head's supervisor starts it again; the workers rejoin as the same nodes; the service is RUNNING again
+    without a redeploy, and an update succeeds afterwards."""
+    service = _serve_ha(fleet_up, tiny_model, tmp_path)
     try:
-        before = {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
-        assert set(before) == {h.ip for h in lab.hosts}
-        # 4 replicas of 1 CPU on 4 CPUs (1 + 2 + 1): some on each worker.
-        sid = int((_head_dir(lab) / "supervisor.pid").read_text())
-        with Load(f"http://{lab.hosts[1].ip}:8000/ha", clients=2) as load:
-            load.wait_for(20)
-            head = lab.hosts[0]
-            killed = head.exec(f"ps -o pid= -s {sid} | grep -vw {sid} | xargs -r kill -9; echo done")
-            assert killed.stdout.strip().endswith("done"), killed.stderr
-            t0, at_kill = time.monotonic(), load.count()
-            restarts = _head_dir(lab) / "restarts.json"
-            _wait_until(lambda: restarts.exists() and json.loads(restarts.read_text())["count"] == 1, 120,
-                        "the head started again")
-            _timed("head killed: Ray started again on it by its supervisor", t0)
-            _wait_until(lambda: {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"
-                                 and n["node_ip"] != head.ip} == {h.ip: before[h.ip] for h in lab.hosts[1:]}
-                        and any(n["node_ip"] == head.ip and n["state"] == "ALIVE" for n in fl.nodes(spec)),
-                        120, "the workers ALIVE under their old node ids, and the head")
-            _timed("head killed: every node ALIVE (the workers under their old node ids)", t0)
-            _wait_until(lambda: re.search(r"│ ha +│ \S+ +│ RUNNING +│ 4 +│", rayfleet_cli(
-                "services", "-f", str(fleet_up)).stdout), 120, "the service RUNNING with 4 replicas")
-            _timed("head killed: the service RUNNING again (nothing redeployed)", t0)
-            load.wait_for(20)
-        print(f"{load.count()} requests ({load.count() - at_kill} after the kill), {len(load.errors)} failed, "
-              f"{load.resent} resent")
-        assert load.errors == [], load.errors[:5]
-        r = rayfleet_cli("status", "-f", str(fleet_up))
-        assert re.search(r"^Head: restarted 1 time\(s\); last at .* back in \d+ s$", r.stdout, re.M), r.stdout
+        _kill_the_head_under_load(lab, fleet_up, "RocksDB")
         # An update afterwards: a new version on 2 replicas (Serve stops 2 old ones, then starts the new ones
         # beside the other 2: room for them on these 4 CPUs).
         service.write_text(service.read_text().replace("version: v1", "version: v2").replace("replicas: 4",
@@ -925,6 +937,44 @@ def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fl
         assert r.returncode == 0, r.stdout + r.stderr
         resp = httpx.post(f"http://{lab.hosts[2].ip}:8000/ha/translate", json={"text": "The cat sleeps."}, timeout=60)
         assert resp.status_code == 200 and resp.headers.get("x-model-version") == "v2", resp.headers
+    finally:
+        rayfleet_cli("services", "delete", "ha", "-f", str(fleet_up))
+
+
+def test_head_killed_with_redis_on_a_worker_as_the_store(lab, fleet_up, tiny_model, tmp_path):
+    """head_recovery.store: redis, rayfleet's Redis on a worker (the distribution's redis-server, TLS with the
+    fleet's certificates, its password never on a command line or in a log here): the same head kill under
+    load, the same recovery."""
+    data = yaml.safe_load(fleet_up.read_text())
+    redis_host = lab.hosts[2]
+    data["head_recovery"] = {"store": "redis", "redis": {"host": redis_host.fqdn}}
+    # (as the changed-yaml test left them: a proxy on every node, 4 CPUs for the 4 replicas)
+    data["security"] = {"serve_host": "0.0.0.0"}
+    data["workers"][0]["resources"] = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
+    fleet_up.write_text(yaml.safe_dump(data))
+    t0 = time.monotonic()
+    r = rayfleet_cli("up", "-f", str(fleet_up), timeout=900)   # with its check: redis-server on that worker
+    _timed("up with head_recovery.store: redis (Ray restarted on every node)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"Redis started on {redis_host.fqdn}" in r.stdout, r.stdout
+    password = (Path(os.environ["RAYFLEET_HOME"]) / "fleets" / "lab" / "redis-password").read_text().strip()
+    on_head = _head_dir(lab) / "redis-password"
+    assert on_head.read_text().strip() == password and on_head.stat().st_mode & 0o077 == 0
+    up_log = (Path(os.environ["RAYFLEET_HOME"]) / "fleets" / "lab" / "up.log").read_text()
+    assert password not in up_log and password not in r.stdout + r.stderr
+    conf = redis_host.home(lab.user) / ".rayfleet" / "lab" / "redis" / "redis.conf"
+    assert "tls-port 6390" in conf.read_text() and conf.stat().st_mode & 0o077 == 0
+    pid = (conf.parent / "redis.pid").read_text().strip()
+    assert password not in redis_host.exec(f"cat /proc/{pid}/cmdline").stdout
+    inside = f"/home/{lab.user}/.rayfleet/lab"   # as the host sees it
+    t = f"{inside}/tls"
+    keys = redis_host.exec(f"REDISCLI_AUTH=$(awk '/^requirepass /{{print $2}}' {inside}/redis/redis.conf) redis-cli "
+                           f"-h {redis_host.ip} -p 6390 --tls --cacert {t}/ca.crt --cert {t}/node.crt "
+                           f"--key {t}/node.key --scan")
+    assert "RAYlab@NODE" in keys.stdout.split(), keys.stdout + keys.stderr   # the GCS keeps its tables there
+    _serve_ha(fleet_up, tiny_model, tmp_path)
+    try:
+        _kill_the_head_under_load(lab, fleet_up, "Redis")
     finally:
         rayfleet_cli("services", "delete", "ha", "-f", str(fleet_up))
 
@@ -950,8 +1000,10 @@ def test_down_leaves_no_ray_process(lab, fleet_up, tiny_model):
     assert r.returncode == 0, r.stdout + r.stderr
     left = {h: p for h, p in fl.ray_processes(_spec(fleet_up)).items() if p}
     assert left == {}
-    for h in lab.hosts:  # seen from inside each host too, Serve's HAProxy included (the translator ran)
-        assert h.exec("pgrep -f 'raylet|gcs_server|ray::|haproxy'").stdout.strip() == ""
+    for h in lab.hosts:  # seen from inside each host too, Serve's HAProxy included (the translator ran), and
+        # the head's store, Redis (head_recovery.store: redis since the test before)
+        assert h.exec("pgrep -f 'raylet|gcs_server|ray::|haproxy|redis-server'").stdout.strip() == ""
+        assert not (h.home(lab.user) / ".rayfleet" / "lab" / "redis").exists()
     assert not key.exists()   # no private key left on any node
     assert not any((h.home(lab.user) / ".rayfleet" / "lab" / "tls").exists() for h in lab.hosts)   # nor a TLS key
 
@@ -1026,7 +1078,8 @@ def test_autoscale_up_on_demand_down_when_idle_and_a_lost_service_reapplied(lab,
 def test_no_secret_on_the_wire(lab):
     """Everything on the lab's LAN since the module began (but SSH: encrypted) - check, up on bare hosts,
     jobs, training, serving, translating, the Ray Client, down, the autoscaled fleet - searched for the
-    fleets' tokens (as text and HPACK-coded) and the private keys (SSH, TLS): 0 found."""
+    fleets' tokens (as text and HPACK-coded), the private keys (SSH, TLS) and the password of the head's
+    Redis: 0 found."""
     from rayfleet.cluster.state import state_dir
     from rayfleet.testing.capture import forms, search
 
@@ -1040,7 +1093,9 @@ def test_no_secret_on_the_wire(lab):
     pem = lambda p: [(lambda b: b[len(b) // 2])(p.read_text().splitlines()[1:-1]).encode()]  # noqa: E731
     secrets["the SSH private key"] = pem(lab.key)
     secrets["the nodes' TLS keys"] = [b for k in (state_dir() / "fleets").glob("*/tls/nodes/*.key") for b in pem(k)]
-    assert secrets["the SSH private key"] and secrets["the nodes' TLS keys"]
+    # rayfleet's Redis on a worker (the head's store): its password, from the head, over TLS
+    secrets["the Redis password"] = [p.read_bytes().strip() for p in (state_dir() / "fleets").glob("*/redis-password")]
+    assert secrets["the SSH private key"] and secrets["the nodes' TLS keys"] and secrets["the Redis password"]
     rep = search(_WIRE["pcap"], secrets)
     print(f"\ntcpdump: {summary.splitlines()[0] if summary else '?'}\n{rep.summary}")
     assert rep.tcp_packets > 10_000, rep.summary   # the module's traffic was seen

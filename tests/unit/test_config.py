@@ -158,8 +158,56 @@ def test_head_recovery_default_off_and_errors(tmp_path):
     p.write_text(base + "head_recovery:\n  store: etcd\n")
     with pytest.raises(ConfigError) as e:
         load_model(FleetSpec, p)
-    assert "head_recovery.store" in e.value.message and "'rocksdb' or 'off'" in e.value.message, e.value.message
+    assert "head_recovery.store" in e.value.message and "'rocksdb', 'redis' or 'off'" in e.value.message, e.value.message
     p.write_text(base + "head_recovery:\n  path: gcs\n")
     with pytest.raises(ConfigError) as e:
         load_model(FleetSpec, p)
     assert "head_recovery.path" in e.value.message and "~/.rayfleet/lab/gcs-store" in e.value.message
+
+
+def test_head_recovery_on_redis_and_its_mistakes(tmp_path):
+    """store: redis: rayfleet's Redis on the head (loopback) by default, on a named node (TLS with the fleet's
+    certificates), or your own URL with its password in a file; each mistake named with the fix."""
+    from rayfleet.cluster.launcher import node_plan
+    from rayfleet.cluster.redis_store import node, password
+    from rayfleet.config.fleet import FleetSpec
+
+    p = tmp_path / "fleet.yaml"
+    base = "name: lab\npython: /opt/venv\nhead:\n  host: 10.0.0.1\nworkers:\n  - host: 10.0.0.2\n"
+    p.write_text(base + "head_recovery: redis\n")
+    spec = load_model(FleetSpec, p)
+    assert node(spec) is spec.head
+    assert node_plan(spec)["supervise"] == {
+        "dir": "~/.rayfleet/lab/head", "store": "", "cluster": "lab",
+        "redis": {"url": "redis://127.0.0.1:6390", "username": "", "namespace": "lab", "env": {},
+                  "password_file": "~/.rayfleet/lab/head/redis-password"}}
+    p.write_text(base + "head_recovery:\n  store: redis\n  redis:\n    host: 10.0.0.2\n    port: 6390\n")
+    redis = node_plan(load_model(FleetSpec, p))["supervise"]["redis"]
+    assert redis["url"] == "rediss://10.0.0.2:6390"
+    assert redis["env"] == {"RAY_REDIS_CA_CERT": "~/.rayfleet/lab/tls/ca.crt",
+                            "RAY_REDIS_CLIENT_CERT": "~/.rayfleet/lab/tls/node.crt",
+                            "RAY_REDIS_CLIENT_KEY": "~/.rayfleet/lab/tls/node.key"}
+    secret = tmp_path / "redis.pass"
+    secret.write_text("s3cret\n")
+    p.write_text(base + f"head_recovery:\n  store: redis\n  redis:\n    url: redis://ray@redis.lan:6379\n"
+                        f"    password_file: {secret}\n")
+    spec = load_model(FleetSpec, p)
+    redis = node_plan(spec)["supervise"]["redis"]
+    assert (redis["url"], redis["username"]) == ("redis://redis.lan:6379", "ray") and node(spec) is None
+    assert password(spec, tmp_path) == "s3cret"
+    for bad, words in [
+        ("  store: redis\n  redis:\n    host: 10.0.0.9\n", ["head_recovery.redis.host is 10.0.0.9", "10.0.0.2"]),
+        ("  store: redis\n  redis:\n    url: redis://:pw@redis.lan:6379\n", ["password_file"]),
+        ("  store: redis\n  redis:\n    url: http://redis.lan\n", ["not a Redis URL", "redis://HOST:PORT"]),
+        ("  store: redis\n  redis:\n    url: redis://r:1\n    host: 10.0.0.2\n", ["either host", "or url"]),
+        ("  store: redis\n  redis:\n    url: redis://r:1\n    password_file: /nonexistent\n",
+         ["/nonexistent does not exist on this machine"]),
+        ("  redis:\n    port: 6390\n", ["redis is set, but store is rocksdb", "store: redis"]),
+        ("  store: redis\n  path: /data/gcs\n", ["path is RocksDB's directory", "store is redis"]),
+        ("  store: redis\n  redis:\n    port: 6379\n", ["head_recovery.redis.port 6379 is also ports.gcs"]),
+    ]:
+        p.write_text(base + "head_recovery:\n" + bad)
+        with pytest.raises(ConfigError) as e:
+            load_model(FleetSpec, p)
+        text = e.value.message + " " + (e.value.hint or "")
+        assert all(w in text for w in words), (bad, text)

@@ -33,7 +33,9 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bo
     pin_new_hosts(spec, accept_new_hosts)
     if not skip_check:
         with console.status(f"Checking {len(spec.nodes)} hosts ..."):
-            report = run_checks(spec, fleet_mod.paths(spec).known_hosts)
+            # On a running fleet (a changed fleet.yaml, a node to bring back) its Ray holds its ports.
+            running = frozenset(fleet_mod.alive_ips(spec))
+            report = run_checks(spec, fleet_mod.paths(spec).known_hosts, running)
         if not report.ok:
             print_report(report)
             raise ClusterError(f"{len(report.failures())} check(s) failed; the cluster was not started.",
@@ -54,8 +56,27 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bo
     console.print(f"  auth:       {auth}")
     console.print("  tls:        " + ("on (Ray's gRPC between nodes; 'rayfleet certs' lists the certificates)"
                                       if spec.security.tls else "OFF (security.tls: false): cluster traffic in clear text"))
+    console.print(f"  head:       {_recovery_label(spec)}")
     _reapply(fleet_file)
     console.print(f"Next: {_next_serve()} -f {fleet_file or 'fleet.yaml'}")
+
+
+def _recovery_label(spec) -> str:
+    """Where a fleet keeps its state for a dead head (head_recovery), in words."""
+    from rayfleet.cluster import redis_store
+    from rayfleet.cluster.launcher import gcs_store
+
+    hr = spec.head_recovery
+    if hr.store == "off":
+        return "not supervised (head_recovery: off): a dead head stays down until 'rayfleet up'"
+    if hr.store == "rocksdb":
+        return f"supervised; the cluster's state in RocksDB on its disk ({gcs_store(spec)})"
+    n = redis_store.node(spec)
+    if n is None:
+        return f"supervised; the cluster's state in your Redis {hr.redis.url}"
+    url = redis_store.plan(spec, "")["url"]
+    return (f"supervised; the cluster's state in rayfleet's Redis on {n.label}, port {hr.redis.port}"
+            + (" (TLS)" if url.startswith("rediss") else ""))
 
 
 def _reapply(fleet_file: Optional[Path]) -> None:

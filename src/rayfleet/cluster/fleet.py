@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
-from rayfleet.cluster import runtime, tls
+from rayfleet.cluster import redis_store, runtime, tls
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, gcs_store, remote_token_path, render, render_yaml,
                                        started_mark, supervisor_dir, worker_start_command)
@@ -40,7 +40,7 @@ from rayfleet.cluster.ssh import SSHError
 from rayfleet.cluster.state import auth_headers as state_auth_headers
 from rayfleet.cluster.state import ensure_token, ray_executable, state_dir, with_venv_path
 from rayfleet.config.fleet import FleetSpec, shell_path
-from rayfleet.errors import ClusterError, ClusterNotRunning
+from rayfleet.errors import ClusterError, ClusterNotRunning, RayfleetError
 
 __all__ = ["FleetPaths", "paths", "up", "down", "nodes", "auth_headers", "dashboard_url", "dashboard_label",
            "ray_processes", "export_config", "exec_on", "logs"]
@@ -144,10 +144,11 @@ def head_restarts(fleet: FleetSpec) -> dict | None:
     return {"count": int(data.get("count", 0)), "history": list(data.get("history", []))}
 
 
-def _alive_ips(fleet: FleetSpec) -> set[str]:
+def alive_ips(fleet: FleetSpec) -> set[str]:
+    """The addresses of the fleet's ALIVE nodes (none when its head does not answer)."""
     try:
         return {n["node_ip"] for n in nodes(fleet, timeout_s=5) if n.get("state") == "ALIVE"}
-    except (ClusterError, ValueError, KeyError):
+    except (RayfleetError, ValueError, KeyError):   # down, unreachable, a name that does not resolve
         return set()
 
 
@@ -161,7 +162,7 @@ def _wait_alive(fleet: FleetSpec, expected: set[str], timeout_s: float, progress
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
-        alive = _alive_ips(fleet) & expected
+        alive = alive_ips(fleet) & expected
         msg = f"{len(alive)}/{len(expected)} nodes alive" + (
             f" (waiting for {_labels(fleet, expected - alive)})" if expected - alive else "")
         if progress and msg != last:
@@ -199,7 +200,7 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
     changed = not p.launcher_yaml.exists() or p.launcher_yaml.read_text() != text
     # Nodes are matched by address (Ray's node_ip): a host written as a name is resolved here.
     expected = {fleet.head.address} | {w.address for w in fleet.workers[:fleet.min_workers]}
-    alive = _alive_ips(fleet)
+    alive = alive_ips(fleet)
     if not changed and expected <= alive:
         if progress:
             progress("unchanged: every expected node is alive")
@@ -224,6 +225,9 @@ def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float =
     if fleet.shipped:
         runtime.install(fleet, progress=progress, timeout_s=max(timeout_s, 1200))
     _ship_certs(fleet, fleet.nodes, progress)
+    did = redis_store.start(fleet, p.dir, p.known_hosts)   # head_recovery.store: redis (before the head starts)
+    if progress and did:
+        progress(did)
     p.launcher_yaml.write_text(text)
     if progress:
         progress("starting the head through Ray's cluster launcher")
@@ -375,7 +379,8 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
         d = shell_path(supervisor_dir(fleet))
         head_cmd = (f"d={d}; rm -f \"$d/record.json\"; p=$(cat \"$d/supervisor.pid\" 2>/dev/null); "
                     f"if [ -n \"$p\" ] && grep -qa {SUPERVISOR_MODULE} /proc/$p/cmdline 2>/dev/null; then kill $p; fi; "
-                    f"rm -f \"$d/supervisor.pid\"; " + head_cmd + f"; rm -rf {shell_path(gcs_store(fleet))}")
+                    f"rm -f \"$d/supervisor.pid\" \"$d/{redis_store.PASSWORD_FILE}\"; " + head_cmd
+                    + f"; rm -rf {shell_path(gcs_store(fleet))}")
 
     def stop(node) -> str | None:
         try:
@@ -388,6 +393,12 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     # workers to linger ~60 s; `ray stop --force` on each node ends them at once.
     with ThreadPoolExecutor(len(fleet.nodes)) as pool:
         errors = [e for e in pool.map(stop, fleet.nodes) if e]
+    redis_node = redis_store.node(fleet)   # rayfleet's Redis (head_recovery.store: redis), once the head is stopped
+    if redis_node is not None:
+        try:
+            runner_for(fleet, redis_node, known).run(redis_store.stop_command(fleet), timeout_s=timeout_s)
+        except SSHError as e:
+            errors.append(f"{redis_node.host}: Redis: {e.message}")
     for d in (p.ray_tmp, p.ray_tmp / "ray"):  # the launcher's own state (RAY_TMPDIR/ray)
         for f in launcher_state_files(fleet.name, str(d)):
             Path(f).unlink(missing_ok=True)

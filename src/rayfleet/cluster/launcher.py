@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from rayfleet.cluster import tls
+from rayfleet.cluster import redis_store, tls
 from rayfleet.cluster.node_start import SESSION, NodePlan, Supervise
 from rayfleet.cluster.serving import haproxy_dir, serve_env
 from rayfleet.config.fleet import FleetSpec, ResourcesSpec
@@ -142,8 +142,12 @@ def gcs_store(fleet: FleetSpec) -> str:
 
 def supervise(fleet: FleetSpec) -> Supervise | None:
     """Head recovery's plan for node_start (None: head_recovery off)."""
-    if fleet.head_recovery.store == "off":
+    store = fleet.head_recovery.store
+    if store == "off":
         return None
+    if store == "redis":
+        return Supervise(dir=supervisor_dir(fleet), store="", cluster=fleet.name,
+                         redis=redis_store.plan(fleet, supervisor_dir(fleet)))
     return Supervise(dir=supervisor_dir(fleet), store=gcs_store(fleet), cluster=fleet.name)
 
 

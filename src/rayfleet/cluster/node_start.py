@@ -34,10 +34,13 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TypedDict
+from typing import TYPE_CHECKING, Iterator, NotRequired, TypedDict
 
 from rayfleet._compat.ray import RAYLET_COMMAND, raylet_args
 from rayfleet.cluster.serving import private_dir
+
+if TYPE_CHECKING:
+    from rayfleet.cluster.redis_store import RedisPlan
 
 __all__ = ["NodePlan", "MARK_TTL_S", "main"]
 
@@ -53,8 +56,9 @@ class Supervise(TypedDict):
     """Head recovery (``head_recovery:`` in fleet.yaml): where the head's supervisor keeps its files and
     the GCS its store, on the head."""
     dir: str        # the supervisor's spec, pid, log, restart record ("~/" expanded here)
-    store: str      # RocksDB directory of the GCS
+    store: str      # RocksDB directory of the GCS ("" with Redis)
     cluster: str    # the fleet's name
+    redis: NotRequired[RedisPlan]   # the GCS's store in Redis instead (redis_store.py)
 
 
 class NodePlan(TypedDict):
@@ -220,6 +224,35 @@ def end_supervisor(plan: NodePlan) -> None:
     pidfile.unlink(missing_ok=True)
 
 
+def _fresh_redis_store(r: RedisPlan, env: dict[str, str], flags: list[str]) -> str:
+    """The head's GCS on Redis: Ray's variables into ``env``, its password flags onto ``flags``, and the
+    cluster's keys of an earlier head deleted. Returns what went wrong ("" when nothing did)."""
+    from rayfleet.cluster.redis_store import ping
+
+    path = Path(os.path.expanduser(r["password_file"]))
+    try:
+        password = path.read_text().strip()
+    except OSError as e:
+        return f"can't read Redis's password ({path}: {e.strerror}); 'rayfleet up' puts it there"
+    ssl_files = {k: os.path.expanduser(v) for k, v in r["env"].items()}
+    problem = ping(r["url"], password, r["username"], ssl_files=ssl_files)
+    if problem:
+        return (f"the head can't use its store, Redis at {r['url']} (head_recovery.redis): {problem}. Check "
+                "that it runs and that the password is right")
+    env.update(ssl_files, RAY_REDIS_ADDRESS=r["url"], RAY_external_storage_namespace=r["namespace"])
+    os.environ.update(ssl_files)   # Ray's Redis client below reads its TLS files from the environment
+    from ray._private.gcs_utils import cleanup_redis_storage
+
+    scheme, hostport = r["url"].split("://", 1)
+    host, _, port = hostport.rpartition(":")
+    cleanup_redis_storage(host, int(port), password, scheme == "rediss", r["namespace"], r["username"] or None)
+    if password:
+        flags.append(f"--redis-password={password}")
+    if r["username"]:
+        flags.append(f"--redis-username={r['username']}")
+    return ""
+
+
 def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> int:
     """``ray start --head`` run by the head's supervisor (``supervisor.py``) on a fresh RocksDB store: it
     starts the head again, on that store, whenever the head's GCS or raylet dies."""
@@ -231,12 +264,20 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
 
     sup = plan["supervise"]
     d, record, pidfile = _supervisor_files(sup)
-    store = Path(os.path.expanduser(sup["store"]))
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.rmtree(store, ignore_errors=True)   # a new head: a new cluster (the store serves its restarts)
-    store.mkdir(parents=True, mode=0o700)
     cluster_id = f"{sup['cluster']}-{uuid.uuid4().hex[:8]}"
-    env = dict(env, RAY_gcs_storage="rocksdb", RAY_gcs_storage_path=str(store), **{MARKER_ENV: cluster_id})
+    env = dict(env, **{MARKER_ENV: cluster_id})
+    # A new head: a new cluster (the store serves its restarts).
+    if "redis" in sup:
+        problem = _fresh_redis_store(sup["redis"], env, flags)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+    else:
+        store = Path(os.path.expanduser(sup["store"]))
+        shutil.rmtree(store, ignore_errors=True)
+        store.mkdir(parents=True, mode=0o700)
+        env.update(RAY_gcs_storage="rocksdb", RAY_gcs_storage_path=str(store))
     (d / "restarts.json").unlink(missing_ok=True)
     spec = HeadSpec(cluster_id=cluster_id, args=[f"{sys.prefix}/bin/ray", "start", *flags],
                     log=str(d / "ray-start.log"), restarts=str(d / "restarts.json"), record=str(record),

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rayfleet.cluster.check_compare import Round2, compare_clocks, compare_ports, compare_storage, compare_versions
+from rayfleet.cluster import redis_store
 from rayfleet.cluster.launcher import gcs_store
 from rayfleet.cluster.probe_session import PROBE, ProbeSession
 from rayfleet.cluster.runtime import MARK, local_lock
@@ -128,8 +129,9 @@ def _ports_for(fleet: FleetSpec, node: NodeSpec) -> dict[str, int]:
 class _HostCheck:
     """The checks of one host; never raises. ``rows`` holds its results by check name."""
 
-    def __init__(self, fleet: FleetSpec, node: NodeSpec, runner: SSHRunner, nonce: str):
+    def __init__(self, fleet: FleetSpec, node: NodeSpec, runner: SSHRunner, nonce: str, *, running: bool = False):
         self.fleet, self.node, self.r = fleet, node, runner
+        self.running = running   # the fleet's Ray runs here (an `up` of a running fleet): it holds the ports
         # The probe needs only the standard library: the node's python3 runs it when rayfleet ships
         # the runtime (which may not be there yet), else the venv's own Python.
         self.lock = local_lock(tuple(fleet.runtime.extra_requirements)) if fleet.shipped else None
@@ -179,12 +181,16 @@ class _HostCheck:
             self.put(self.res("ssh", False, f"the name does not resolve on this machine ({self.unresolved.reason})",
                               HostNotResolved.FIX))
             return
-        cfg = {"ip": self.address, "ports": _ports_for(self.fleet, self.node), "temp_dir": self.fleet.temp_dir,
+        cfg = {"ip": self.address, "ports": {} if self.running else _ports_for(self.fleet, self.node),
+               "temp_dir": self.fleet.temp_dir,
                "ray": None if self.lock else f"{self.fleet.venv}/bin/ray", "gpus": self.gpus_wanted,
                "hold_s": HOLD_S, "nonce": self.nonce, "mark": self.mark,
                "storage": self.fleet.storage.path if self.fleet.storage else None,
                "gcs_store": gcs_store(self.fleet) if self.node is self.fleet.head
-               and self.fleet.head_recovery.store != "off" else None,
+               and self.fleet.head_recovery.store == "rocksdb" else None,
+               "redis_server": self.node is redis_store.node(self.fleet),
+               "redis_url": self.fleet.head_recovery.redis.url if self.node is self.fleet.head
+               and self.fleet.head_recovery.store == "redis" else None,
                "runtime": {"root": self.fleet.runtime.path, "digest": self.lock.digest, "mark": MARK}
                if self.lock else None,
                "names": sorted(self.names)}
@@ -253,14 +259,19 @@ class _HostCheck:
                               "" if self.facts["rayfleet"] else f"pip install rayfleet into {self.fleet.python}"))
         self._names_row(probe.get("names") or {})
         taken = probe["taken"]
-        self.put(self.res("ports", not taken, ("taken: " + ", ".join(taken)) if taken else "free",
-                          "stop what uses them (a Ray already running? 'rayfleet down'), or change 'ports:'"
-                          if taken else ""))
+        if self.running:
+            self.put(self.res("ports", None, "held by the fleet's Ray, running here"))
+        else:
+            self.put(self.res("ports", not taken, ("taken: " + ", ".join(taken)) if taken else "free",
+                              "stop what uses them (a Ray already running? 'rayfleet down'), or change 'ports:'"
+                              if taken else ""))
         self.put(self._disk_row(probe["disk_free_kib"] / 2**20))
         if "storage" in probe:
             self.wrote = probe["storage"]
         if "gcs_store" in probe:
             self.put(self._recovery_row(probe["gcs_store"]))
+        if "redis" in probe:
+            self.put(self._redis_row(probe["redis"]))
 
     def _recovery_row(self, st: dict) -> CheckResult:
         """Head recovery's store on the head: RocksDB wants a local, writable directory."""
@@ -273,6 +284,27 @@ class _HostCheck:
                             "put it on the head's local disk (head_recovery.path): RocksDB must not be on "
                             "NFS or another network filesystem")
         return self.res("recovery", True, where)
+
+    def _redis_row(self, st: dict) -> CheckResult:
+        """Head recovery's Redis: redis-server installed where rayfleet runs it, or the fleet's own answering."""
+        if "server" in st:
+            if not st["server"]:
+                return self.res("recovery", False, "head_recovery.store is redis and Redis runs here: no redis-server",
+                                "install it ('apt install redis-server' on Debian/Ubuntu), or name another node in "
+                                "head_recovery.redis.host")
+            return self.res("recovery", True, f"runs the head's store: {st['server'].split(' sha=')[0]}")
+        where = f"Redis at {st['url']}"
+        if "error" in st:
+            return self.res("recovery", False, f"{where}: the head can't reach it ({st['error']})",
+                            "start it, or let the head reach it (firewall, address in head_recovery.redis.url)")
+        answer = st["answer"]
+        if answer == "+PONG":
+            return self.res("recovery", None, f"{where} answers without a password",
+                            "give it one (requirepass) and put it in head_recovery.redis.password_file")
+        if answer.startswith("-NOAUTH") or answer == "TLS":
+            return self.res("recovery", True, f"{where} answers (the password is tried by 'rayfleet up')")
+        return self.res("recovery", False, f"{where} does not answer as Redis does ({answer[:60] or 'nothing'})",
+                        "check head_recovery.redis.url: host and port of your Redis")
 
     def _names_row(self, seen: dict) -> None:
         """The fleet's host names resolve here as on the machine running rayfleet (Ray is told those addresses)."""
@@ -435,10 +467,12 @@ class _HostCheck:
                 pass
 
 
-def run_checks(fleet: FleetSpec, known_hosts: Path | None = None) -> Report:
-    """Run every check on every host, in parallel. Never raises for a host problem."""
+def run_checks(fleet: FleetSpec, known_hosts: Path | None = None, running: frozenset[str] = frozenset()) -> Report:
+    """Run every check on every host, in parallel. Never raises for a host problem. ``running``: the
+    addresses of the nodes where the fleet's Ray runs (their ports are not checked: it holds them)."""
     nonce = uuid.uuid4().hex[:8]
-    checks = [_HostCheck(fleet, n, runner_for(fleet, n, known_hosts), nonce) for n in fleet.nodes]
+    checks = [_HostCheck(fleet, n, runner_for(fleet, n, known_hosts), nonce, running=n.address in running)
+              for n in fleet.nodes]
     try:
         return _run(fleet, checks)
     finally:

@@ -152,6 +152,27 @@ if cfg.get("gcs_store"):
     except OSError:
         pass
     out["gcs_store"] = {"path": store, "fstype": fstype, "writable": os.access(near, os.W_OK)}
+if cfg.get("redis_server"):
+    # rayfleet runs the head's store here (head_recovery.store: redis): the distribution's redis-server
+    try:
+        out["redis"] = {"server": subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                                                 timeout=10).stdout.strip()}
+    except (OSError, subprocess.SubprocessError):
+        out["redis"] = {"server": ""}
+if cfg.get("redis_url"):
+    # the fleet's own Redis, seen from the head: it answers (a PING; the password is checked by `up`)
+    host, _, port = cfg["redis_url"].split("://", 1)[1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3) as c:
+            c.settimeout(3)
+            if cfg["redis_url"].startswith("rediss://"):
+                answer = "TLS"   # a TLS port: the connection is enough here
+            else:
+                c.sendall(b"PING\r\n")
+                answer = c.recv(200).decode(errors="replace").strip()
+        out["redis"] = {"url": cfg["redis_url"], "answer": answer}
+    except (OSError, ValueError) as e:
+        out["redis"] = {"url": cfg["redis_url"], "error": str(e)}
 print(json.dumps(out), flush=True)
 line = sys.stdin.readline()
 if not line:

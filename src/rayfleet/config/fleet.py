@@ -19,7 +19,7 @@ from rayfleet.errors import HostNotResolved
 
 __all__ = [
     "FleetSpec", "NodeSpec", "SSHSpec", "ResourcesSpec", "PortsSpec", "AutoscaleSpec",
-    "StorageSpec", "SecuritySpec", "RuntimeSpec", "HeadRecoverySpec", "resolve_host", "shell_path",
+    "StorageSpec", "SecuritySpec", "RuntimeSpec", "HeadRecoverySpec", "RedisSpec", "resolve_host", "shell_path",
 ]
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -177,22 +177,71 @@ class SecuritySpec(Model):
                                    "proxy on the head); 0.0.0.0 runs a proxy on every node.")
 
 
+class RedisSpec(Model):
+    """Redis as the head's store: one rayfleet runs (the distribution's redis-server, on a node of the
+    fleet), or your own (``url``)."""
+
+    host: str | None = Field(
+        default=None, description="The node (its host as written in fleet.yaml) where rayfleet runs redis-server "
+                                  "(default: the head). On another node the state outlives the head machine.")
+    port: int = Field(default=6390, ge=1, le=65535,
+                      description="The port of rayfleet's Redis on that node (not one of ports:).")
+    url: str | None = Field(
+        default=None, description="Your own Redis instead: redis://[USER@]HOST:PORT, or rediss://... for TLS.")
+    password_file: str | None = Field(
+        default=None, description="With url: a file on this machine that holds its password (first line).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme, sep, rest = v.partition("://")
+        user, _, hostport = rest.rpartition("@")
+        host, _, port = hostport.rpartition(":")
+        if not sep or scheme not in ("redis", "rediss") or not host or not port.isdigit() or "/" in hostport:
+            raise ValueError(f"{v!r} is not a Redis URL: use redis://HOST:PORT (or rediss:// for TLS), "
+                             "e.g. 'redis://redis.lan:6379'")
+        if ":" in user:
+            raise ValueError("put the password in the file named by password_file, not in the URL "
+                             "(fleet.yaml is often shared)")
+        return v
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"{v} does not exist on this machine (a file holding the Redis password)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_redis(self) -> "RedisSpec":
+        if self.url and self.host:
+            raise ValueError("set either host (rayfleet runs Redis on that node) or url (your own Redis), not both")
+        if self.password_file and not self.url:
+            raise ValueError("password_file is for your own Redis (url); rayfleet makes the password of its own")
+        return self
+
+
 class HeadRecoverySpec(Model):
     """What happens when the head's Ray dies (crash, OOM, kill): with a store, the GCS keeps the cluster's
     state there and a supervisor on the head starts it again within seconds; workers rejoin as the same
     nodes and services come back by themselves."""
 
-    store: Literal["rocksdb", "off"] = Field(
-        default="rocksdb", description="rocksdb: the GCS's state in RocksDB on the head's local disk, the head "
-                                       "supervised (restarted when it dies); off: neither.")
+    store: Literal["rocksdb", "redis", "off"] = Field(
+        default="rocksdb", description="rocksdb: the GCS's state in RocksDB on the head's local disk; redis: in "
+                                       "Redis (see redis); either way the head is supervised (restarted when it "
+                                       "dies). off: neither.")
     path: str | None = Field(
         default=None, description="The RocksDB directory on the head, on a local disk, not NFS (default: "
                                   "~/.rayfleet/NAME/gcs-store).")
+    redis: RedisSpec = Field(default_factory=RedisSpec,
+                             description="With store: redis: which Redis (default: rayfleet runs one on the head).")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, v):
-        # `head_recovery: off` (YAML reads it as false) or `head_recovery: rocksdb`
+        # `head_recovery: off` (YAML reads it as false), `head_recovery: rocksdb` or `redis`
         if v is False or v == "off":
             return {"store": "off"}
         if isinstance(v, str):
@@ -208,6 +257,15 @@ class HeadRecoverySpec(Model):
     @classmethod
     def _path(cls, v: str | None) -> str | None:
         return None if v is None else _node_path(v, "~/.rayfleet/lab/gcs-store")
+
+    @model_validator(mode="after")
+    def _fits_the_store(self) -> "HeadRecoverySpec":
+        if self.path and self.store != "rocksdb":
+            raise ValueError(f"path is RocksDB's directory, but store is {self.store}: remove path, or set "
+                             "store: rocksdb")
+        if self.store != "redis" and self.redis.model_fields_set:
+            raise ValueError(f"redis is set, but store is {self.store}: set store: redis, or remove redis")
+        return self
 
 
 def shell_path(path: str) -> str:
@@ -319,6 +377,17 @@ class FleetSpec(Model):
             raise ValueError(f"autoscale.max_workers is {hi} but only {n} workers are listed")
         if lo is not None and lo > (hi if hi is not None else n):
             raise ValueError(f"autoscale.min_workers ({lo}) exceeds max_workers ({hi if hi is not None else n})")
+        redis_host = self.head_recovery.redis.host
+        if self.head_recovery.store == "redis" and redis_host is not None and redis_host not in hosts:
+            raise ValueError(f"head_recovery.redis.host is {redis_host}, not a node of this fleet: name one "
+                             f"of {', '.join(hosts)} as written here, or use url: for a Redis of your own")
+        port = self.head_recovery.redis.port
+        p = self.ports
+        taken = [f"ports.{k}" for k, v in p.fixed().items() if v == port]
+        taken += [f"ports.{lo}..{hi}" for lo, hi in (("min_worker", "max_worker"), ("min_replica", "max_replica"))
+                  if getattr(p, lo) <= port <= getattr(p, hi)]
+        if self.head_recovery.store == "redis" and not self.head_recovery.redis.url and taken:
+            raise ValueError(f"head_recovery.redis.port {port} is also {taken[0]}: give Redis another port")
         dashboard = self.dashboard_bind
         if self.security.auth == "disabled" and not _loopback(dashboard):
             raise ValueError(f"security.auth: disabled with the dashboard on {dashboard}: anyone who reaches it "

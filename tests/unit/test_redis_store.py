@@ -133,3 +133,42 @@ def test_a_fresh_head_on_redis_empties_the_clusters_keys_and_refuses_a_wrong_pas
         assert keys == ["RAYother@NODE"], keys
     finally:
         _stop(fleet, home)
+
+
+def test_your_own_redis_with_an_acl_user_and_a_password_file(tmp_path):
+    """head_recovery.redis.url (your own Redis; here the real server with an ACL user) and password_file:
+    the head logs in as that user, Ray gets --redis-username, and a wrong user is refused by name."""
+    import yaml
+
+    from rayfleet.cluster.node_start import _fresh_redis_store
+    from rayfleet.config.fleet import FleetSpec
+    from rayfleet.config.loader import load_model
+
+    own = _fleet(_free_port())   # a Redis to stand for the user's own: started as rayfleet's would be
+    home = tmp_path / "home"
+    home.mkdir()
+    admin = redis_store.password(own, tmp_path)
+    port = own.head_recovery.redis.port
+    try:
+        assert _run(redis_store.start_script(own), home, admin).returncode == 0
+        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "ACL", "SETUSER", "ray", "on", ">s3cret",
+                        "~*", "&*", "+@all"], env=dict(os.environ, REDISCLI_AUTH=admin), check=True, capture_output=True)
+        secret = tmp_path / "redis.pass"
+        secret.write_text("s3cret\n")
+        f = tmp_path / "fleet.yaml"
+        f.write_text(yaml.safe_dump({"name": "lab", "python": "/opt/venv", "head": {"host": "127.0.0.1"},
+                                     "head_recovery": {"store": "redis", "redis": {
+                                         "url": f"redis://ray@127.0.0.1:{port}", "password_file": str(secret)}}}))
+        spec = load_model(FleetSpec, f)
+        assert redis_store.node(spec) is None   # nothing for rayfleet to run
+        plan = redis_store.plan(spec, str(tmp_path / "head"))
+        (tmp_path / "head").mkdir()
+        Path(plan["password_file"]).write_text(redis_store.password(spec, tmp_path) + "\n")
+        env, flags = {}, []
+        assert _fresh_redis_store(plan, env, flags) == ""
+        assert flags == ["--redis-password=s3cret", "--redis-username=ray"]
+        assert env["RAY_REDIS_ADDRESS"] == f"redis://127.0.0.1:{port}"
+        wrong = dict(plan, username="nobody")
+        assert "WRONGPASS" in _fresh_redis_store(wrong, {}, [])
+    finally:
+        _stop(own, home)

@@ -26,6 +26,7 @@ import yaml
 
 from conftest import ROOT, rayfleet_cli
 from rayfleet.cluster.serving import haproxy_dir
+from rayfleet.errors import ClusterNotRunning
 from rayfleet.testing.capture import Capture
 from rayfleet.testing.hosts import HostLab, lab_supported
 
@@ -905,9 +906,16 @@ def _kill_the_head_under_load(lab, fleet_up, store: str) -> None:
         _wait_until(lambda: restarts.exists() and json.loads(restarts.read_text())["count"] == 1, 120,
                     "the head started again")
         _timed(f"head killed ({store}): Ray started again on it by its supervisor", t0)
-        _wait_until(lambda: {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"
-                             and n["node_ip"] != head.ip} == {h.ip: before[h.ip] for h in lab.hosts[1:]}
-                    and any(n["node_ip"] == head.ip and n["state"] == "ALIVE" for n in fl.nodes(spec)),
+        def alive() -> dict[str, str]:
+            # `ray start --head` returns (and the supervisor records the restart) before the dashboard
+            # answers: until it does, no node table
+            try:
+                return {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
+            except ClusterNotRunning:
+                return {}
+
+        _wait_until(lambda: (a := alive()) and head.ip in a
+                    and {ip: i for ip, i in a.items() if ip != head.ip} == {h.ip: before[h.ip] for h in lab.hosts[1:]},
                     120, "the workers ALIVE under their old node ids, and the head")
         _timed(f"head killed ({store}): every node ALIVE (the workers under their old node ids)", t0)
         _wait_until(lambda: re.search(r"│ ha +│ \S+ +│ RUNNING +│ 4 +│", rayfleet_cli(

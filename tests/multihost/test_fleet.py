@@ -60,7 +60,8 @@ def lab():
     try:
         other = _other_python()
         keep = [str(ROOT), VENV] + ([str(other.parent.parent)] if other else [])
-        with HostLab(3, work / "hosts", keep=keep) as lab:
+        # systemd=True: each host boots its user's systemd manager (lingering on), as real machines do
+        with HostLab(3, work / "hosts", keep=keep, systemd=True) as lab:
             # Everything on the lab's LAN from here on, but SSH (encrypted, and the runtime's wheels:
             # GBs): test_no_secret_on_the_wire searches it at the module's end.
             with Capture(lab.bridge, work / "lan.pcap", "not tcp port 22") as cap:
@@ -377,6 +378,15 @@ def test_up_three_nodes_alive_and_status(lab, fleet_up):
     for h in lab.hosts:
         assert h.ip in r.stdout
     assert r.stdout.count("ALIVE") == 3
+    # The head's supervisor is a systemd user unit: the hosts run the user's manager, and the user lingers.
+    unit = "rayfleet-head-lab.service"
+    said = f"systemd, user unit {unit}: starts the head again when it dies, and at boot"
+    assert f"\n  supervisor: {said}\n" in _UP_OUTPUT[0], _UP_OUTPUT[0]
+    assert f"\nHead supervisor: {said}\n" in r.stdout, r.stdout
+    head = lab.hosts[0]
+    assert head.user_systemctl("is-enabled", unit).stdout.strip() == "enabled"
+    main_pid = head.user_systemctl("show", "--property=MainPID", "--value", unit).stdout.strip()
+    assert main_pid == (_head_dir(lab) / "supervisor.pid").read_text().strip()
     # idempotent: an unchanged second up changes nothing
     t0 = time.monotonic()
     r = rayfleet_cli("up", "-f", str(fleet_up), "--accept-new-hosts", "--skip-check", timeout=300)
@@ -439,11 +449,11 @@ def test_jobs_api_is_on_the_heads_loopback_and_wants_the_token(lab, fleet_up):
 FLEET_MODEL = "en-fr-fleet"
 
 
-TRAIN_STEPS = 100
+TRAIN_STEPS = 30
 
 
 def _fleet_job(path: Path) -> Path:
-    """examples/finetune-tiny.yaml with 2 workers, shortened to 100 steps (what this test checks is where
+    """examples/finetune-tiny.yaml with 2 workers, shortened to 30 steps (what this test checks is where
     things run and land, not how well it learns: the quick start and tests/integration/test_train.py train
     to exact match), evaluated and checkpointed once at the end, no storage_path; its synthetic
     corpus written here as data files beside the job (in this machine's private /tmp: the nodes can't see them)."""
@@ -949,13 +959,63 @@ def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fl
         rayfleet_cli("services", "delete", "ha", "-f", str(fleet_up))
 
 
+def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab, fleet_up):
+    """The head's supervisor as a systemd user unit: SIGKILL it, and systemd starts it again (the head's Ray
+    goes with it: the new supervisor starts the head on the store); SIGKILL every process of the user on
+    the head and boot its manager again, as a reboot does: the unit starts the head. Each time the
+    workers rejoin under their old node ids, and `status` says why the head started again."""
+    from rayfleet.cluster import fleet as fl
+
+    spec = _spec(fleet_up)
+    head, unit = lab.hosts[0], "rayfleet-head-lab.service"
+    before = {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
+    restarts = _head_dir(lab) / "restarts.json"
+    count = json.loads(restarts.read_text())["count"] if restarts.exists() else 0
+
+    def main_pid() -> str:
+        return head.user_systemctl("show", "--property=MainPID", "--value", unit).stdout.strip()
+
+    def back(reason: str, t0: float) -> None:
+        nonlocal count
+        count += 1
+        _wait_until(lambda: restarts.exists() and json.loads(restarts.read_text())["count"] == count, 120,
+                    "the head started again")
+        assert json.loads(restarts.read_text())["history"][-1]["reason"] == reason
+        _timed(f"systemd: head started again ({reason})", t0)
+
+        def alive() -> dict[str, str]:
+            try:
+                return {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
+            except ClusterNotRunning:   # the dashboard is not up yet
+                return {}
+        _wait_until(lambda: (a := alive()) and head.ip in a and all(a.get(ip) == i for ip, i in before.items()
+                                                                    if ip != head.ip), 120, "every node ALIVE")
+        _timed(f"systemd: every node ALIVE, the workers under their old ids ({reason})", t0)
+        r = rayfleet_cli("status", "-f", str(fleet_up))
+        assert re.search(rf"^Head: restarted {count} time\(s\); last at .* \({reason}\), back in \d+ s$", r.stdout,
+                         re.M), r.stdout
+
+    pid = main_pid()
+    assert pid.isdigit() and pid != "0"
+    t0 = time.monotonic()
+    head.exec(f"kill -9 {pid}")
+    back("its supervisor was started again by systemd", t0)
+    assert main_pid() not in (pid, "0")
+
+    t0 = time.monotonic()
+    head.reboot_user()   # everything of the user gone, as in a reboot; the manager starts the enabled unit
+    # (the lab's reboot keeps the kernel's boot time, so the reason is the same; a unit test has the other)
+    back("its supervisor was started again by systemd", t0)
+
+
 def test_head_killed_with_redis_on_a_worker_as_the_store(lab, fleet_up, tiny_model, tmp_path):
     """head_recovery.store: redis, rayfleet's Redis on a worker (the distribution's redis-server, TLS with the
     fleet's certificates, its password never on a command line or in a log here): the same head kill under
     load, the same recovery."""
     data = yaml.safe_load(fleet_up.read_text())
     redis_host = lab.hosts[2]
-    data["head_recovery"] = {"store": "redis", "redis": {"host": redis_host.fqdn}}
+    # (and the supervisor as rayfleet's watchdog, as on a head without systemd)
+    data["head_recovery"] = {"store": "redis", "redis": {"host": redis_host.fqdn}, "supervisor": "watchdog"}
     # (as the changed-yaml test left them: a proxy on every node, 4 CPUs for the 4 replicas)
     data["security"] = {"serve_host": "0.0.0.0"}
     data["workers"][0]["resources"] = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
@@ -965,6 +1025,9 @@ def test_head_killed_with_redis_on_a_worker_as_the_store(lab, fleet_up, tiny_mod
     _timed("up with head_recovery.store: redis (Ray restarted on every node)", t0)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Redis started on {redis_host.fqdn}" in r.stdout, r.stdout
+    assert ("\n  supervisor: rayfleet's watchdog (head_recovery.supervisor: watchdog): starts the head again when "
+            "it dies, not after a reboot (run 'rayfleet up' then)\n") in r.stdout, r.stdout
+    assert lab.hosts[0].user_systemctl("cat", "rayfleet-head-lab.service").returncode != 0   # no unit left
     password = (Path(os.environ["RAYFLEET_HOME"]) / "fleets" / "lab" / "redis-password").read_text().strip()
     on_head = _head_dir(lab) / "redis-password"
     assert on_head.read_text().strip() == password and on_head.stat().st_mode & 0o077 == 0
@@ -1013,6 +1076,7 @@ def test_down_leaves_no_ray_process(lab, fleet_up, tiny_model):
         assert h.exec("pgrep -f 'raylet|gcs_server|ray::|haproxy|redis-server'").stdout.strip() == ""
         assert not (h.home(lab.user) / ".rayfleet" / "lab" / "redis").exists()
     assert not key.exists()   # no private key left on any node
+    assert "rayfleet" not in lab.hosts[0].user_systemctl("list-unit-files", "--no-legend").stdout   # nor a unit
     assert not any((h.home(lab.user) / ".rayfleet" / "lab" / "tls").exists() for h in lab.hosts)   # nor a TLS key
 
 

@@ -148,7 +148,7 @@ def test_head_recovery_default_off_and_errors(tmp_path):
     spec = load_model(FleetSpec, p)
     assert spec.head_recovery.store == "rocksdb"
     assert node_plan(spec)["supervise"] == {"dir": "~/.rayfleet/lab/head", "store": "~/.rayfleet/lab/gcs-store",
-                                            "cluster": "lab"}
+                                            "cluster": "lab", "supervisor": "auto"}
     for off in ("head_recovery: off\n", "head_recovery:\n  store: off\n"):
         p.write_text(base + off)
         spec = load_model(FleetSpec, p)
@@ -163,6 +163,15 @@ def test_head_recovery_default_off_and_errors(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_model(FleetSpec, p)
     assert "head_recovery.path" in e.value.message and "~/.rayfleet/lab/gcs-store" in e.value.message
+    # What runs the supervisor: systemd where the head has it (auto), or as asked; nothing to run when off
+    p.write_text(base + "head_recovery:\n  supervisor: watchdog\n")
+    assert node_plan(load_model(FleetSpec, p))["supervise"]["supervisor"] == "watchdog"
+    for bad, words in (("  supervisor: cron\n", ["head_recovery.supervisor", "'auto', 'systemd' or 'watchdog'"]),
+                       ("  store: off\n  supervisor: systemd\n", ["supervisor is set, but store is off"])):
+        p.write_text(base + "head_recovery:\n" + bad)
+        with pytest.raises(ConfigError) as e:
+            load_model(FleetSpec, p)
+        assert all(w in e.value.message for w in words), e.value.message
 
 
 def test_head_recovery_on_redis_and_its_mistakes(tmp_path):
@@ -178,7 +187,7 @@ def test_head_recovery_on_redis_and_its_mistakes(tmp_path):
     spec = load_model(FleetSpec, p)
     assert node(spec) is spec.head
     assert node_plan(spec)["supervise"] == {
-        "dir": "~/.rayfleet/lab/head", "store": "", "cluster": "lab",
+        "dir": "~/.rayfleet/lab/head", "store": "", "cluster": "lab", "supervisor": "auto",
         "redis": {"url": "redis://127.0.0.1:6390", "username": "", "namespace": "lab", "env": {},
                   "password_file": "~/.rayfleet/lab/head/redis-password"}}
     p.write_text(base + "head_recovery:\n  store: redis\n  redis:\n    host: 10.0.0.2\n    port: 6390\n")

@@ -57,6 +57,9 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bo
     console.print("  tls:        " + ("on (Ray's gRPC between nodes; 'rayfleet certs' lists the certificates)"
                                       if spec.security.tls else "OFF (security.tls: false): cluster traffic in clear text"))
     console.print(f"  head:       {_recovery_label(spec)}")
+    restarts = fleet_mod.head_restarts(spec)
+    if restarts is not None and (line := _supervisor_line(restarts["supervised"])):
+        console.print("  " + line.replace("Head supervisor: ", "supervisor: "), markup=False)
     _reapply(fleet_file)
     console.print(f"Next: {_next_serve()} -f {fleet_file or 'fleet.yaml'}")
 
@@ -183,6 +186,19 @@ def _restarts_line(restarts: dict) -> str:
     return f"Head: restarted {restarts['count']} time(s); last at {when} ({last['reason']}), {back}"
 
 
+def _supervisor_line(supervised: dict) -> str | None:
+    """What runs the head's supervisor (node_start's record on the head), in words."""
+    if supervised.get("by") == "systemd":
+        unit = f"systemd, {supervised.get('scope')} unit {supervised.get('name')}"
+        if supervised.get("at_boot"):
+            return f"Head supervisor: {unit}: starts the head again when it dies, and at boot"
+        return f"Head supervisor: {unit}: starts the head again when it dies; NOT at boot: {supervised.get('why_not')}"
+    if supervised.get("by") == "watchdog":
+        return (f"Head supervisor: rayfleet's watchdog ({supervised.get('why_not') or 'no systemd'}): starts the "
+                "head again when it dies, not after a reboot (run 'rayfleet up' then)")
+    return None
+
+
 def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
     """Show the cluster: address, nodes (alive/dead, CPU/GPU/memory used/total), jobs, services and URLs.
 
@@ -207,6 +223,8 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
         restarts = fleet_mod.head_restarts(spec)
         if restarts is not None:
             console.print(_restarts_line(restarts))
+            if line := _supervisor_line(restarts["supervised"]):
+                console.print(line, markup=False)
     alive_ips = {n.get("node_ip") for n in node_rows if n.get("state") == "ALIVE"}
     earlier = [n for n in node_rows if n.get("state") == "DEAD" and n.get("node_ip") in alive_ips]
     node_rows = [n for n in node_rows if n not in earlier]   # a restarted node's earlier incarnations

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
-from rayfleet.cluster import redis_store, runtime, tls
+from rayfleet.cluster import redis_store, runtime, systemd_unit, tls
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, gcs_store, remote_token_path, render, render_yaml,
                                        started_mark, supervisor_dir, worker_start_command)
@@ -128,20 +128,29 @@ def nodes(fleet: FleetSpec, timeout_s: float = 10) -> list[dict]:
 
 
 def head_restarts(fleet: FleetSpec) -> dict | None:
-    """The head supervisor's restart record (``supervisor.read_restarts``), read on the head over SSH;
+    """The head supervisor's restart record (``supervisor.read_restarts``) and what supervises it
+    (``supervised``: node_start's record, {"by": "systemd"|"watchdog", ...}), read on the head over SSH;
     None when head recovery is off."""
     if fleet.head_recovery.store == "off":
         return None
-    path = shell_path(supervisor_dir(fleet) + "/restarts.json")
+    d = supervisor_dir(fleet)
+    cmd = (f"cat {shell_path(d + '/restarts.json')} 2>/dev/null; echo; echo ---; "
+           f"cat {shell_path(d + '/supervised.json')} 2>/dev/null; true")
     try:
-        out = exec_on(fleet, fleet.head.host, f"cat {path} 2>/dev/null || true", timeout_s=20).stdout
+        out = exec_on(fleet, fleet.head.host, cmd, timeout_s=20).stdout
     except SSHError:
         return None
+    restarts, _, supervised = out.partition("\n---\n")
+    data, by = _json_or_empty(restarts), _json_or_empty(supervised)
+    return {"count": int(data.get("count", 0)), "history": list(data.get("history", [])), "supervised": by}
+
+
+def _json_or_empty(text: str) -> dict:
     try:
-        data = json.loads(out) if out.strip() else {}
+        data = json.loads(text) if text.strip() else {}
     except ValueError:
         data = {}
-    return {"count": int(data.get("count", 0)), "history": list(data.get("history", []))}
+    return data if isinstance(data, dict) else {}
 
 
 def alive_ips(fleet: FleetSpec) -> set[str]:
@@ -377,9 +386,10 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
         # The head's supervisor first (it would start the head again), by PID if that is a supervisor; its
         # record goes first, so that a supervisor checking meanwhile ends by itself. The store goes with Ray.
         d = shell_path(supervisor_dir(fleet))
-        head_cmd = (f"d={d}; rm -f \"$d/record.json\"; p=$(cat \"$d/supervisor.pid\" 2>/dev/null); "
+        head_cmd = (f"d={d}; rm -f \"$d/record.json\"; {systemd_unit.stop_shell(fleet.name)}; "
+                    f"p=$(cat \"$d/supervisor.pid\" 2>/dev/null); "
                     f"if [ -n \"$p\" ] && grep -qa {SUPERVISOR_MODULE} /proc/$p/cmdline 2>/dev/null; then kill $p; fi; "
-                    f"rm -f \"$d/supervisor.pid\" \"$d/{redis_store.PASSWORD_FILE}\"; " + head_cmd
+                    f"rm -f \"$d/supervisor.pid\" \"$d/supervised.json\" \"$d/{redis_store.PASSWORD_FILE}\"; " + head_cmd
                     + f"; rm -rf {shell_path(gcs_store(fleet))}")
 
     def stop(node) -> str | None:

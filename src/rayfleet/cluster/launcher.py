@@ -145,10 +145,11 @@ def supervise(fleet: FleetSpec) -> Supervise | None:
     store = fleet.head_recovery.store
     if store == "off":
         return None
+    how = fleet.head_recovery.supervisor
     if store == "redis":
-        return Supervise(dir=supervisor_dir(fleet), store="", cluster=fleet.name,
+        return Supervise(dir=supervisor_dir(fleet), store="", cluster=fleet.name, supervisor=how,
                          redis=redis_store.plan(fleet, supervisor_dir(fleet)))
-    return Supervise(dir=supervisor_dir(fleet), store=gcs_store(fleet), cluster=fleet.name)
+    return Supervise(dir=supervisor_dir(fleet), store=gcs_store(fleet), cluster=fleet.name, supervisor=how)
 
 
 def start_command(fleet: FleetSpec, mode: str, session: str | None = None) -> str:

@@ -59,6 +59,7 @@ class Supervise(TypedDict):
     store: str      # RocksDB directory of the GCS ("" with Redis)
     cluster: str    # the fleet's name
     redis: NotRequired[RedisPlan]   # the GCS's store in Redis instead (redis_store.py)
+    supervisor: NotRequired[str]    # auto (default), systemd or watchdog: what runs the supervisor
 
 
 class NodePlan(TypedDict):
@@ -213,8 +214,11 @@ def end_supervisor(plan: NodePlan) -> None:
     sup = plan.get("supervise")
     if not sup:
         return
+    from rayfleet.cluster.systemd_unit import stop_shell
+
     _, record, pidfile = _supervisor_files(sup)
     record.unlink(missing_ok=True)
+    subprocess.run(["sh", "-c", stop_shell(sup["cluster"])], stdin=subprocess.DEVNULL)   # its unit, if any
     try:
         pid = int(pidfile.read_text())
         if SUPERVISOR_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
@@ -260,7 +264,7 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
     import uuid
 
     from rayfleet.cluster.processes import MARKER_ENV
-    from rayfleet.cluster.supervisor import HeadSpec, spawn
+    from rayfleet.cluster.supervisor import HeadSpec, ask_to_start, spawn
 
     sup = plan["supervise"]
     d, record, pidfile = _supervisor_files(sup)
@@ -279,15 +283,36 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
         store.mkdir(parents=True, mode=0o700)
         env.update(RAY_gcs_storage="rocksdb", RAY_gcs_storage_path=str(store))
     (d / "restarts.json").unlink(missing_ok=True)
+    unit, why_not = _unit(sup)
+    if unit is None and sup.get("supervisor") == "systemd":
+        print(f"error: head_recovery.supervisor is systemd, but {why_not}. Set head_recovery.supervisor: auto "
+              "(rayfleet's watchdog where there is no systemd)", file=sys.stderr)
+        return 1
     spec = HeadSpec(cluster_id=cluster_id, args=[f"{sys.prefix}/bin/ray", "start", *flags],
                     log=str(d / "ray-start.log"), restarts=str(d / "restarts.json"), record=str(record),
-                    gcs_address=plan["head"])
+                    gcs_address=plan["head"], env=_unit_env(env) if unit else {})
     spec.save(d / "head.json")
-    pid, line = spawn(d / "head.json", env, d / "supervisor.log", timeout_s=180)
+    if unit is not None:
+        from rayfleet.cluster import systemd_unit
+
+        ask_to_start(spec)
+        text = systemd_unit.unit_text(unit, str(d / "head.json"), str(d / "supervisor.log"),
+                                      f"rayfleet: the head of Ray cluster {sup['cluster']}, restarted when it dies")
+        pid, line = systemd_unit.install_and_start(unit, text)
+        supervised = {"by": "systemd", **unit.describe()}
+    else:
+        pid, line = spawn(d / "head.json", env, d / "supervisor.log", timeout_s=180)
+        supervised = {"by": "watchdog", "why_not": why_not if sup.get("supervisor") != "watchdog"
+                      else "head_recovery.supervisor: watchdog"}
+    (d / "supervised.json").write_text(json.dumps(supervised))
     pidfile.write_text(f"{pid}\n")
     log = Path(spec.log).read_text(errors="replace") if Path(spec.log).exists() else ""
     sys.stdout.write(log)
     if line != "started":
+        if unit is not None:   # not started again and again by systemd
+            from rayfleet.cluster.systemd_unit import stop_shell
+
+            subprocess.run(["sh", "-c", stop_shell(sup["cluster"])], stdin=subprocess.DEVNULL)
         print(f"error: ray start --head failed under the head's supervisor ({line or 'no answer'}); "
               f"see {spec.log} and {d / 'supervisor.log'}", file=sys.stderr)
         return 1
@@ -295,6 +320,25 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
     tmp.write_text(json.dumps({"cluster_id": cluster_id, "pid": pid}))
     tmp.replace(record)
     return 0
+
+
+def _unit(sup: Supervise):
+    """The systemd unit the supervisor runs as (systemd_unit.Unit), or None and why not."""
+    from rayfleet.cluster import systemd_unit
+
+    if sup.get("supervisor") == "watchdog":
+        return None, ""
+    return systemd_unit.find(sup["cluster"])
+
+
+_SESSION_ONLY = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "SSH_AUTH_SOCK", "SHLVL", "OLDPWD", "PWD", "_",
+                 "NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "MAIL", "TERM")
+
+
+def _unit_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment ``ray start`` had in this SSH session, for the unit's supervisor (systemd gives
+    its services a bare one), less what belongs to the session."""
+    return {k: v for k, v in env.items() if k not in _SESSION_ONLY}
 
 
 def run(mode: str, plan: NodePlan, session: str | None = None) -> int:

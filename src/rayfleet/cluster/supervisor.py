@@ -34,13 +34,14 @@ from pathlib import Path
 
 from rayfleet.cluster import processes
 
-__all__ = ["HeadSpec", "spawn", "read_restarts", "HEAD_PROCESSES"]
+__all__ = ["HeadSpec", "spawn", "read_restarts", "HEAD_PROCESSES", "ask_to_start"]
 
 HEAD_PROCESSES = ("gcs_server", "raylet")   # /proc/PID/comm of the processes a head can't run without
 CHECK_EVERY_S = 1.0
 START_TIMEOUT_S = 120
 _MAX_PAUSE_S = 60
 _HISTORY = 20
+FIRST_START = "first-start"   # beside the record: the cluster id node_start asks the supervisor to start
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def spawn(spec_path: Path, env: dict[str, str], log: Path, timeout_s: float = ST
     its PID and the first start's outcome: ``started``, ``failed RC``, or "" (no answer in time)."""
     import select
 
+    ask_to_start(HeadSpec.load(spec_path))
     with open(log, "a") as err:
         proc = subprocess.Popen([sys.executable, "-m", __name__, str(spec_path)], env=env,
                                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -79,6 +81,12 @@ def spawn(spec_path: Path, env: dict[str, str], log: Path, timeout_s: float = ST
     line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
     proc.stdout.close()
     return proc.pid, line
+
+
+def ask_to_start(spec: HeadSpec) -> None:
+    """Ask the supervisor of ``spec`` for the cluster's first start (spawn; node_start before systemd
+    starts the unit): without this, or a record of the cluster, a supervisor starts nothing."""
+    Path(spec.record).with_name(FIRST_START).write_text(spec.cluster_id + "\n")
 
 
 def read_restarts(path: Path) -> dict:
@@ -154,6 +162,16 @@ class _Supervisor:
             return json.loads(Path(self.spec.record).read_text()).get("cluster_id") == self.spec.cluster_id
         except (OSError, ValueError):
             return False
+
+    def asked_to_start(self) -> bool:
+        """node_start asked for this cluster's first start (its ``first-start`` file, used up here)."""
+        path = Path(self.spec.record).with_name(FIRST_START)
+        try:
+            asked = path.read_text().strip() == self.spec.cluster_id
+        except OSError:
+            return False
+        path.unlink(missing_ok=True)
+        return asked
 
     def missing(self) -> list[str]:
         running = {_comm(pid) for pid in processes.cluster_pids(self.spec.cluster_id, self.session)}
@@ -239,7 +257,21 @@ def main(argv: list[str]) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    notify = _systemd_notifier()
     sup = _Supervisor(HeadSpec.load(Path(argv[0])))
+    if sup.owned():
+        # The record names this cluster already: not `rayfleet up`'s first start but systemd starting the
+        # supervisor again (the machine booted, or the supervisor died and took the head with it). The head
+        # starts again on its store, as after any death; a failed start is retried by run().
+        down_at = time.time()
+        sup.restart(_why_started_again(Path(sup.spec.record)), down_at)
+        notify("READY=1")
+        return sup.run()
+    if not sup.asked_to_start():
+        # No record, and not asked by node_start: `rayfleet down` took this cluster down, and its unit (if
+        # down could not remove it) must not start it again at boot.
+        _log("no record of this cluster and no start asked for: nothing to do")
+        return 0
     rc = sup.start()
     ok = rc == 0 and not sup.missing()
     sys.stdout.write("started\n" if ok else f"failed {rc}\n")
@@ -248,7 +280,29 @@ def main(argv: list[str]) -> int:
     os.dup2(devnull, 1)
     if not ok:
         return 1
+    notify("READY=1")
     return sup.run()
+
+
+def _systemd_notifier():
+    """sd_notify for this supervisor when systemd runs it (the head's unit, systemd_unit.py); Ray's
+    processes must not inherit systemd's socket."""
+    from rayfleet.cluster import systemd_unit
+
+    socket_path = os.environ.pop("NOTIFY_SOCKET", "")
+    return lambda message: systemd_unit.notify(socket_path, message)
+
+
+def _why_started_again(record: Path) -> str:
+    """The reason of a start by systemd: the machine booted since the head was started, or not."""
+    try:
+        booted = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                      if ln.startswith("btime "))
+        if booted > record.stat().st_mtime:
+            return "the machine started again"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return "its supervisor was started again by systemd"
 
 
 if __name__ == "__main__":

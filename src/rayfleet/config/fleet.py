@@ -237,6 +237,11 @@ class HeadRecoverySpec(Model):
                                   "~/.rayfleet/NAME/gcs-store).")
     redis: RedisSpec = Field(default_factory=RedisSpec,
                              description="With store: redis: which Redis (default: rayfleet runs one on the head).")
+    supervisor: Literal["auto", "systemd", "watchdog"] = Field(
+        default="auto", description="What runs the head's supervisor. systemd: a unit (a system unit for root, "
+                                    "else a user unit) that systemd restarts and starts at boot; watchdog: "
+                                    "rayfleet's own process, while the machine runs; auto: systemd where the "
+                                    "head has it, else the watchdog.")
 
     @model_validator(mode="before")
     @classmethod
@@ -263,6 +268,9 @@ class HeadRecoverySpec(Model):
         if self.path and self.store != "rocksdb":
             raise ValueError(f"path is RocksDB's directory, but store is {self.store}: remove path, or set "
                              "store: rocksdb")
+        if self.store == "off" and "supervisor" in self.model_fields_set:
+            raise ValueError("supervisor is set, but store is off (nothing is supervised): remove supervisor, or "
+                             "set store: rocksdb")
         if self.store != "redis" and self.redis.model_fields_set:
             raise ValueError(f"redis is set, but store is {self.store}: set store: redis, or remove redis")
         return self

@@ -11,6 +11,13 @@ hosts' addresses (and loopback) are ever contacted.
 Paths the hosts must still see under ``/root`` or ``/tmp`` (the venv, the Python
 it links to, the checkout) are bound back inside each host (``keep``).
 Everything else on the filesystem is shared, like an NFS mount would be.
+
+``systemd=True``: each host also has a private ``/run`` that says the machine runs systemd, and
+boots the unprivileged user's systemd manager (the real ``systemd --user``, in a cgroup of its own
+delegated to the user) as a machine does for a user who lingers (``loginctl enable-linger``; the
+host's private ``/var/lib/systemd/linger`` says so). No system manager runs: the machine's
+services are not the host's. ``Host.reboot_user()`` kills every process of the user in the host
+and boots the manager again: what a reboot does to the user's side of a machine.
 """
 
 from __future__ import annotations
@@ -46,6 +53,53 @@ def _run(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
 
 
+def _cgroup_mounts() -> list[tuple[str, str]]:
+    """This machine's cgroup hierarchies a user manager uses: (mount point, fstype) of cgroup2 and, with
+    the hybrid layout, of systemd's v1 one (systemd tracks its units there)."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        fstype, options = fields[sep + 1], fields[sep + 3]
+        if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options.split(",")):
+            found.append((fields[4], fstype))
+    return found
+
+
+def _user_cgroups(name: str) -> list[Path]:
+    """The cgroups (not yet made) of a user manager called ``name``, one per hierarchy."""
+    return [Path(mp) / name for mp, _ in _cgroup_mounts()]
+
+
+def _cgroup_mount_commands() -> list[str]:
+    """Shell that mounts, in a host's mount namespace, the hierarchies of ``_cgroup_mounts`` where this
+    machine has them (``ip netns exec`` gave the host a fresh /sys without them)."""
+    cmds = []
+    mounts = _cgroup_mounts()
+    if any(mp != "/sys/fs/cgroup" for mp, _ in mounts):
+        cmds.append("mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup")
+    for mp, fstype in mounts:
+        how = "-t cgroup2 cgroup2" if fstype == "cgroup2" else "-t cgroup -o none,name=systemd cgroup"
+        cmds.append(f"mkdir -p {mp} && mount {how} {mp}")
+    return cmds
+
+
+def _remove_cgroups(cgroups: list[Path], timeout: float = 10) -> None:
+    """Remove cgroups made for a user manager, their children first, once their processes are gone."""
+    deadline = time.monotonic() + timeout
+    for top in cgroups:
+        while top.exists():
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+            if top.exists():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+
+
 @dataclass
 class Host:
     name: str
@@ -54,6 +108,10 @@ class Host:
     netns: str
     proc: subprocess.Popen | None = None
     init_pid: int | None = None
+    user: str = ""
+    uid: int = 0
+    cgroups: list[Path] = field(default_factory=list)   # the user manager's (systemd=True)
+    manager: subprocess.Popen | None = None
 
     @property
     def fqdn(self) -> str:
@@ -75,6 +133,43 @@ class Host:
         return subprocess.run(
             ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-p", "--", "bash", "-c", command],
             capture_output=True, text=True, timeout=timeout, check=check)
+
+    def boot_user_manager(self, timeout: float = 30) -> None:
+        """Start the user's systemd manager in the host, in its delegated cgroup, as at boot; return once
+        ``systemctl --user`` answers."""
+        assert self.cgroups, "a lab with systemd=True"
+        for cg in self.cgroups:
+            cg.mkdir(exist_ok=True)
+            for path in [cg, *cg.iterdir()]:
+                os.chown(path, self.uid, self.uid)
+        join = "; ".join(f"echo $$ > {cg}/cgroup.procs" for cg in self.cgroups)
+        env = (f"HOME=/home/{self.user} USER={self.user} LOGNAME={self.user} SHELL=/bin/bash "
+               f"PATH=/usr/local/bin:/usr/bin:/bin XDG_RUNTIME_DIR=/run/user/{self.uid}")
+        self.manager = subprocess.Popen(
+            ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-p", "--", "sh", "-c",
+             f"{join}; exec setpriv --reuid={self.uid} --regid={self.uid} --init-groups env -i {env} "
+             "/lib/systemd/systemd --user"],
+            stdin=subprocess.DEVNULL, stdout=open(self.dir / "user-manager.log", "a"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self.user_systemctl("is-system-running").stdout.strip() not in ("running", "degraded"):
+            if time.monotonic() > deadline or self.manager.poll() is not None:
+                log = (self.dir / "user-manager.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the user manager on {self.name} did not start:\n{log}")
+            time.sleep(0.2)
+
+    def user_systemctl(self, *args: str) -> subprocess.CompletedProcess:
+        """``systemctl --user ARGS`` as the host's user, inside the host."""
+        return self.exec(f"setpriv --reuid={self.uid} --regid={self.uid} --init-groups env "
+                         f"XDG_RUNTIME_DIR=/run/user/{self.uid} systemctl --user " + shlex.join(args))
+
+    def reboot_user(self) -> None:
+        """Every process of the user in the host SIGKILLed (its manager, its services, their children),
+        then the manager booted again."""
+        self.exec(f"pkill -9 -u {self.uid}; sleep 0.5; pkill -9 -u {self.uid}; true")
+        if self.manager is not None:
+            self.manager.wait(timeout=10)
+        self.boot_user_manager()
 
     def sshd_running(self) -> bool:
         return self.exec(f"test -f {self.dir}/sshd.pid && kill -0 $(cat {self.dir}/sshd.pid)").returncode == 0
@@ -98,6 +193,7 @@ class HostLab:
     hosts: list[Host] = field(default_factory=list)
     user: str = "rayfleet"     # the unprivileged user every host has (besides root)
     uid: int = 4242
+    systemd: bool = False      # the user's systemd manager in every host (see the module's docstring)
 
     @property
     def bridge(self) -> str:
@@ -129,6 +225,8 @@ class HostLab:
         return sorted(p for p in paths if p.startswith(("/root/", "/tmp/")))
 
     def create(self) -> None:
+        if self.systemd and not Path("/lib/systemd/systemd").exists():
+            raise RuntimeError("systemd=True needs systemd (apt-get install systemd)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)
         if not self.key.exists():
@@ -144,6 +242,8 @@ class HostLab:
         for h in self.hosts:
             self._wait_ssh(h)
             self._wait_ssh(h, self.user)
+            if self.systemd:
+                h.boot_user_manager()
 
     # The hosts' names in /etc/hosts (shared with the hosts: their mount namespaces bind only /root and
     # /tmp), one marked line each; removed again by destroy (and stale ones of a killed run by create).
@@ -173,7 +273,7 @@ class HostLab:
         name = f"{self.prefix}{i}"
         ip = f"{self.subnet}.{11 + i}"
         hdir = self.workdir / name
-        host = Host(name=name, ip=ip, dir=hdir, netns=name)
+        host = Host(name=name, ip=ip, dir=hdir, netns=name, user=self.user, uid=self.uid)
         (hdir / "root" / ".ssh").mkdir(parents=True, exist_ok=True)
         (hdir / "tmp").mkdir(parents=True, exist_ok=True)
         os.chmod(hdir / "root", 0o700)
@@ -214,7 +314,18 @@ class HostLab:
             top, rel = ("root", p[len("/root/"):]) if p.startswith("/root/") else ("tmp", p[len("/tmp/"):])
             target = hdir / top / rel
             binds.append(f"mkdir -p {shlex.quote(str(target))} && mount --bind {shlex.quote(p)} {shlex.quote(str(target))}")
-        script = " && ".join(binds + [
+        run = []
+        if self.systemd:
+            # /run of the host's own: sshd's privilege separation dir, the mark of a systemd machine, the
+            # user's runtime dir; lingering on for the user (logind's flag file).
+            (hdir / "linger").mkdir(exist_ok=True)
+            (hdir / "linger" / self.user).touch()
+            host.cgroups = _user_cgroups(f"{self.prefix}-{name}-user")
+            run = [*_cgroup_mount_commands(),
+                   "mount -t tmpfs -o mode=755 tmpfs /run", "mkdir -p /run/sshd /run/systemd/system",
+                   f"install -d -m 700 -o {self.uid} -g {self.uid} /run/user/{self.uid}",
+                   f"mount --bind {hdir}/linger /var/lib/systemd/linger"]
+        script = " && ".join(binds + run + [
             f"mount --bind {hdir}/etc/passwd /etc/passwd",
             f"mount --bind {hdir}/etc/group /etc/group",
             f"mount --rbind {hdir}/home /home",
@@ -291,6 +402,7 @@ class HostLab:
                 h.proc.wait(timeout=10)
             _run("ip", "netns", "del", h.netns, check=False)
             _run("ip", "link", "del", f"{h.name}b", check=False)
+            _remove_cgroups(h.cgroups)
         _run("ip", "link", "del", self.bridge, check=False)
         self._unname_hosts()
         self.hosts = []

@@ -195,7 +195,7 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         # A training job too, killed after its first checkpoint, then resumed from it.
         spec = tmp_path / "train.yaml"
         spec.write_text((ROOT / "examples" / "finetune-tiny.yaml").read_text()
-                        .replace("name: en-fr-tiny", "name: en-fr-resume").replace("max_steps: 500", "max_steps: 150")
+                        .replace("name: en-fr-tiny", "name: en-fr-resume").replace("max_steps: 500", "max_steps: 100")
                         .replace("checkpoints:\n  every_steps: 100", "checkpoints:\n  every_steps: 50")
                         .replace("model_name: en-fr-tiny", "model_name: en-fr-resume"))
         train = subprocess.Popen([str(Path(sys.executable).parent / "rayfleet"), "train", str(spec)],

@@ -18,7 +18,10 @@ the same ``ray start --head`` again, on the same store. Each restart is recorded
 
 Usage (rayfleet starts it): ``python -m rayfleet.cluster.supervisor SPEC.json``. It writes
 one line on stdout when the first start is done (``started`` or ``failed RC``) and closes
-it; its own log goes to stderr.
+it; its own log goes to stderr. On a fleet's head with systemd, the head's unit runs it
+(``systemd_unit.py``): then it also tells systemd (READY=1), and, started by systemd again
+for a cluster whose record it finds (a reboot, its own death), it starts the head on the store
+as after any death.
 """
 
 from __future__ import annotations
@@ -271,6 +274,7 @@ def main(argv: list[str]) -> int:
         # No record, and not asked by node_start: `rayfleet down` took this cluster down, and its unit (if
         # down could not remove it) must not start it again at boot.
         _log("no record of this cluster and no start asked for: nothing to do")
+        notify("READY=1")   # then a clean exit: systemd does not start it again
         return 0
     rc = sup.start()
     ok = rc == 0 and not sup.missing()

@@ -106,12 +106,12 @@ def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
         print(f"translate-file with the trained model: exact match {exact:.3f}")
         assert exact >= 0.9
 
-        # The README's tune, shortened (20 steps, evaluated once, 2 trials; chrF, in which trials this
-        # short can differ), beside the translator: 1 worker per trial, one trial after the other on the
-        # one free CPU (a finished trial must give its CPU back, or the second waits forever).
+        # The README's tune, shortened (40 steps, 2 trials; chrF, in which trials this short already
+        # differ), beside the translator: 1 worker per trial, one trial after the other on the one free
+        # CPU (a finished trial must give its CPU back, or the second waits forever).
         short = tmp_path / "short.yaml"
         short.write_text((ROOT / "examples" / "finetune-tiny.yaml").read_text()
-                         .replace("max_steps: 500", "max_steps: 20").replace("every_steps: 100", "every_steps: 20")
+                         .replace("max_steps: 500", "max_steps: 40").replace("every_steps: 100", "every_steps: 20")
                          .replace("metric: exact_match", "metric: chrf"))
         r = _cli(["rayfleet", "tune", str(short), "--samples", "2"], env, timeout=900)
         assert r.returncode == 0, r.stderr
@@ -126,7 +126,7 @@ def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
         assert r.returncode == 0, r.stderr
         registered = dict(kv.rsplit(" ", 1) for kv in re.search(r"metrics:\s+(.*)", r.stdout).group(1).split(", "))
         assert float(registered["chrf"]) == pytest.approx(max(chrf), abs=0.1)  # the best trial's model
-        assert float(registered["step"]) == 20
+        assert float(registered["step"]) == 40
         assert (Path(re.search(r"files:\s+(\S+)", r.stdout).group(1)) / "config.json").is_file()
 
         # A job that could never fit: refused before anything is submitted.

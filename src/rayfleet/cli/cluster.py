@@ -17,7 +17,7 @@ from rayfleet.cluster import local
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.preflight import run_checks
 from rayfleet.cluster.state import LocalPorts, state_dir
-from rayfleet.errors import ClusterError
+from rayfleet.errors import ClusterError, JobError
 
 __all__ = ["register"]
 
@@ -237,7 +237,11 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
             f"{res.get('CPU', 0):g}", f"{res.get('GPU', 0):g}",
             f"{res.get('memory', 0) / 2**30:.1f}", f"{res.get('object_store_memory', 0) / 2**30:.1f}")
     print_table(table)
-    jobs = cluster.jobs()
+    try:
+        jobs = cluster.jobs()
+    except JobError as e:   # the nodes and services are still worth showing
+        console.print(f"Jobs: {e.message}", markup=False)
+        jobs = []
     if jobs:
         jt = Table("job", "kind", "status", "entrypoint", title="Jobs")
         for j in jobs[-10:]:

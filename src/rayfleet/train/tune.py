@@ -118,7 +118,8 @@ def _tuner(job: TrainJob, paths: dict[str, str]):
             metric=s.metric, mode=s.mode, num_samples=job.samples, max_concurrent_trials=s.max_concurrent,
             # stop_last_trials=False: a trial that reaches max_t ends by itself (fit() returns and
             # the worker group is shut down) instead of being killed at its last report.
-            scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=s.grace_period * every,
+            # (a run shorter than the grace period: no trial is stopped early; Ray asserts grace <= max_t)
+            scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=min(s.grace_period * every, total),
                                     stop_last_trials=False)),
         run_config=tune.RunConfig(name=f"{job.run_name}-tune", storage_path=job.train_storage, verbose=0),
     )

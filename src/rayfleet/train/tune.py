@@ -46,6 +46,16 @@ def search_space(spec: JobSpec) -> dict[str, Any]:
 _KEPT = ("exact_match", "bleu", "chrf", "loss", "step")   # the metrics a trial's result keeps
 
 
+def asha(max_steps: int, grace_steps: int):
+    """Ray Tune's ASHA on training steps. A run shorter than the grace period stops no trial early (Ray
+    asserts grace <= max_t). stop_last_trials=False: a trial that reaches max_t ends by itself (fit()
+    returns and the worker group is shut down) instead of being killed at its last report."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=min(grace_steps, max_steps),
+                         stop_last_trials=False)
+
+
 def run_tune(job: TrainJob) -> TrainResult:
     """Run the job's trials (one TorchTrainer each, ASHA stopping the weak), register the best."""
     from rayfleet.registry.store import Registry
@@ -85,7 +95,6 @@ def _tuner(job: TrainJob, paths: dict[str, str]):
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-    from ray.tune.schedulers import ASHAScheduler
 
     from rayfleet.train.workload import _quiet_ray_data, build_trainer
 
@@ -116,11 +125,7 @@ def _tuner(job: TrainJob, paths: dict[str, str]):
         param_space=search_space(spec),
         tune_config=tune.TuneConfig(
             metric=s.metric, mode=s.mode, num_samples=job.samples, max_concurrent_trials=s.max_concurrent,
-            # stop_last_trials=False: a trial that reaches max_t ends by itself (fit() returns and
-            # the worker group is shut down) instead of being killed at its last report.
-            # (a run shorter than the grace period: no trial is stopped early; Ray asserts grace <= max_t)
-            scheduler=ASHAScheduler(time_attr="step", max_t=total, grace_period=min(s.grace_period * every, total),
-                                    stop_last_trials=False)),
+            scheduler=asha(total, s.grace_period * every)),
         run_config=tune.RunConfig(name=f"{job.run_name}-tune", storage_path=job.train_storage, verbose=0),
     )
 

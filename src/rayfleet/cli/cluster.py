@@ -17,7 +17,7 @@ from rayfleet.cluster import local
 from rayfleet.cluster.dashboard import list_nodes
 from rayfleet.cluster.preflight import run_checks
 from rayfleet.cluster.state import LocalPorts, state_dir
-from rayfleet.errors import ClusterError, JobError
+from rayfleet.errors import ClusterError, JobError, ServeError
 
 __all__ = ["register"]
 
@@ -247,7 +247,11 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
         for j in jobs[-10:]:
             jt.add_row(j.id, j.kind, j.status, j.entrypoint[:60])
         print_table(jt)
-    services = cluster.services()
+    try:
+        services = cluster.services()
+    except ServeError as e:
+        console.print(f"Services: {e.message}", markup=False)
+        return
     if not services:
         console.print("Services: none (deploy one with: rayfleet serve examples/translate.yaml)")
         return

@@ -6,7 +6,21 @@ import requests
 
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
-__all__ = ["list_nodes", "resource_usage"]
+__all__ = ["list_nodes", "resource_usage", "get_json"]
+
+
+def get_json(dashboard_url: str, path: str, headers: dict[str, str], timeout_s: float, error: type, api: str):
+    """GET ``path`` of the dashboard, as JSON: what Ray's Jobs and Serve clients read, but with a timeout
+    (theirs wait without end; a dashboard started again by a restarted head was seen not to answer for
+    minutes). ``error(...)`` when it doesn't answer within ``timeout_s``; other failures raise as requests
+    does (callers wrap them with ``errors.foreign``)."""
+    try:
+        r = requests.get(f"{dashboard_url}{path}", headers=headers, timeout=timeout_s)
+    except requests.Timeout:
+        raise error(f"{api} at {dashboard_url} did not answer within {timeout_s:.0f} s.",
+                    hint="A head that has just started again can take a while: try again.") from None
+    r.raise_for_status()
+    return r.json()
 
 
 def list_nodes(dashboard_url: str, headers: dict[str, str], timeout_s: float = 10) -> list[dict]:

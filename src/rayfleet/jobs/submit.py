@@ -96,17 +96,13 @@ class JobsClient:
     def list(self, timeout_s: float = LIST_TIMEOUT_S) -> list[JobInfo]:
         """Every job. Ray's client waits for an answer without end, and a dashboard that has just started
         again (a restarted head) has been seen to take minutes: JobError after ``timeout_s``."""
-        import requests
         from ray.job_submission import JobDetails
 
+        from rayfleet.cluster.dashboard import get_json
+
         with foreign(JobError, f"Can't list jobs at {self.dashboard_url}"):
-            try:
-                r = requests.get(f"{self.dashboard_url}/api/jobs/", headers=self.headers, timeout=timeout_s)
-            except requests.Timeout:
-                raise JobError(f"The Jobs API at {self.dashboard_url} did not answer within {timeout_s:.0f} s.",
-                               hint="A head that has just started again can take a while: try again.") from None
-            r.raise_for_status()
-            jobs = [JobDetails(**j) for j in r.json()]
+            raw = get_json(self.dashboard_url, "/api/jobs/", self.headers, timeout_s, JobError, "The Jobs API")
+            jobs = [JobDetails(**j) for j in raw]
         return sorted((self._info(j) for j in jobs if j.submission_id), key=lambda j: j.start_ms)
 
     def info(self, job_id: str, *, wait_s: float = 0.0) -> JobInfo:

@@ -118,18 +118,13 @@ STATE_TIMEOUT_S = 30
 def _state(client, target: ServeTarget) -> _State:
     """Serve's state (what Ray's client's get_serve_details reads, with a timeout: Ray's waits without end,
     and a dashboard started again by a restarted head has been seen not to answer for minutes)."""
-    import requests
     from ray.serve.schema import ServeInstanceDetails
 
+    from rayfleet.cluster.dashboard import get_json
+
     with foreign(ServeError, f"Can't read Serve's state from {target.dashboard_url}"):
-        try:
-            r = requests.get(f"{target.dashboard_url}/api/serve/applications/", headers=dict(target.headers),
-                             timeout=STATE_TIMEOUT_S)
-        except requests.Timeout:
-            raise ServeError(f"Serve's API at {target.dashboard_url} did not answer within {STATE_TIMEOUT_S} s.",
-                             hint="A head that has just started again can take a while: try again.") from None
-        r.raise_for_status()
-        raw = r.json()
+        raw = get_json(target.dashboard_url, "/api/serve/applications/", dict(target.headers), STATE_TIMEOUT_S,
+                       ServeError, "Serve's API")
         details = ServeInstanceDetails(**raw)
     return _State(details.applications, raw)
 

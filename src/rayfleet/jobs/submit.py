@@ -40,6 +40,7 @@ def quiet_ray_logs() -> None:
 
 
 RECONNECT_S = 120   # how long a follower waits for a Jobs API that stopped answering (the head restarting)
+ENDED_LOG_WAIT_S = 30   # how long it waits for the log of a job that has ended (its node's job agent restarting)
 _REASON_WAIT_S = 15
 _RAY_LOST_SUPERVISOR = ("Unexpected error occurred: failed to get job supervisor", "Job supervisor actor died")
 
@@ -51,7 +52,14 @@ def _unreachable(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, (requests.ConnectionError, ConnectionError)) or any(
         s in text for s in ("Connection refused", "Failed to establish a new connection", "Connection reset",
-                            "RemoteDisconnected"))
+                            "RemoteDisconnected",
+                            "Connect call failed"))   # a 500 from the head: the node's job agent is not back yet
+
+
+def _first_line(e: BaseException) -> str:
+    """An error's gist: the last line of a server's traceback names the cause."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 LIST_TIMEOUT_S = 30
@@ -125,9 +133,10 @@ class JobsClient:
                     raise
                 if deadline is None:
                     deadline = time.monotonic() + wait_s
-                    print(f"The cluster's Jobs API at {self.dashboard_url} does not answer; waiting up to "
-                          f"{wait_s:.0f} s for it (a supervised head is started again by itself) ...",
-                          file=sys.stderr, flush=True)
+                    what = ("The job agent on the job's node" if "Connect call failed" in str(e)
+                            else f"The cluster's Jobs API at {self.dashboard_url}")
+                    print(f"{what} does not answer; waiting up to {wait_s:.0f} s for it (a supervised head is "
+                          "started again by itself) ...", file=sys.stderr, flush=True)
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
@@ -179,31 +188,41 @@ class JobsClient:
                     partial = lines.pop()
                     yield from lines
                 elif kind == "end" and self.info(job_id, wait_s=RECONNECT_S).status in TERMINAL:
-                    break
+                    # The tail has been seen to close before its last lines reached us: read them over HTTP.
+                    yield from self._poll_logs(job_id, received, partial, poll_s, on_poll, ended=True)
+                    return
                 else:  # the tail broke (or ended early): read the rest over HTTP
                     yield from self._poll_logs(job_id, received, partial, poll_s, on_poll)
                     return
         finally:
             tail.close()
-        if partial:
-            yield partial
 
     def _poll_logs(self, job_id: str, seen: int, partial: str, poll_s: float,
-                   on_poll: Callable[[], None] | None) -> Iterator[str]:
-        """The log from character ``seen`` on, by reading it whole at every poll (the fallback)."""
+                   on_poll: Callable[[], None] | None, *, ended: bool = False) -> Iterator[str]:
+        """The log from character ``seen`` on, by reading it whole at every poll (the fallback; ``ended``: the
+        job is known to have ended, one read). The log of a job that has ended but cannot be read (its node's
+        job agent gone with a restarted head) ends with a line that says so, not with an error."""
         while True:
-            if on_poll is not None:
+            if on_poll is not None and not ended:
                 on_poll()
-            status = self.info(job_id, wait_s=RECONNECT_S).status
-            with foreign(JobError, f"Can't read the logs of job {job_id}"):
-                text = self._unreachable_retried(lambda: self._client.get_job_logs(job_id), RECONNECT_S)
-            if len(text) < seen:  # log rotated or truncated: start over
-                seen = 0
+            ended = ended or self.info(job_id, wait_s=RECONNECT_S).status in TERMINAL
+            try:
+                text = self._unreachable_retried(lambda: self._client.get_job_logs(job_id),
+                                                 ENDED_LOG_WAIT_S if ended else RECONNECT_S)
+            except Exception as e:
+                if not ended:
+                    raise JobError(f"Can't read the logs of job {job_id}: {e}") from e
+                yield from ([partial] if partial else [])
+                yield (f"(rayfleet: the end of this job's log could not be read: {_first_line(e)}; "
+                       f"try later: rayfleet jobs logs {job_id})")
+                return
+            if len(text) < seen:  # log rotated or truncated: start over (or, at the end, add nothing)
+                seen = len(text) if ended else 0
             chunk, seen = partial + text[seen:], len(text)
             lines = chunk.split("\n")
             partial = lines.pop()
             yield from lines
-            if status in TERMINAL:
+            if ended:
                 if partial:
                     yield partial
                 return

@@ -115,7 +115,7 @@ class _State:
 STATE_TIMEOUT_S = 30
 
 
-def _state(client, target: ServeTarget) -> _State:
+def _state(target: ServeTarget) -> _State:
     """Serve's state (what Ray's client's get_serve_details reads, with a timeout: Ray's waits without end,
     and a dashboard started again by a restarted head has been seen not to answer for minutes)."""
     from ray.serve.schema import ServeInstanceDetails
@@ -278,7 +278,7 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
     if key_hashes and not api_key:
         raise ValueError("a service with API keys is probed with one of them: pass api_key")
     client = _client(target)
-    state = _state(client, target)
+    state = _state(target)
     configs = state.configs()
     for other in configs:
         if other["name"] != spec.name and other.get("route_prefix") == spec.route_prefix:
@@ -291,7 +291,7 @@ def deploy(target: ServeTarget, spec: ServiceSpec, key_hashes: list[str], *, tim
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
-        app = _state(client, target).apps.get(spec.name)
+        app = _state(target).apps.get(spec.name)
         status = app.status.value if app else "NOT_STARTED"
         fresh = app is not None and app.last_deployed_time_s > previous
         if progress and status != last:
@@ -363,13 +363,13 @@ def _status(target: ServeTarget, name: str, app: "ApplicationDetails") -> Servic
 
 def model_replicas(target: ServeTarget, name: str) -> list["ReplicaDetails"]:
     """The model replicas of service ``name``: Serve's replica details (``state``, ``pid``, ``node_ip``, ...)."""
-    app = _state(_client(target), target).apps.get(name)
+    app = _state(target).apps.get(name)
     dep = app.deployments.get(MODEL_DEPLOYMENT) if app else None
     return list(dep.replicas) if dep else []
 
 
 def list_services(target: ServeTarget) -> list[ServiceStatus]:
-    apps = _state(_client(target), target).apps
+    apps = _state(target).apps
     return [_status(target, name, app) for name, app in sorted(apps.items()) if app.status.value != "DELETING"]
 
 
@@ -379,7 +379,7 @@ def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120, wa
     their resources are free for jobs. ``wait=False``: once the proxies no longer route to it (its replicas
     still drain, holding their CPUs)."""
     client = _client(target)
-    state = _state(client, target)
+    state = _state(target)
     live = sorted(n for n, app in state.apps.items() if app.status.value != "DELETING")
     if name not in live:
         known = ", ".join(live) or "none"
@@ -387,7 +387,7 @@ def delete_service(target: ServeTarget, name: str, *, timeout_s: float = 120, wa
                          hint="List them with: rayfleet services")
     _put(client, target, [a for a in state.configs() if a["name"] != name])
     deadline = time.monotonic() + timeout_s
-    while (app := _state(client, target).apps.get(name)) is not None and (wait or not _serves_nothing(app)):
+    while (app := _state(target).apps.get(name)) is not None and (wait or not _serves_nothing(app)):
         if time.monotonic() > deadline:
             raise ServeError(f"Service {name!r} is still being deleted after {timeout_s:.0f} s.")
         time.sleep(0.5)

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from conftest import OTHER_PORTS, ROOT, SESSION_PORTS, rayfleet_cli, up_flags
-from rayfleet.cluster import local, processes
+from rayfleet.cluster import local, monitoring, processes
 
 pytestmark = pytest.mark.integration
 
@@ -123,11 +123,17 @@ def test_status_shows_node_and_services(local_cluster, translator):
 
 
 def test_second_cluster_is_isolated_and_down_leaves_nothing(local_cluster, tmp_path):
-    """Another RAYFLEET_HOME + ports: both run; stopping the second leaves the first untouched."""
+    """Another RAYFLEET_HOME + ports: both run; stopping the second leaves the first untouched. The second
+    runs Prometheus from the start (--monitoring); its down stops that too."""
     env = {"RAYFLEET_HOME": str(tmp_path / "other")}
-    r = rayfleet_cli("up", "--local", "--num-cpus", "1", *up_flags(OTHER_PORTS), env=env)
+    prom_port = OTHER_PORTS["gcs"] - 5
+    r = rayfleet_cli("up", "--local", "--num-cpus", "1", "--monitoring", "--prometheus-port", str(prom_port),
+                     *up_flags(OTHER_PORTS), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert f"  prometheus: http://127.0.0.1:{prom_port} (keeps 7d)" in r.stdout
     other = local.current(Path(env["RAYFLEET_HOME"]))
+    prom_pid = monitoring.running(local.monitoring_dir(Path(env["RAYFLEET_HOME"])))
+    assert prom_pid and requests.get(f"http://127.0.0.1:{prom_port}/-/ready", timeout=10).status_code == 200
     assert other.cluster_id != local_cluster.cluster_id
     other_pids = local.pids(other)
     mine = local.pids(local_cluster)
@@ -143,6 +149,7 @@ def test_second_cluster_is_isolated_and_down_leaves_nothing(local_cluster, tmp_p
     assert "no Ray process of it is left" in r.stdout
     assert not [p for p in other_pids if processes.is_running(p)]
     assert local.pids(other) == []
+    assert not processes.is_running(prom_pid)
     assert all(processes.is_running(p) for p in mine)
     assert local.is_alive(local_cluster)
     # down again: nothing to do, not an error

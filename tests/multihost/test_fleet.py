@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -566,6 +567,55 @@ def test_translator_on_the_fleet(lab, fleet_up, tiny_model):
     assert other.stdout.strip() == "PermissionError", other.stdout + other.stderr
 
 
+def test_monitoring_turned_on_for_a_running_fleet(lab, fleet_up):
+    """`monitoring: true` and `up` again: the head's own Prometheus (the distribution's binary) started by
+    rayfleet, no Ray restarted; it scrapes every node and listens on the head's loopback only; `metrics
+    query` and `metrics url` reach it through SSH and see the translator's texts; `up` again keeps it."""
+    from rayfleet.cluster import fleet as fl
+
+    spec = _spec(fleet_up)
+    before = {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
+    data = yaml.safe_load(fleet_up.read_text())
+    data["monitoring"] = True
+    fleet_up.write_text(yaml.safe_dump(data))
+    t0 = time.monotonic()
+    r = rayfleet_cli("up", "-f", str(fleet_up), timeout=600)
+    _timed("up with monitoring turned on (Prometheus started, no Ray restart)", t0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^  Prometheus started \(PID \d+\) on 127\.0\.0\.1:9090$", r.stdout, re.M), r.stdout
+    assert ("  monitoring: Prometheus on the head's 127.0.0.1:9090, keeps 7d ('rayfleet metrics url -f "
+            f"{fleet_up}' opens it)") in r.stdout, r.stdout
+    assert {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"} == before
+    head = lab.hosts[0]
+    listening = head.exec("ss -Hltn 'sport = :9090'").stdout.split()
+    assert "127.0.0.1:9090" in listening and "0.0.0.0:9090" not in listening and "*:9090" not in listening, listening
+
+    def query(promql: str) -> list[str]:
+        q = rayfleet_cli("metrics", "query", promql, "-f", str(fleet_up), timeout=120)
+        assert q.returncode == 0, q.stdout + q.stderr
+        return [ln for ln in q.stdout.splitlines() if ln != "(no data)"]
+
+    _wait_until(lambda: {h.ip for h in lab.hosts} <= {m[1] for ln in query('up{job="ray"} == 1')
+                                                      if (m := re.search(r'instance="([\d.]+):6382"', ln))},
+                120, "every node's metrics scraped")
+    for _ in range(5):
+        resp = httpx.post(f"http://{head.ip}:8000/translate", json={"text": "The cat sleeps."}, timeout=60)
+        assert resp.status_code == 200
+    _wait_until(lambda: (v := query('sum(ray_rayfleet_translator_texts_total{application="translator"})'))
+                and float(v[0].split()[-1]) >= 5, 120, "the translator's texts counted")
+    url = subprocess.Popen([str(Path(sys.executable).parent / "rayfleet"), "metrics", "url", "-f", str(fleet_up)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        local_url = url.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", local_url), local_url + url.stderr.read()
+        assert httpx.get(f"{local_url}/-/ready", timeout=30).status_code == 200
+    finally:
+        url.terminate()
+    assert url.wait(30) == 0
+    r = rayfleet_cli("up", "-f", str(fleet_up), timeout=600)
+    assert r.returncode == 0 and re.search(r"^  Prometheus running \(PID \d+\)", r.stdout, re.M), r.stdout
+
+
 def test_the_launchers_ssh_checks_host_keys(lab, fleet_up, tmp_path):
     """Ray's launcher runs ssh with StrictHostKeyChecking=no and /dev/null for known hosts; rayfleet gives
     it a ProxyCommand that checks the fleet's pinned keys. With Ray's own options: the pinned key gets
@@ -959,14 +1009,20 @@ def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fl
         rayfleet_cli("services", "delete", "ha", "-f", str(fleet_up))
 
 
-def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab, fleet_up):
+def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab, fleet_up, tiny_model, tmp_path):
     """The head's supervisor as a systemd user unit: SIGKILL it, and systemd starts it again (the head's Ray
     goes with it: the new supervisor starts the head on the store); SIGKILL every process of the user on
     the head and boot its manager again, as a reboot does: the unit starts the head. Each time the
-    workers rejoin under their old node ids, and `status` says why the head started again."""
+    workers rejoin under their old node ids, the service is RUNNING again and answers (nothing
+    redeployed), and `status` says why the head started again."""
     from rayfleet.cluster import fleet as fl
 
     spec = _spec(fleet_up)
+    service = tmp_path / "sd.yaml"
+    service.write_text(yaml.safe_dump({"name": "sd", "route_prefix": "/sd", "model": str(tiny_model), "replicas": 1,
+                                       "resources": {"num_cpus": 1}}))
+    r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
+    assert r.returncode == 0, r.stdout + r.stderr
     head, unit = lab.hosts[0], "rayfleet-head-lab.service"
     before = {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
     restarts = _head_dir(lab) / "restarts.json"
@@ -991,21 +1047,35 @@ def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab,
         _wait_until(lambda: (a := alive()) and head.ip in a and all(a.get(ip) == i for ip, i in before.items()
                                                                     if ip != head.ip), 120, "every node ALIVE")
         _timed(f"systemd: every node ALIVE, the workers under their old ids ({reason})", t0)
+        _wait_until(lambda: re.search(r"│ sd +│ \S+ +│ RUNNING +│ 1 +│", rayfleet_cli(
+            "services", "-f", str(fleet_up)).stdout), 120, "the service RUNNING")
+        _timed(f"systemd: the service RUNNING again ({reason})", t0)
+        def answers() -> bool:   # (the head's proxy, started again by Serve's controller)
+            try:
+                return httpx.post(f"http://{head.ip}:8000/sd/translate", json={"text": "The cat sleeps."},
+                                  timeout=30).status_code == 200
+            except httpx.HTTPError:
+                return False
+        _wait_until(answers, 60, "the service answering on the head's proxy")
         r = rayfleet_cli("status", "-f", str(fleet_up))
         assert re.search(rf"^Head: restarted {count} time\(s\); last at .* \({reason}\), back in \d+ s$", r.stdout,
                          re.M), r.stdout
+        assert "does not answer" not in r.stdout + r.stderr, r.stdout + r.stderr
 
-    pid = main_pid()
-    assert pid.isdigit() and pid != "0"
-    t0 = time.monotonic()
-    head.exec(f"kill -9 {pid}")
-    back("its supervisor was started again by systemd", t0)
-    assert main_pid() not in (pid, "0")
+    try:
+        pid = main_pid()
+        assert pid.isdigit() and pid != "0"
+        t0 = time.monotonic()
+        head.exec(f"kill -9 {pid}")
+        back("its supervisor was started again by systemd", t0)
+        assert main_pid() not in (pid, "0")
 
-    t0 = time.monotonic()
-    head.reboot_user()   # everything of the user gone, as in a reboot; the manager starts the enabled unit
-    # (the lab's reboot keeps the kernel's boot time, so the reason is the same; a unit test has the other)
-    back("its supervisor was started again by systemd", t0)
+        t0 = time.monotonic()
+        head.reboot_user()   # everything of the user gone, as in a reboot; the manager starts the enabled unit
+        # (the lab's reboot keeps the kernel's boot time, so the reason is the same; a unit test has the other)
+        back("its supervisor was started again by systemd", t0)
+    finally:
+        rayfleet_cli("services", "delete", "sd", "-f", str(fleet_up))
 
 
 def test_head_killed_with_redis_on_a_worker_as_the_store(lab, fleet_up, tiny_model, tmp_path):
@@ -1073,7 +1143,7 @@ def test_down_leaves_no_ray_process(lab, fleet_up, tiny_model):
     assert left == {}
     for h in lab.hosts:  # seen from inside each host too, Serve's HAProxy included (the translator ran), and
         # the head's store, Redis (head_recovery.store: redis since the test before)
-        assert h.exec("pgrep -f 'raylet|gcs_server|ray::|haproxy|redis-server'").stdout.strip() == ""
+        assert h.exec("pgrep -f 'raylet|gcs_server|ray::|haproxy|redis-server|prometheus'").stdout.strip() == ""
         assert not (h.home(lab.user) / ".rayfleet" / "lab" / "redis").exists()
     assert not key.exists()   # no private key left on any node
     assert "rayfleet" not in lab.hosts[0].user_systemctl("list-unit-files", "--no-legend").stdout   # nor a unit

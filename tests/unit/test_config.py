@@ -220,3 +220,34 @@ def test_head_recovery_on_redis_and_its_mistakes(tmp_path):
             load_model(FleetSpec, p)
         text = e.value.message + " " + (e.value.hint or "")
         assert all(w in text for w in words), (bad, text)
+
+
+def test_monitoring_in_fleet_yaml_and_its_mistakes(tmp_path):
+    """monitoring: off by default, `monitoring: true` shorthand, the head's command says what to run there;
+    a port Ray uses, or a retention Prometheus can't read, named with the fix."""
+    from rayfleet.cluster.fleet import _monitoring_command
+    from rayfleet.config.fleet import FleetSpec
+
+    p = tmp_path / "fleet.yaml"
+    base = "name: lab\npython: /opt/venv\nhead:\n  host: 10.0.0.1\n"
+    p.write_text(base)
+    spec = load_model(FleetSpec, p)
+    assert not spec.monitoring.enabled
+    assert _monitoring_command(spec) == ('/opt/venv/bin/python -m rayfleet.cluster.monitoring stop '
+                                         '"$HOME"/.rayfleet/lab/prometheus')   # off: one that ran is stopped
+    p.write_text(base + "monitoring: true\n")
+    spec = load_model(FleetSpec, p)
+    assert (spec.monitoring.enabled, spec.monitoring.port, spec.monitoring.retention) == (True, 9090, "7d")
+    cmd = _monitoring_command(spec)
+    assert cmd.startswith("/opt/venv/bin/python -m rayfleet.cluster.monitoring ensure ")
+    assert '"sd": "/tmp/rayfleet/prom_metrics_service_discovery.json"' in cmd and '"port": 9090' in cmd
+    for bad, words in [
+        ("monitoring:\n  enabled: true\n  port: 6379\n", ["monitoring.port 6379 is also ports.gcs"]),
+        ("monitoring:\n  enabled: true\n  port: 10500\n", ["monitoring.port 10500 is also ports.min_worker..max_worker"]),
+        ("monitoring:\n  retention: a week\n", ["'a week' is not a Prometheus duration", "7d"]),
+    ]:
+        p.write_text(base + bad)
+        with pytest.raises(ConfigError) as e:
+            load_model(FleetSpec, p)
+        text = e.value.message + " " + (e.value.hint or "")
+        assert all(w in text for w in words), (bad, text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -60,6 +61,11 @@ def _fleet_up(fleet_file: Optional[Path], skip_check: bool, accept_new_hosts: bo
     restarts = fleet_mod.head_restarts(spec)
     if restarts is not None and (line := _supervisor_line(restarts["supervised"])):
         console.print("  " + line.replace("Head supervisor: ", "supervisor: "), markup=False)
+    m = spec.monitoring
+    console.print("  monitoring: " + (f"Prometheus on the head's 127.0.0.1:{m.port}, keeps {m.retention} "
+                                      f"('rayfleet metrics url -f {fleet_file or 'fleet.yaml'}' opens it)"
+                                      if m.enabled else "off (monitoring: true in fleet.yaml runs Prometheus)"),
+                  markup=False)
     _reapply(fleet_file)
     console.print(f"Next: {_next_serve()} -f {fleet_file or 'fleet.yaml'}")
 
@@ -122,6 +128,15 @@ def up(
     head_recovery: bool = typer.Option(True, "--head-recovery/--no-head-recovery",
                                        help="Keep the cluster's state on disk (RocksDB) and start the head again "
                                             "when it dies: services come back by themselves."),
+    monitoring: bool = typer.Option(False, "--monitoring",
+                                    help="Also run Prometheus (the machine's own 'prometheus' binary) on 127.0.0.1, "
+                                         "scraping every metric of the cluster; 'rayfleet metrics url' says where."),
+    prometheus_port: int = typer.Option(local.Monitoring.port, "--prometheus-port", min=1, max=65535,
+                                        help="Prometheus's port (with --monitoring)."),
+    retention: str = typer.Option(local.Monitoring.retention, "--retention",
+                                  help="How long Prometheus keeps metrics (with --monitoring), e.g. 7d, 12h."),
+    prometheus_path: str = typer.Option(local.Monitoring.binary, "--prometheus-path",
+                                        help="The Prometheus binary (with --monitoring): a path, or a name on PATH."),
 ) -> None:
     """Start a Ray cluster (token auth on): --local on this machine, or the fleet in fleet.yaml.
     Running it again while up changes nothing; a changed fleet.yaml is applied.
@@ -134,9 +149,11 @@ def up(
     ports = LocalPorts(gcs=port, dashboard=dashboard_port, serve=serve_port, client_server=client_port,
                        dashboard_agent=agent_port, min_worker=min_worker_port, max_worker=max_worker_port,
                        min_replica=min_replica_port, max_replica=max_replica_port)
+    prom = (local.Monitoring(port=prometheus_port, retention=_retention(retention), binary=prometheus_path)
+            if monitoring else None)
     with console.status("Starting Ray (head node) ..."):
         result = local.start(ports=ports, num_cpus=num_cpus, dashboard_host=dashboard_host,
-                             serve_host=serve_host, head_recovery=head_recovery)
+                             serve_host=serve_host, head_recovery=head_recovery, monitoring=prom)
     c = result.cluster
     console.print("Cluster already running." if result.already_running else "Cluster started.")
     if "0.0.0.0" in (dashboard_host, serve_host):
@@ -148,9 +165,19 @@ def up(
     console.print(f"  auth token: {c.token_path} (Ray token auth is on)")
     console.print("  head:       " + (f"supervised; state kept in {local.gcs_store(state_dir())} (RocksDB)"
                                       if c.head_recovery else "not supervised (--no-head-recovery)"))
+    if c.prometheus_url:
+        console.print(f"  prometheus: {c.prometheus_url}" + (f" (keeps {retention})" if result.monitoring_started
+                                                               else ""))
     if not result.already_running:
         _reapply(None)
     console.print(f"Next: {_next_serve()}")
+
+
+def _retention(value: str) -> str:
+    """A Prometheus duration (7d, 12h, 90m, 1y): checked here, not by a Prometheus that won't start."""
+    if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", value):
+        raise ClusterError(f"--retention {value!r} is not a duration.", hint="Write it as Prometheus does: 7d, 12h, 2w.")
+    return value
 
 
 def down(
@@ -213,6 +240,8 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
         console.print(f"Local cluster {c.gcs_address} — dashboard {c.dashboard_url} — token auth on")
         if c.head_recovery:
             console.print(_restarts_line(local.head_restarts()))
+        if c.prometheus_url:
+            console.print(f"Prometheus: {c.prometheus_url} ('rayfleet top' for a live view)", markup=False)
         node_rows = list_nodes(c.dashboard_url, local.auth_headers(c))
     else:
         spec = target.fleet
@@ -225,6 +254,9 @@ def status(fleet_file: Optional[Path] = FLEET_OPTION) -> None:
             console.print(_restarts_line(restarts))
             if line := _supervisor_line(restarts["supervised"]):
                 console.print(line, markup=False)
+        if spec.monitoring.enabled:
+            console.print(f"Prometheus: on the head's 127.0.0.1:{spec.monitoring.port} ('rayfleet metrics url "
+                          f"-f {fleet_file or 'fleet.yaml'}' opens it; 'rayfleet top' for a live view)", markup=False)
     alive_ips = {n.get("node_ip") for n in node_rows if n.get("state") == "ALIVE"}
     earlier = [n for n in node_rows if n.get("state") == "DEAD" and n.get("node_ip") in alive_ips]
     node_rows = [n for n in node_rows if n not in earlier]   # a restarted node's earlier incarnations

@@ -10,8 +10,10 @@ from rayfleet import __version__
 from rayfleet.cli import bulk as bulk_cmds
 from rayfleet.cli import cluster as cluster_cmds
 from rayfleet.cli import fleet as fleet_cmds
+from rayfleet.cli import metrics as metrics_cmds
 from rayfleet.cli import serve as serve_cmds
 from rayfleet.cli import submit as submit_cmds
+from rayfleet.cli import top as top_cmds
 from rayfleet.cli import train as train_cmds
 from rayfleet.cli._common import err_console
 from rayfleet.errors import RayfleetError
@@ -53,6 +55,8 @@ serve_cmds.register(app)
 train_cmds.register(app)
 bulk_cmds.register(app)
 submit_cmds.register(app)
+metrics_cmds.register(app)
+top_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

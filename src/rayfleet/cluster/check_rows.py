@@ -61,6 +61,15 @@ class HostRows:
         return self.res("recovery", False, f"{where} does not answer as Redis does ({answer[:60] or 'nothing'})",
                         "check head_recovery.redis.url: host and port of your Redis")
 
+    def _monitoring_row(self, st: dict) -> CheckResult:
+        """monitoring on: the head has the Prometheus binary rayfleet runs."""
+        if not st["version"]:
+            return self.res("monitoring", False, f"monitoring is on: no Prometheus ({st['want']}) here",
+                            "install it ('apt install prometheus' on Debian/Ubuntu; rayfleet runs its own, so "
+                            "disable the package's service or give rayfleet another monitoring.port), or set "
+                            "monitoring.prometheus_path")
+        return self.res("monitoring", True, st["version"].split(" (branch")[0])
+
     def _names_row(self, seen: dict) -> None:
         """The fleet's host names resolve here as on the machine running rayfleet (Ray is told those addresses)."""
         if not self.names:

@@ -201,8 +201,54 @@ def _run_launcher(fleet: FleetSpec, args: list[str], log_name: str, timeout_s: f
         raise ClusterError(f"'ray {args[0]}' failed (exit {r.returncode}).", context=tail, hint=f"Full log: {log}")
 
 
+def monitoring_dir(fleet: FleetSpec) -> str:
+    """Prometheus's files on the head (``~/`` = the SSH user's home there)."""
+    return f"~/.rayfleet/{fleet.name}/prometheus"
+
+
+def _monitoring_command(fleet: FleetSpec) -> str:
+    """What the head runs at every ``up``: Prometheus ensured (monitoring on) or stopped (off)."""
+    module = f"{fleet.venv_sh}/bin/python -m rayfleet.cluster.monitoring"
+    if not fleet.monitoring.enabled:
+        return f"{module} stop {shell_path(monitoring_dir(fleet))}"
+    m = fleet.monitoring
+    plan = {"dir": monitoring_dir(fleet), "port": m.port, "retention": m.retention, "binary": m.prometheus_path,
+            "sd": f"{fleet.temp_dir}/prom_metrics_service_discovery.json"}
+    return f"{module} ensure {shlex.quote(json.dumps(plan))}"
+
+
+def ensure_monitoring(fleet: FleetSpec, progress: Progress | None = None) -> str | None:
+    """Prometheus on the head as fleet.yaml's ``monitoring:`` says (started, kept, started again with new
+    settings, or stopped): what it did, in words (None: off and none ran). Not in the launcher's config:
+    turning it on or off restarts no Ray."""
+    try:
+        r = exec_on(fleet, fleet.head.host, _monitoring_command(fleet), timeout_s=120)
+    except SSHError as e:
+        raise ClusterError(f"Prometheus on the head: {e.message}", hint="Fix SSH to the head, then run 'rayfleet "
+                                                                        "up' again (the cluster itself runs).") from None
+    if not r.ok:
+        err = r.stderr.strip().removeprefix("error: ") or f"exit {r.returncode}"
+        raise ClusterError(f"Prometheus did not start on the head {fleet.head.label}: {err.splitlines()[0]}",
+                           context="\n".join(err.splitlines()[1:]) or None,
+                           hint="Install it on the head (sudo apt install prometheus) or set "
+                                "monitoring.prometheus_path, then run 'rayfleet up' again (the cluster itself runs).")
+    said = r.stdout.strip()
+    if not fleet.monitoring.enabled:
+        return "Prometheus stopped (monitoring is off)" if said == "stopped" else None
+    if progress:
+        progress(f"Prometheus {said}")
+    return said
+
+
 def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float = 600) -> list[dict]:
-    """Bring the fleet up through Ray's launcher; wait until head + min_workers are alive."""
+    """Bring the fleet up through Ray's launcher; wait until head + min_workers are alive; Prometheus
+    as ``monitoring:`` says."""
+    alive = _up(fleet, progress=progress, timeout_s=timeout_s)
+    ensure_monitoring(fleet, progress)
+    return alive
+
+
+def _up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float = 600) -> list[dict]:
     p = paths(fleet)
     token = ensure_token(p.dir) if fleet.auth_enabled else None
     text = render_yaml(fleet, token, p.known_hosts)
@@ -381,7 +427,10 @@ def down(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float
     # Ray's launcher copied the SSH private key (and its config) to the head: no key stays behind.
     # Nor a node's TLS key (`up` ships it again).
     stop_cmd += f"; rm -rf {shell_path(tls.remote_dir(fleet))}"
-    head_cmd = stop_cmd + "; rm -f ~/ray_bootstrap_key.pem ~/ray_bootstrap_config.yaml"
+    head_cmd = (stop_cmd + "; rm -f ~/ray_bootstrap_key.pem ~/ray_bootstrap_config.yaml; "
+                # Prometheus, whatever monitoring says now (it may have been on); its data stays
+                f"{fleet.venv_sh}/bin/python -m rayfleet.cluster.monitoring stop "
+                f"{shell_path(monitoring_dir(fleet))} >/dev/null 2>&1; true")
     if fleet.head_recovery.store != "off":
         # The head's supervisor first (it would start the head again), by PID if that is a supervisor; its
         # record goes first, so that a supervisor checking meanwhile ends by itself. The store goes with Ray.

@@ -33,6 +33,7 @@ from pathlib import Path
 import requests
 
 from rayfleet._compat.ray import session_logs
+from rayfleet.cluster import monitoring as prom
 from rayfleet.cluster import processes, state
 from rayfleet.cluster.serving import haproxy_dir, private_dir, serve_env
 from rayfleet.cluster.supervisor import HeadSpec, read_restarts, spawn
@@ -51,8 +52,8 @@ from rayfleet.cluster.state import (
 )
 from rayfleet.errors import ClusterError, ClusterNotRunning
 
-__all__ = ["StartResult", "start", "stop", "current", "pids", "is_alive", "auth_headers", "ray_executable",
-           "head_restarts", "gcs_store"]
+__all__ = ["StartResult", "Monitoring", "start", "stop", "current", "pids", "is_alive", "auth_headers",
+           "ray_executable", "head_restarts", "gcs_store", "monitoring_dir"]
 
 _START_TIMEOUT_S = 120
 _HEAD_SPEC = "head.json"
@@ -74,6 +75,49 @@ def head_restarts(directory: Path | None = None) -> dict:
 class StartResult:
     cluster: LocalCluster
     already_running: bool
+    monitoring_started: bool = False
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Prometheus for the local cluster (``up --local --monitoring``): cluster/monitoring.py."""
+
+    port: int = prom.DEFAULT_PORT
+    retention: str = prom.DEFAULT_RETENTION
+    binary: str = "prometheus"
+
+
+def monitoring_dir(directory: Path | None = None) -> Path:
+    """Prometheus's config, data, log and PID file for the local cluster."""
+    return (directory or state_dir()) / "prometheus"
+
+
+def _prometheus_binary(m: Monitoring) -> str:
+    try:
+        return prom.find_binary(m.binary)
+    except prom.MissingPrometheus as e:
+        raise ClusterError(f"--monitoring needs Prometheus on this machine: {e}.", hint=prom.INSTALL_HINT) from None
+
+
+def _start_monitoring(cluster: LocalCluster, m: Monitoring, binary: str, directory: Path) -> LocalCluster:
+    """Prometheus started (or kept, when it runs on the same port) and recorded in the cluster's record."""
+    where = monitoring_dir(directory)
+    if cluster.prometheus_port and cluster.prometheus_port != m.port:
+        prom.stop(where)
+    if prom.running(where) is None and (_port_in_use("127.0.0.1", m.port) or _port_in_use("0.0.0.0", m.port)):
+        raise ClusterError(f"Port {m.port} (Prometheus) is already in use on this machine.",
+                           hint="Pick another port with --prometheus-port N, or stop what uses it (the prometheus "
+                                "package's own service listens on 9090: sudo systemctl disable --now prometheus).")
+    try:
+        prom.start(where, binary=binary, port=m.port, retention=m.retention, sd=prom.sd_file(cluster.temp_dir),
+                   loopback=True)
+    except prom.StartFailed as e:
+        message, _, tail = str(e).partition("\n")
+        raise ClusterError(message, context=tail, hint="Fix what its log says, then run 'rayfleet up --local "
+                                                       "--monitoring' again (the cluster itself runs).") from None
+    cluster = dataclasses.replace(cluster, prometheus_port=m.port)
+    save_local_cluster(cluster, directory)
+    return cluster
 
 
 def auth_headers(cluster: LocalCluster) -> dict[str, str]:
@@ -168,15 +212,22 @@ def start(
     serve_host: str = "127.0.0.1",
     directory: Path | None = None,
     head_recovery: bool = True,
+    monitoring: Monitoring | None = None,
 ) -> StartResult:
     """Start the local cluster, or return the running one unchanged. ``head_recovery``: the GCS's state in
-    RocksDB under ``directory`` and a supervisor that starts the head again when it dies."""
+    RocksDB under ``directory`` and a supervisor that starts the head again when it dies. ``monitoring``:
+    Prometheus too (also added to a running cluster that has none)."""
     directory = directory or state_dir()
     ports = ports or LocalPorts()
     ports.check()
+    binary = _prometheus_binary(monitoring) if monitoring is not None else ""   # before anything starts
     running = _running_or_cleared(directory)
     if running is not None:
-        return StartResult(running, already_running=True)
+        if monitoring is None or (running.prometheus_port == monitoring.port
+                                  and prom.running(monitoring_dir(directory)) is not None):
+            return StartResult(running, already_running=True)
+        return StartResult(_start_monitoring(running, monitoring, binary, directory), already_running=True,
+                           monitoring_started=True)
     _check_ports_free(ports)
     token_path = ensure_token(directory)
     temp_dir = _ray_temp_dir(directory)
@@ -184,11 +235,13 @@ def start(
     cluster = LocalCluster(cluster_id=uuid.uuid4().hex[:12], host="127.0.0.1", ports=ports, num_cpus=num_cpus,
                            pgid=0, temp_dir=str(temp_dir), token_path=str(token_path), serve_host=serve_host,
                            head_recovery=head_recovery)
-    session = _ray_start(cluster, dashboard_host, directory)
+    session = _ray_start(cluster, dashboard_host, directory, monitoring.port if monitoring is not None else 0)
     cluster = dataclasses.replace(cluster, pgid=session.id, boot_id=session.boot, leader_start=session.leader_start)
     save_local_cluster(cluster, directory)
     _wait_for_dashboard(cluster)
-    return StartResult(cluster, already_running=False)
+    if monitoring is not None:
+        cluster = _start_monitoring(cluster, monitoring, binary, directory)
+    return StartResult(cluster, already_running=False, monitoring_started=monitoring is not None)
 
 
 def _running_or_cleared(directory: Path) -> LocalCluster | None:
@@ -210,15 +263,19 @@ def _running_or_cleared(directory: Path) -> LocalCluster | None:
     return None
 
 
-def _ray_start(cluster: LocalCluster, dashboard_host: str, directory: Path) -> processes.Session:
+def _ray_start(cluster: LocalCluster, dashboard_host: str, directory: Path, prometheus_port: int = 0
+               ) -> processes.Session:
     """``ray start --head`` in a new session (its leader's pid is the session's id): run directly, or by the
-    head's supervisor (head recovery). ClusterError with the log's tail."""
+    head's supervisor (head recovery). ``prometheus_port``: the dashboard's metrics charts ask that
+    Prometheus. ClusterError with the log's tail."""
     ports = cluster.ports
     log_path = directory / "ray-start.log"
     env = dict(os.environ)
     env.update(auth_env(cluster.token_path))
     env[processes.MARKER_ENV] = cluster.cluster_id
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    if prometheus_port:
+        env.setdefault("RAY_PROMETHEUS_HOST", f"http://127.0.0.1:{prometheus_port}")
     for key, value in serve_env(ports.min_replica, ports.max_replica, cluster.temp_dir).items():
         env.setdefault(key, value)  # a variable set by the user wins (e.g. RAY_SERVE_ENABLE_HA_PROXY=0)
     try:
@@ -290,6 +347,7 @@ def stop(directory: Path | None = None) -> LocalCluster | None:
             os.kill(cluster.pgid, signal.SIGTERM)   # the supervisor first: it must not start the head again
         except ProcessLookupError:
             pass
+    prom.stop(monitoring_dir(directory))
     left = processes.terminate(cluster.cluster_id, cluster.session)
     if left:
         raise ClusterError(

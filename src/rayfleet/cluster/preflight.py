@@ -181,6 +181,8 @@ class _HostCheck(HostRows):
                "redis_server": self.node is redis_store.node(self.fleet),
                "redis_url": self.fleet.head_recovery.redis.url if self.node is self.fleet.head
                and self.fleet.head_recovery.store == "redis" else None,
+               "prometheus": self.fleet.monitoring.prometheus_path if self.node is self.fleet.head
+               and self.fleet.monitoring.enabled else None,
                "runtime": {"root": self.fleet.runtime.path, "digest": self.lock.digest, "mark": MARK}
                if self.lock else None,
                "names": sorted(self.names)}
@@ -262,6 +264,8 @@ class _HostCheck(HostRows):
             self.put(self._recovery_row(probe["gcs_store"]))
         if "redis" in probe:
             self.put(self._redis_row(probe["redis"]))
+        if "prometheus" in probe:
+            self.put(self._monitoring_row(probe["prometheus"]))
 
     def _without_python(self) -> None:
         """The venv's Python does not run here: report it, and check what needs no Python by shell."""

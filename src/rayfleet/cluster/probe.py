@@ -1,7 +1,7 @@
 # rayfleet check's probe: NOT imported. preflight.py (through probe_session.py) sends this file's source to each
 # host (`python -c`, the fleet venv's Python), where it talks to rayfleet over the SSH
 # session's stdin/stdout, one JSON object per line.
-import json, os, platform, selectors, socket, subprocess, sys, threading, time
+import json, os, platform, selectors, shutil, socket, subprocess, sys, threading, time
 cfg = json.loads(sys.argv[1])
 mark = None
 def bye():
@@ -159,6 +159,16 @@ if cfg.get("redis_server"):
                                                  timeout=10).stdout.strip()}
     except (OSError, subprocess.SubprocessError):
         out["redis"] = {"server": ""}
+if cfg.get("prometheus"):
+    # monitoring on: the Prometheus binary rayfleet runs on the head (a path, or a name on PATH)
+    want = os.path.expanduser(cfg["prometheus"])
+    exe = want if "/" in want else (shutil.which(want) or shutil.which(want, path="/usr/bin:/usr/local/bin:/usr/sbin"))
+    try:
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10) if exe else None
+        out["prometheus"] = {"want": cfg["prometheus"], "version": (version.stdout + version.stderr).strip()
+                             .splitlines()[0] if version and version.returncode == 0 else ""}
+    except (OSError, subprocess.SubprocessError, IndexError):
+        out["prometheus"] = {"want": cfg["prometheus"], "version": ""}
 if cfg.get("redis_url"):
     # the fleet's own Redis, seen from the head: it answers (a PING; the password is checked by `up`)
     host, _, port = cfg["redis_url"].split("://", 1)[1].rpartition(":")

@@ -92,6 +92,13 @@ def replica_port_ranges(min_port: int, max_port: int) -> tuple[tuple[int, int], 
     return (min_port + 2, max(min_port + 2, mid - 1)), (max(mid, min_port + 3), max_port)
 
 
+# Serve's request-latency histograms (HTTP, replicas): finer than its defaults (1, 2, 5, 10, 20, 50, 100, 200,
+# 300, ... ms), where a p99 between 100 and 200 ms could only be read as "somewhere in there".
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100, 120, 140, 160, 180, 200, 250, 300,
+                      350, 400, 500, 600, 700, 800, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000, 120000, 300000,
+                      600000)
+
+
 def serve_env(min_replica_port: int, max_replica_port: int, temp_dir: str) -> dict[str, str]:
     """The environment of every ``ray start`` on a rayfleet cluster (see the module docstring);
     ``haproxy_dir(temp_dir)`` must be created with ``private_dir`` before."""
@@ -107,6 +114,7 @@ def serve_env(min_replica_port: int, max_replica_port: int, temp_dir: str) -> di
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{hp}/metrics.sock",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": ",".join(map(str, LATENCY_BUCKETS_MS)),
         "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
         "RAY_SERVE_HAPROXY_STATS_PORT": str(min_replica_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(min_replica_port + 1),

@@ -84,6 +84,11 @@ class LocalCluster:
     boot_id: str = ""        # the boot ray start ran in, and when its session's leader started:
     leader_start: int = 0    # a stale record never names someone else's session (processes.Session)
     head_recovery: bool = False   # GCS state in RocksDB, the session's leader a supervisor (cluster/supervisor.py)
+    prometheus_port: int = 0      # Prometheus on 127.0.0.1 (cluster/monitoring.py); 0: not run
+
+    @property
+    def prometheus_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.prometheus_port}" if self.prometheus_port else None
 
     @property
     def session(self) -> Session:

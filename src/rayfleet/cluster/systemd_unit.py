@@ -16,8 +16,10 @@ watchdog (the same supervisor, in a session of its own) does the job while the m
 The unit is ``Type=notify``: ``systemctl start`` returns once the supervisor's first ``ray start
 --head`` is done (READY=1) and fails when it fails. ``Restart=on-failure``: a supervisor that dies is
 started again (a supervisor that ends by itself, because ``rayfleet down`` removed its record, is
-not). ``KillMode=control-group``: when it dies, what is left of the head goes with it, and the new
-supervisor starts the head afresh on the store.
+not). ``KillMode=mixed``: when it dies, what is left of the head is SIGKILLed (as the watchdog's
+``ray stop --force`` does), and the new supervisor starts the head afresh on the store. Not
+``control-group``: that SIGTERMs Ray's processes first, Ray takes it for an intended shutdown, and after
+such a restart the dashboard's Serve API did not answer for minutes.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def unit_text(unit: Unit, spec_path: str, log: str, description: str) -> str:
         "Restart=on-failure",
         "RestartSec=3",
         f"TimeoutStartSec={START_TIMEOUT_S}",
-        "KillMode=control-group",
+        "KillMode=mixed",
         "TimeoutStopSec=20",
         "LimitNOFILE=65536",
         f"StandardOutput=append:{log}",

@@ -138,6 +138,12 @@ class PortsSpec(Model):
         """Every single port (not the worker or replica ranges)."""
         return {k: v for k, v in self.model_dump().items() if k not in RANGES}
 
+    def using(self, port: int) -> list[str]:
+        """What of Ray's uses ``port`` already, as fleet.yaml names it (``ports.gcs``, ``ports.min_worker..max_worker``)."""
+        taken = [f"ports.{k}" for k, v in self.fixed().items() if v == port]
+        return taken + [f"ports.{lo}..{hi}" for lo, hi in (("min_worker", "max_worker"), ("min_replica", "max_replica"))
+                        if getattr(self, lo) <= port <= getattr(self, hi)]
+
 
 class AutoscaleSpec(Model):
     """Ray's autoscaler. Default: every worker always on."""
@@ -276,6 +282,30 @@ class HeadRecoverySpec(Model):
         return self
 
 
+class MonitoringSpec(Model):
+    """Prometheus on the head, run by rayfleet (the head's own ``prometheus`` binary, e.g. Debian's package),
+    scraping every node's metrics through Ray's service discovery; on the head's loopback, reached from
+    your machine through SSH (``rayfleet metrics url``)."""
+
+    enabled: bool = Field(default=False, description="Run Prometheus with the cluster (up starts it, down stops it).")
+    port: Port = Field(default=9090, description="Its port on the head's loopback.")
+    retention: str = Field(default="7d", description="How long it keeps metrics (a Prometheus duration: 7d, 12h).")
+    prometheus_path: str = Field(default="prometheus",
+                                 description="The Prometheus binary on the head: a path, or a name on its PATH.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        return {"enabled": v} if isinstance(v, bool) else v   # `monitoring: true`
+
+    @field_validator("retention")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", v):
+            raise ValueError(f"{v!r} is not a Prometheus duration: write e.g. 7d, 12h, 2w")
+        return v
+
+
 def shell_path(path: str) -> str:
     """``path`` as one shell word for the nodes' shell: ``~/x`` becomes ``"$HOME"/'x'`` (the SSH
     user's home on that node), anything else is quoted as it is."""
@@ -352,6 +382,8 @@ class FleetSpec(Model):
     security: SecuritySpec = Field(default_factory=SecuritySpec, description="Auth and bind addresses.")
     head_recovery: HeadRecoverySpec = Field(default_factory=HeadRecoverySpec,
                                             description="Keep the cluster's state and restart a dead head.")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec,
+                                       description="Prometheus for the fleet, on the head (off by default).")
     setup_commands: list[str] = Field(default_factory=list, description="Shell commands run on every node before Ray starts.")
 
     @field_validator("name")
@@ -390,12 +422,10 @@ class FleetSpec(Model):
             raise ValueError(f"head_recovery.redis.host is {redis_host}, not a node of this fleet: name one "
                              f"of {', '.join(hosts)} as written here, or use url: for a Redis of your own")
         port = self.head_recovery.redis.port
-        p = self.ports
-        taken = [f"ports.{k}" for k, v in p.fixed().items() if v == port]
-        taken += [f"ports.{lo}..{hi}" for lo, hi in (("min_worker", "max_worker"), ("min_replica", "max_replica"))
-                  if getattr(p, lo) <= port <= getattr(p, hi)]
-        if self.head_recovery.store == "redis" and not self.head_recovery.redis.url and taken:
+        if self.head_recovery.store == "redis" and not self.head_recovery.redis.url and (taken := self.ports.using(port)):
             raise ValueError(f"head_recovery.redis.port {port} is also {taken[0]}: give Redis another port")
+        if self.monitoring.enabled and (taken := self.ports.using(self.monitoring.port)):
+            raise ValueError(f"monitoring.port {self.monitoring.port} is also {taken[0]}: give Prometheus another port")
         dashboard = self.dashboard_bind
         if self.security.auth == "disabled" and not _loopback(dashboard):
             raise ValueError(f"security.auth: disabled with the dashboard on {dashboard}: anyone who reaches it "

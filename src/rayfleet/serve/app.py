@@ -46,6 +46,7 @@ from rayfleet.serve.backends.base import BackendSettings, load_backend
 from rayfleet.serve.batcher import ContinuousBatcher
 from rayfleet.serve.deploy import MODEL_DEPLOYMENT, PROBE_TEXT, replica_options
 from rayfleet.serve.keys import hash_key
+from rayfleet.serve.metrics import TranslatorMetrics
 from rayfleet.serve.segment import Failed, TextTranslator, Translated
 
 __all__ = ["build_app", "Translator", "TranslateRequest", "TranslateResponse", "hash_key", "VERSION_HEADER",
@@ -224,8 +225,9 @@ class Translator:
                                          max_batch_size=self.spec.batching.max_batch_size)
         self._check_translates()
         self.version = self.spec.version or self.spec.model
+        self._metrics = TranslatorMetrics(self.spec.name, self.version)
         self._batcher = ContinuousBatcher(self.translator.translate, self.spec.batching.max_batch_size,
-                                          self.spec.batching.batch_wait_timeout_s)
+                                          self.spec.batching.batch_wait_timeout_s, on_batch=self._metrics.batch)
         self._started = time.time()
 
     def _check_translates(self) -> None:
@@ -266,6 +268,9 @@ class Translator:
                 raise HTTPException(413, f"{where} has {len(t)} characters; the limit is {limits.max_chars}")
         # Every text joins the replica's batch queue; answers come back in input order.
         outcomes = await asyncio.gather(*(self._batcher.submit(t) for t in texts))
+        failed = sum(isinstance(o, Failed) for o in outcomes)
+        self._metrics.outcomes(len(outcomes) - failed, failed,
+                               sum(1 for o in outcomes if not isinstance(o, Failed) and o.truncated))
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, Failed):
                 where = "text" if payload.text is not None else f"texts[{i}]"

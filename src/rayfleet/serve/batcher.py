@@ -42,13 +42,17 @@ class BatchStats:
 class ContinuousBatcher:
     """``await batcher.submit(item)`` → ``fn([items...])[i]``, batched across callers."""
 
-    def __init__(self, fn: Callable[[list], list], max_batch_size: int, wait_s: float):
+    def __init__(self, fn: Callable[[list], list], max_batch_size: int, wait_s: float,
+                 on_batch: Callable[[int, float, int], None] | None = None):
+        """``on_batch(size, seconds, waiting)`` after every model call: its texts, its time, the texts
+        queued behind it (the replica's metrics)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._fn = fn
         self.max_batch_size = max_batch_size
         self.wait_s = max(0.0, wait_s)
         self.stats = BatchStats()
+        self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[object, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
 
@@ -107,7 +111,10 @@ class ContinuousBatcher:
             s.batches += 1
             s.texts += len(items)
             s.max_batch = max(s.max_batch, len(items))
-            s.busy_s += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            s.busy_s += took
+            if self._on_batch is not None:
+                self._on_batch(len(items), took, self._queue.qsize() if self._queue is not None else 0)
         for (_, fut), out in zip(batch, results):
             if not fut.done():
                 fut.set_result(out)

@@ -49,6 +49,7 @@ class Load(_Threads):
     texts_per_request: int = 1
     results: list[tuple[float, int, str, str]] = field(default_factory=list)  # (t, status, version, body)
     errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)   # seconds, of the requests answered 200
     resent: int = 0  # requests sent again because their connection closed before any response
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -85,9 +86,12 @@ class Load(_Threads):
         while not self._stop.is_set():
             texts = [SAMPLE_TEXTS[(i + j) % len(SAMPLE_TEXTS)] for j in range(self.texts_per_request)]
             i += 1
+            sent = time.monotonic()
             conn, row = self._post(conn, path, json.dumps({"texts": texts}).encode())
             with self._lock:
                 self.results.append(row)
+                if row[1] == 200:
+                    self.latencies.append(row[0] - sent)
                 if row[1] != 200:
                     self.errors.append(f"{row[1]} {row[3][:300]}")
         if conn is not None:

@@ -612,6 +612,9 @@ def test_monitoring_turned_on_for_a_running_fleet(lab, fleet_up):
     finally:
         url.terminate()
     assert url.wait(30) == 0
+    r = rayfleet_cli("top", "-f", str(fleet_up), "--once", "--interval", "3", timeout=120)   # through the tunnel
+    assert r.returncode == 0 and "from Prometheus http://127.0.0.1:" in r.stdout, r.stdout + r.stderr
+    assert all(re.search(rf"^ *{re.escape(h.ip)} +\d+ ", r.stdout, re.M) for h in lab.hosts), r.stdout
     r = rayfleet_cli("up", "-f", str(fleet_up), timeout=600)
     assert r.returncode == 0 and re.search(r"^  Prometheus running \(PID \d+\)", r.stdout, re.M), r.stdout
 
@@ -1196,6 +1199,11 @@ def test_autoscale_up_on_demand_down_when_idle_and_a_lost_service_reapplied(lab,
         assert r.returncode == 0, r.stdout + r.stderr
         url = f"http://{lab.hosts[0].ip}:8000/translate"
         before = httpx.post(url, json={"text": "The cat sleeps."}, timeout=60).json()
+        # rayfleet top on a fleet without Prometheus: every node's metrics endpoint, read from this machine
+        r = rayfleet_cli("top", "-f", str(ff), "--once", "--interval", "3", timeout=120)
+        assert r.returncode == 0 and f"from {len(lab.hosts)} node metrics endpoint(s)" in r.stdout, r.stdout + r.stderr
+        assert re.search(rf"^ *{re.escape(lab.hosts[0].ip)} +\d+ ", r.stdout, re.M), r.stdout
+        assert re.search(r"^ *translator +[\d.]+ ", r.stdout, re.M), r.stdout
         killed = lab.hosts[0].exec("pgrep -f '[r]aylet|[g]cs_server|[r]ay::|[d]ashboard|[h]aproxy|[m]onitor' "
                                    "| xargs -r kill -9; echo done")
         assert killed.stdout.strip().endswith("done"), killed.stderr

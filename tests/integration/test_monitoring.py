@@ -57,15 +57,15 @@ def _value(base: str, promql: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def _settled(base: str, promql: str, timeout: float = 90) -> float:
-    """The value once two scrapes 12 s apart agree (Ray's agents export every ~10 s)."""
+def _settled(base: str, queries: list[str], timeout: float = 90) -> dict[str, float]:
+    """Each query's value once two reads 12 s apart agree for all (Ray's agents export every ~10 s)."""
     deadline = time.monotonic() + timeout
-    last = None
+    last: dict[str, float | None] = {}
     while True:
-        now = _value(base, promql)
-        if now is not None and now == last:
+        now = {q: _value(base, q) for q in queries}
+        if None not in now.values() and now == last:
             return now
-        assert time.monotonic() < deadline, f"{promql} did not settle: {last} then {now}"
+        assert time.monotonic() < deadline, f"did not settle: {last} then {now}"
         last = now
         time.sleep(12)
 
@@ -168,7 +168,7 @@ def test_prometheus_counts_what_a_load_sent(prometheus, translator):
     batches_q = f'sum({NAMES["batches"]}{{{app}}})'
     batch_texts_q = f'sum({NAMES["batch_texts"]}{{{app}}})'
     requests.post(f"{url}/translate", json={"text": "Warm up."}, timeout=60)
-    before = {q: _settled(prometheus, q) for q in (requests_q, texts_q, batches_q, batch_texts_q)}
+    before = _settled(prometheus, [requests_q, texts_q, batches_q, batch_texts_q])
     lat_before = {float(r["metric"]["le"].replace("+Inf", "inf")): float(r["value"][1]) for r in _query(
         prometheus, f"sum by (le) (ray_serve_http_request_latency_ms_bucket{{{app}}})")}
     info0 = requests.get(f"{url}/info", timeout=30).json()["batching"]
@@ -177,7 +177,7 @@ def test_prometheus_counts_what_a_load_sent(prometheus, translator):
     assert load.errors == [], load.errors[:3]
     sent = load.count()
     info1 = requests.get(f"{url}/info", timeout=30).json()["batching"]
-    after = {q: _settled(prometheus, q) for q in before}
+    after = _settled(prometheus, list(before))
     got = {q: after[q] - before[q] for q in before}
     lat = sorted(load.latencies)
     p99 = lat[int(0.99 * (len(lat) - 1))]

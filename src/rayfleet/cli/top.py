@@ -54,22 +54,33 @@ def _fmt(v: float | None, spec: str = ".1f", none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+def _rate(v: float) -> str:
+    """A rate in at most 5 characters: 0.25, 12.5, 248, 12345."""
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def _table(*headers: str, title: str) -> Table:
+    """Fits 80 columns (a terminal's default): short headers, a space between columns, no padding; the
+    figures never cut (the first column, a name, gives way)."""
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    t.add_column(headers[0], overflow="ellipsis", no_wrap=True, max_width=24)
+    for h in headers[1:]:
+        t.add_column(h, justify="right", no_wrap=True, min_width=max(len(h), 5))
+    return t
+
+
 def render(f: top_mod.Frame, title: str) -> Group:
-    # Fits 80 columns (a terminal's default): short headers, no vertical rules.
-    nodes = Table("node", "CPU%", "CPUs", "mem GiB", "GPU%", "GPUs", title="Nodes", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+    nodes = _table("node", "CPU%", "CPUs", "mem GiB", "GPU%", "GPUs", title="Nodes")
     for n in f.nodes:
         mem = (f"{_fmt(n.mem_used_gib)}/{_fmt(n.mem_total_gib)}" if n.mem_total_gib is not None else "-")
         nodes.add_row(n.node, _fmt(n.cpu_pct, ".0f"), _fmt(n.cpus, ".0f"), mem, _fmt(n.gpu_pct, ".0f"),
                       _fmt(n.gpus, ".0f"))
-    services = Table("service", "req/s", "p50ms", "p99ms", "err/s", "batch", "queue", "model%", "repl",
-                     title="Services (batch: mean texts per model call; queue: texts waiting for the model; "
-                           "model%: the share of time it ran; repl: replicas)", title_justify="left",
-                     box=box.SIMPLE_HEAD)
-    services.columns[0].no_wrap = True
+    services = _table("service", "req/s", "p50ms", "p99ms", "err/s", "batch", "queue", "model%", "repl",
+                      title="Services (batch: mean texts per model call; queue: texts waiting for the model; "
+                            "model%: the share of time it ran; repl: replicas)")
     for s in f.services:
-        services.add_row(s.service, f"{s.rps:.1f}", _fmt(s.p50_ms, ".0f"), _fmt(s.p99_ms, ".0f"),
-                         f"{s.errors_per_s:.2f}", _fmt(s.mean_batch), f"{s.queue:.0f}",
+        services.add_row(s.service, _rate(s.rps), _fmt(s.p50_ms, ".0f"), _fmt(s.p99_ms, ".0f"),
+                         _rate(s.errors_per_s), _fmt(s.mean_batch), f"{s.queue:.0f}",
                          # (Ray's agents report every ~10 s: over a short window the share can look > 100 %)
                          _fmt(None if s.model_busy is None else min(100.0, 100 * s.model_busy), ".0f"),
                          str(s.replicas))

@@ -225,7 +225,7 @@ def test_head_recovery_on_redis_and_its_mistakes(tmp_path):
 def test_monitoring_in_fleet_yaml_and_its_mistakes(tmp_path):
     """monitoring: off by default, `monitoring: true` shorthand, the head's command says what to run there;
     a port Ray uses, or a retention Prometheus can't read, named with the fix."""
-    from rayfleet.cluster.fleet import _monitoring_command
+    from rayfleet.cluster.fleet_monitoring import _monitoring_command
     from rayfleet.config.fleet import FleetSpec
 
     p = tmp_path / "fleet.yaml"

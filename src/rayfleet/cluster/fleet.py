@@ -31,6 +31,7 @@ from typing import Callable
 from rayfleet._compat.ray import SESSION_LATEST, launcher_state_files, ray_process_pattern, session_logs
 from rayfleet.cluster import redis_store, runtime, systemd_unit, tls
 from rayfleet.cluster.dashboard import list_nodes
+from rayfleet.cluster.fleet_monitoring import ensure_monitoring, monitoring_dir
 from rayfleet.cluster.launcher import (KNOWN_HOSTS_ENV, SSH_KEY_ENV, gcs_store, remote_token_path, render, render_yaml,
                                        started_mark, supervisor_dir, worker_start_command)
 from rayfleet.cluster.node_start import SUPERVISOR_MODULE
@@ -199,45 +200,6 @@ def _run_launcher(fleet: FleetSpec, args: list[str], log_name: str, timeout_s: f
     if r.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise ClusterError(f"'ray {args[0]}' failed (exit {r.returncode}).", context=tail, hint=f"Full log: {log}")
-
-
-def monitoring_dir(fleet: FleetSpec) -> str:
-    """Prometheus's files on the head (``~/`` = the SSH user's home there)."""
-    return f"~/.rayfleet/{fleet.name}/prometheus"
-
-
-def _monitoring_command(fleet: FleetSpec) -> str:
-    """What the head runs at every ``up``: Prometheus ensured (monitoring on) or stopped (off)."""
-    module = f"{fleet.venv_sh}/bin/python -m rayfleet.cluster.monitoring"
-    if not fleet.monitoring.enabled:
-        return f"{module} stop {shell_path(monitoring_dir(fleet))}"
-    m = fleet.monitoring
-    plan = {"dir": monitoring_dir(fleet), "port": m.port, "retention": m.retention, "binary": m.prometheus_path,
-            "sd": f"{fleet.temp_dir}/prom_metrics_service_discovery.json"}
-    return f"{module} ensure {shlex.quote(json.dumps(plan))}"
-
-
-def ensure_monitoring(fleet: FleetSpec, progress: Progress | None = None) -> str | None:
-    """Prometheus on the head as fleet.yaml's ``monitoring:`` says (started, kept, started again with new
-    settings, or stopped): what it did, in words (None: off and none ran). Not in the launcher's config:
-    turning it on or off restarts no Ray."""
-    try:
-        r = exec_on(fleet, fleet.head.host, _monitoring_command(fleet), timeout_s=120)
-    except SSHError as e:
-        raise ClusterError(f"Prometheus on the head: {e.message}", hint="Fix SSH to the head, then run 'rayfleet "
-                                                                        "up' again (the cluster itself runs).") from None
-    if not r.ok:
-        err = r.stderr.strip().removeprefix("error: ") or f"exit {r.returncode}"
-        raise ClusterError(f"Prometheus did not start on the head {fleet.head.label}: {err.splitlines()[0]}",
-                           context="\n".join(err.splitlines()[1:]) or None,
-                           hint="Install it on the head (sudo apt install prometheus) or set "
-                                "monitoring.prometheus_path, then run 'rayfleet up' again (the cluster itself runs).")
-    said = r.stdout.strip()
-    if not fleet.monitoring.enabled:
-        return "Prometheus stopped (monitoring is off)" if said == "stopped" else None
-    if progress:
-        progress(f"Prometheus {said}")
-    return said
 
 
 def up(fleet: FleetSpec, *, progress: Progress | None = None, timeout_s: float = 600) -> list[dict]:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rayfleet.config.ports import DEFAULTS, RANGES, port_problem
 from rayfleet.config.base import Model
+from rayfleet.config.monitoring import MonitoringSpec
 from rayfleet.errors import HostNotResolved
 
 __all__ = [
@@ -280,30 +281,6 @@ class HeadRecoverySpec(Model):
         if self.store != "redis" and self.redis.model_fields_set:
             raise ValueError(f"redis is set, but store is {self.store}: set store: redis, or remove redis")
         return self
-
-
-class MonitoringSpec(Model):
-    """Prometheus on the head, run by rayfleet (the head's own ``prometheus`` binary, e.g. Debian's package),
-    scraping every node's metrics through Ray's service discovery; on the head's loopback, reached from
-    your machine through SSH (``rayfleet metrics url``)."""
-
-    enabled: bool = Field(default=False, description="Run Prometheus with the cluster (up starts it, down stops it).")
-    port: Port = Field(default=9090, description="Its port on the head's loopback.")
-    retention: str = Field(default="7d", description="How long it keeps metrics (a Prometheus duration: 7d, 12h).")
-    prometheus_path: str = Field(default="prometheus",
-                                 description="The Prometheus binary on the head: a path, or a name on its PATH.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, v):
-        return {"enabled": v} if isinstance(v, bool) else v   # `monitoring: true`
-
-    @field_validator("retention")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", v):
-            raise ValueError(f"{v!r} is not a Prometheus duration: write e.g. 7d, 12h, 2w")
-        return v
 
 
 def shell_path(path: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -175,7 +174,9 @@ def up(
 
 def _retention(value: str) -> str:
     """A Prometheus duration (7d, 12h, 90m, 1y): checked here, not by a Prometheus that won't start."""
-    if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", value):
+    from rayfleet.config.monitoring import is_duration
+
+    if not is_duration(value):
         raise ClusterError(f"--retention {value!r} is not a duration.", hint="Write it as Prometheus does: 7d, 12h, 2w.")
     return value
 

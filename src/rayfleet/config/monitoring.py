@@ -9,9 +9,14 @@ from pydantic import Field, field_validator, model_validator
 
 from rayfleet.config.base import Model
 
-__all__ = ["MonitoringSpec"]
+__all__ = ["MonitoringSpec", "is_duration"]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def is_duration(value: str) -> bool:
+    """A Prometheus duration: 7d, 12h, 1h30m, 500ms."""
+    return re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", value) is not None
 
 
 class MonitoringSpec(Model):
@@ -33,6 +38,6 @@ class MonitoringSpec(Model):
     @field_validator("retention")
     @classmethod
     def _duration(cls, v: str) -> str:
-        if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", v):
+        if not is_duration(v):
             raise ValueError(f"{v!r} is not a Prometheus duration: write e.g. 7d, 12h, 2w")
         return v

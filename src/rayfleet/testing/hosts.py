@@ -229,6 +229,11 @@ class HostLab:
             raise RuntimeError("systemd=True needs systemd (apt-get install systemd)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)
+        if self.systemd and not self._LINGER.exists():
+            # the mount point of the hosts' private linger directory: a machine where logind never ran lacks
+            # it; made here and removed again by destroy
+            self._LINGER.mkdir(parents=True)
+            self._made_linger = True
         if not self.key.exists():
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
@@ -244,6 +249,9 @@ class HostLab:
             self._wait_ssh(h, self.user)
             if self.systemd:
                 h.boot_user_manager()
+
+    _LINGER = Path("/var/lib/systemd/linger")
+    _made_linger = False
 
     # The hosts' names in /etc/hosts (shared with the hosts: their mount namespaces bind only /root and
     # /tmp), one marked line each; removed again by destroy (and stale ones of a killed run by create).
@@ -406,3 +414,9 @@ class HostLab:
         _run("ip", "link", "del", self.bridge, check=False)
         self._unname_hosts()
         self.hosts = []
+        if self._made_linger:
+            try:
+                self._LINGER.rmdir()   # only if still empty: nothing of the machine's is removed
+            except OSError:
+                pass
+            self._made_linger = False

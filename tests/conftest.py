@@ -122,6 +122,34 @@ def translator(serve_target, tiny_model):
         delete_service(serve_target, spec.name, wait=False)
 
 
+PROMETHEUS_PORT = _BASE + 780   # below the session cluster's ports
+
+
+@pytest.fixture(scope="session")
+def prometheus(local_cluster):
+    """`rayfleet up --local --monitoring` on the running session cluster: Prometheus added, nothing else
+    changed; it runs from the first module that asks until the session ends (it then sees the training runs
+    of the modules after it)."""
+    import dataclasses
+
+    from rayfleet.cluster import local
+    from rayfleet.cluster import monitoring as prom
+    from rayfleet.cluster.state import save_local_cluster
+
+    before = local.pids(local_cluster)
+    r = rayfleet_cli("up", "--local", "--monitoring", "--prometheus-port", str(PROMETHEUS_PORT),
+                     *up_flags(SESSION_PORTS))
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Cluster already running." in r.stdout
+        assert f"  prometheus: http://127.0.0.1:{PROMETHEUS_PORT} (keeps 7d)\n" in r.stdout, r.stdout
+        assert local.pids(local_cluster) == before   # Ray untouched
+        yield f"http://127.0.0.1:{PROMETHEUS_PORT}"
+    finally:
+        prom.stop(local.monitoring_dir())
+        save_local_cluster(dataclasses.replace(local.current(), prometheus_port=0))
+
+
 def pytest_sessionfinish(session, exitstatus):
     # An interrupted run may skip fixture teardown: stop the session cluster before
     # its record (in _SESSION_HOME) is removed, or its processes would be orphaned.

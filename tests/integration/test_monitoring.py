@@ -4,7 +4,6 @@ service-discovery file lists; what it reports after a bounded load matches what 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -15,36 +14,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import _BASE, SESSION_PORTS, rayfleet_cli, up_flags
+from conftest import SESSION_PORTS, rayfleet_cli, up_flags
 from rayfleet.cluster import local
-from rayfleet.cluster import monitoring as prom
 from rayfleet.cluster import top
 from rayfleet.cluster.serving import LATENCY_BUCKETS_MS
-from rayfleet.cluster.state import save_local_cluster
 from rayfleet.serve.metrics import NAMES
 from rayfleet.testing.load import Load
 
 pytestmark = pytest.mark.integration
-
-PORT = _BASE + 780   # below the session cluster's ports
-
-
-@pytest.fixture(scope="module")
-def prometheus(local_cluster, translator):
-    """`rayfleet up --local --monitoring` on the running session cluster: Prometheus added, nothing else
-    changed. Stopped afterwards (the rest of the suite runs without it)."""
-    before = local.pids(local_cluster)
-    r = rayfleet_cli("up", "--local", "--monitoring", "--prometheus-port", str(PORT), *up_flags(SESSION_PORTS))
-    try:
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "Cluster already running." in r.stdout
-        assert f"  prometheus: http://127.0.0.1:{PORT} (keeps 7d)\n" in r.stdout, r.stdout
-        assert local.pids(local_cluster) == before   # Ray untouched
-        yield f"http://127.0.0.1:{PORT}"
-    finally:
-        prom.stop(local.monitoring_dir())
-        save_local_cluster(dataclasses.replace(local.current(), prometheus_port=0))
-
 
 def _query(base: str, promql: str) -> list[dict]:
     r = requests.get(f"{base}/api/v1/query", params={"query": promql}, timeout=30)
@@ -71,6 +48,8 @@ def _settled(base: str, queries: list[str], timeout: float = 90) -> dict[str, fl
 
 
 def test_without_monitoring_metrics_says_how_to_turn_it_on(local_cluster):
+    if local.current().prometheus_port:
+        pytest.skip("the session's Prometheus already runs (started by a module that ran before)")
     r = rayfleet_cli("metrics", "url")
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
@@ -80,6 +59,7 @@ def test_without_monitoring_metrics_says_how_to_turn_it_on(local_cluster):
 
 
 def test_a_missing_prometheus_is_named_before_anything_changes(local_cluster):
+    running = local.current().prometheus_port
     r = rayfleet_cli("up", "--local", "--monitoring", "--prometheus-path", "/nonexistent/prometheus",
                      *up_flags(SESSION_PORTS))
     assert r.returncode == 1
@@ -87,7 +67,7 @@ def test_a_missing_prometheus_is_named_before_anything_changes(local_cluster):
                                         "is not an executable file.")
     assert "apt install prometheus" in r.stderr
     assert "Traceback" not in r.stderr
-    assert local.current().prometheus_port == 0 and local.is_alive(local_cluster)
+    assert local.current().prometheus_port == running and local.is_alive(local_cluster)
     r = rayfleet_cli("up", "--local", "--monitoring", "--retention", "a week", *up_flags(SESSION_PORTS))
     assert r.returncode == 1 and "error: --retention 'a week' is not a duration." in r.stderr
 

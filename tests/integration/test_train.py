@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,7 @@ class _Killer:
         self.max_before_resume = 0
         self.resumed_from: int | None = None
         self.starts = 0
+        self.top: subprocess.Popen | None = None   # `rayfleet top --once` started late in the run
 
     def __call__(self, ev) -> None:
         from rayfleet.jobs import events
@@ -99,11 +101,16 @@ class _Killer:
                     os.kill(self.killed, signal.SIGKILL)
             if self.resumed_from is None:
                 self.max_before_resume = max(self.max_before_resume, ev.step)
+            elif ev.step >= 250 and self.top is None:   # the resumed group's gauges exported a few times by now
+                self.top = subprocess.Popen([str(Path(sys.executable).parent / "rayfleet"), "top", "--once",
+                                             "--interval", "1"], env=dict(os.environ, COLUMNS="80"),
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
-def trained(local_cluster, tmp_path_factory):
-    """Run `rayfleet train` once, one worker killed mid-run; yield (cli output, tmp dir, killer)."""
+def trained(local_cluster, prometheus, tmp_path_factory):
+    """Run `rayfleet train` once, one worker killed mid-run, the session's Prometheus watching; yield
+    (cli output, tmp dir, killer)."""
     from rayfleet.cluster import local
     from rayfleet.jobs import events
     from rayfleet.jobs.submit import JobsClient, follow_events
@@ -122,6 +129,8 @@ def trained(local_cluster, tmp_path_factory):
         else:
             pytest.fail(f"no job submitted: {''.join(first)}{p.stderr.read()}")
         killer = _Killer()
+        killer.job = m.group(1)
+        killer.started = time.time()
         client = JobsClient(local_cluster.dashboard_url, local.auth_headers(local_cluster))
         follow_events(client, m.group(1), events.TrainEvent, on_event=killer)
         rest, err = p.communicate(timeout=600)
@@ -206,3 +215,85 @@ def test_killed_worker_resumes_from_its_last_checkpoint(trained):
     assert steps_redone <= CHECKPOINT_EVERY
     # what the user sees; the target was still reached (test_train_reaches_exact_match_and_registers)
     assert f"Worker group restarted: resuming from the checkpoint at step {k.resumed_from}." in out
+
+
+def test_prometheus_saw_the_loss_fall_and_top_showed_the_job(trained, prometheus):
+    """Rank 0's gauges in the session's Prometheus (`up --local --monitoring`): the loss falls over the run
+    (the killed worker's group and the resumed one alike), the evaluation's exact match is there, and
+    `rayfleet top` showed the running job with its step, total and loss."""
+    import requests
+
+    from rayfleet.jobs.metrics import TRAIN
+
+    _, _, k = trained
+    r = requests.get(f"{prometheus}/api/v1/query_range", timeout=30, params={
+        "query": f'max({TRAIN["loss"]}{{job_id="{k.job}"}})', "start": k.started, "end": time.time(), "step": 2})
+    assert r.status_code == 200, r.text
+    series = r.json()["data"]["result"]
+    assert series, f"no loss for {k.job} in Prometheus"
+    losses = [float(v) for _, v in series[0]["values"]]
+    print(f"loss in Prometheus over the run ({len(losses)} points, every 2 s): {losses[0]:.3f} ... {losses[-1]:.3f}")
+    assert len(set(losses)) >= 3 and losses[-1] < 0.5 * losses[0]
+    r = requests.get(f"{prometheus}/api/v1/query_range", timeout=30, params={
+        "query": f'max({TRAIN["eval"]}{{job_id="{k.job}", metric="exact_match"}})', "start": k.started,
+        "end": time.time(), "step": 2})
+    evals = r.json()["data"]["result"]
+    assert evals and max(float(v) for _, v in evals[0]["values"]) > 0.5, evals
+
+    assert k.top is not None, "the run ended before step 250"
+    top_out, _ = k.top.communicate(timeout=120)
+    print(top_out)
+    assert k.top.returncode == 0, top_out
+    row = next((ln.split() for ln in top_out.splitlines() if ln.split()[:1] == [k.job]), None)
+    assert row is not None, top_out
+    _, kind, done, total, pct, rate, loss = row
+    assert (kind, total) == ("train", "300") and 100 <= int(done) <= 300 and float(loss) < losses[0], row
+
+
+def test_every_grafana_panel_has_data_after_training_and_a_load(trained, prometheus, translator, tmp_path):
+    """`rayfleet metrics grafana`: every PromQL expression of the rayfleet dashboard (bulk jobs' aside:
+    test_translate_file) returns data from the real Prometheus after this module's training run and a short
+    load on the translator; every expression of Ray's own dashboards is PromQL Prometheus accepts."""
+    import json
+
+    import requests
+
+    from rayfleet.cluster import grafana
+    from rayfleet.testing.load import Load
+
+    r = rayfleet_cli("metrics", "grafana", "-o", str(tmp_path / "grafana"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"for Prometheus at {prometheus} to {tmp_path / 'grafana'}" in r.stdout
+    dashboards = {f.name: json.loads(f.read_text()) for f in (tmp_path / "grafana" / "dashboards").glob("*.json")}
+    ours = dashboards.pop("rayfleet.json")
+
+    _, url = translator
+    with Load(url.rstrip("/"), clients=2) as load:
+        load.wait_for(20)
+    start = time.time() - 3600
+
+    def has_data(expr: str) -> bool:
+        q = requests.get(f"{prometheus}/api/v1/query_range", timeout=30,
+                         params={"query": grafana.concrete(expr, ours), "start": start, "end": time.time(),
+                                 "step": 15}).json()
+        assert q["status"] == "success", (expr, q)
+        # each series labelled as the panel's legend says (a label Prometheus renamed would be missing)
+        grouped = {x.strip() for g in re.findall(r"by \(([^)]*)\)", expr) for x in g.split(",")} - {"le"}
+        for s in q["data"]["result"]:
+            assert grouped <= set(s["metric"]), (expr, s["metric"])
+        return any(s["values"] for s in q["data"]["result"])
+
+    wanted = [e for e in grafana.expressions(ours) if "rayfleet_bulk_" not in e]
+    deadline = time.monotonic() + 90   # Ray's agents export every ~10 s; Prometheus scrapes every 5 s
+    while missing := [e for e in wanted if not has_data(e)]:
+        assert time.monotonic() < deadline, f"no data for: {missing}"
+        time.sleep(5)
+    print(f"{len(wanted)} rayfleet panel expressions, each with data")
+
+    checked = 0
+    for name, d in dashboards.items():
+        for e in grafana.expressions(d):
+            q = requests.get(f"{prometheus}/api/v1/query", params={"query": grafana.concrete(e, d)}, timeout=30)
+            assert q.status_code == 200 and q.json()["status"] == "success", (name, e, q.text[:300])
+            checked += 1
+    print(f"{checked} expressions of Ray's {len(dashboards)} dashboards accepted by Prometheus")

@@ -49,12 +49,17 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
+_FULL_RUN: list[float] = []   # when the full run began and ended
+
+
 @pytest.fixture(scope="module")
-def full_run(local_cluster, tiny_model, corpus):
+def full_run(local_cluster, tiny_model, corpus, prometheus):
     out = corpus.parent / "out.jsonl"
     t0 = time.monotonic()
+    _FULL_RUN.append(time.time())
     r = rayfleet_cli("translate-file", str(corpus), str(out), "--model", str(tiny_model), *ARGS, "--quiet",
                      timeout=600)
+    _FULL_RUN.append(time.time())
     print(f"\nfull run: {time.monotonic() - t0:.1f} s\n{r.stdout}{r.stderr}")
     assert r.returncode == 0, r.stdout + r.stderr
     return r, out
@@ -208,3 +213,32 @@ def test_user_errors(full_run, corpus, tiny_model, tmp_path):
     assert r.returncode == 1
     assert r.stderr.startswith("error: Got 500 for --max-new-tokens; the model ")
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.jsonl.parts").exists()
+
+
+def test_prometheus_saw_the_lines_and_every_bulk_panel_has_data(full_run, prometheus):
+    """The bulk job's gauges (recorded by its driver) in the session's Prometheus, and every bulk panel of
+    the rayfleet Grafana dashboard with data."""
+    import requests
+
+    from rayfleet.cluster import grafana
+    from rayfleet.jobs.metrics import BULK
+
+    d = grafana.rayfleet_dashboard()
+
+    def series(expr: str) -> list[dict]:
+        q = requests.get(f"{prometheus}/api/v1/query_range", timeout=30, params={
+            "query": grafana.concrete(expr, d), "start": _FULL_RUN[0], "end": _FULL_RUN[1], "step": 2}).json()
+        assert q["status"] == "success", (expr, q)
+        return q["data"]["result"]
+
+    deadline = time.monotonic() + 60   # the last export of Ray's agent, the next scrape
+    while not (done := series(f'max({BULK["done"]})')):
+        assert time.monotonic() < deadline, "no bulk lines in Prometheus"
+        time.sleep(5)
+    seen = [float(v) for _, v in done[0]["values"]]
+    print(f"lines done as Prometheus saw them: {seen}")
+    assert 0 < max(seen) <= LINES and seen == sorted(seen)
+    assert float(series(f'max({BULK["total"]})')[0]["values"][-1][1]) == LINES
+    for e in grafana.expressions(d):
+        if "rayfleet_bulk_" in e:
+            assert series(e), e

@@ -55,3 +55,31 @@ def test_endpoints_from_rays_service_discovery_file(tmp_path):
     sd.write_text('[{"labels": {"job": "ray"}, "targets": ["127.0.0.1:6382", "10.0.0.2:6382"]}]')
     assert top.endpoints_from_sd_file(sd) == ["127.0.0.1:6382", "10.0.0.2:6382"]
     assert top.endpoints_from_sd_file(tmp_path / "none.json") == []
+
+
+def test_a_row_per_running_job_from_the_process_furthest_on():
+    from rayfleet.jobs.metrics import BULK, TRAIN
+
+    job = "en-fr-tiny-20261203-150000-ab12"   # as long as a real run name
+    old = {"job_id": job, "name": "en-fr", "WorkerId": "a"}   # a killed worker's last export, still there
+    new = {"job_id": job, "name": "en-fr", "WorkerId": "b"}
+    bulk = {"job_id": "rf-bulk-9"}
+    s = [top.Sample(TRAIN["step"], old, 150), top.Sample(TRAIN["loss"], old, 2.5),
+         top.Sample(TRAIN["step"], new, 220), top.Sample(TRAIN["total"], new, 300),
+         top.Sample(TRAIN["loss"], new, 1.25), top.Sample(TRAIN["samples_per_s"], new, 410.0),
+         top.Sample(TRAIN["total"], old, 300), top.Sample(TRAIN["samples_per_s"], old, 1.0),
+         top.Sample(BULK["done"], bulk, 1500), top.Sample(BULK["total"], bulk, 3000), top.Sample(BULK["rate"], bulk, 75)]
+    f = top.frame(top.Snapshot(0, [], "test"), top.Snapshot(10, s, "test"))
+    assert f.jobs == [top.JobRow(job, "train", 220, 300, 410.0, 1.25),
+                      top.JobRow("rf-bulk-9", "bulk", 1500, 3000, 75, None)]
+    from rich.console import Console
+
+    from rayfleet.cli.top import render
+
+    console = Console(width=80, record=True)
+    console.print(render(f, "rayfleet top"))
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    assert [ln.split() for ln in lines if ln.strip().startswith(("rf-", "en-"))] == [
+        [job, "train", "220", "300", "73", "410", "1.250"],
+        ["rf-bulk-9", "bulk", "1500", "3000", "50", "75.0", "-"]]

@@ -37,6 +37,7 @@ from rayfleet.bulk.plan import (BulkError, BulkJob, Layout, Manifest, Scan, asse
                                 plan_chunks, scan_input, write_atomic)
 from rayfleet.jobs.driver import run_driver
 from rayfleet.jobs.events import BulkProgress, BulkResult, BulkStart, Phase, emit
+from rayfleet.jobs.metrics import BulkMetrics
 
 __all__ = ["main", "run"]
 
@@ -149,6 +150,7 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     actors = _actors(job, len(chunks))
+    prom = BulkMetrics(job.job_id)
     emit(Phase(name=f"translating with up to {actors} actor(s)", waits_for_resources=True))
     threads = max(1, int(job.cpus_per_actor))
     settings = {"model": job.model, "device": "cuda" if job.gpus_per_actor > 0 else "auto",
@@ -189,8 +191,7 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
                 window.popleft()
             if now - last >= _PROGRESS_EVERY_S:
                 last = now
-                emit(BulkProgress(lines_done=lines_before + done_lines, lines=scan.lines,
-                                  lines_per_s=_rate(window), parts_written=written))
+                _progress(prom, lines_before + done_lines, scan.lines, _rate(window), written)
     except Exception as e:  # Ray wraps UDF and actor failures: name the error underneath
         raise BulkError(f"Translation failed after {written} of {len(parts)} part(s): {_root_cause(e)}",
                         hint=f"See the full log with: rayfleet jobs logs {job.job_id}. The finished parts "
@@ -199,9 +200,14 @@ def _translate(job: BulkJob, layout: Layout, scan: Scan, parts: list[int], lines
         missing = {p: expected[p] - len(rows) for p, rows in pending.items()}
         raise BulkError(f"Ray Data returned too few lines for parts {sorted(missing)}; they were not written.",
                         hint="Run the same command again to translate them.")
-    emit(BulkProgress(lines_done=lines_before + done_lines, lines=scan.lines, lines_per_s=_rate(window),
-                      parts_written=written))
+    _progress(prom, lines_before + done_lines, scan.lines, _rate(window), written)
     return actors
+
+
+def _progress(prom: BulkMetrics, done: int, lines: int, rate: float, written: int) -> None:
+    """The progress event (the follower's line) and the job's Prometheus gauges."""
+    emit(BulkProgress(lines_done=done, lines=lines, lines_per_s=rate, parts_written=written))
+    prom.progress(done, lines, rate)
 
 
 def _rate(window: deque[tuple[float, int]]) -> float:

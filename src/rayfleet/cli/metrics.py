@@ -16,7 +16,8 @@ __all__ = ["register"]
 metrics_app = typer.Typer(
     help="The cluster's Prometheus ('rayfleet up --local --monitoring', or 'monitoring: true' in fleet.yaml): "
          "its URL, or a PromQL query.\n\n"
-         "Example: rayfleet metrics url; rayfleet metrics query 'sum(rate(ray_serve_num_http_requests_total[1m]))'",
+         "Example: rayfleet metrics url; rayfleet metrics query 'sum(rate(ray_serve_num_http_requests_total[1m]))'; "
+         "rayfleet metrics grafana -o grafana/",
     no_args_is_help=True, rich_markup_mode=None)
 
 
@@ -112,6 +113,41 @@ def query(promql: str = typer.Argument(..., help="A PromQL expression."),
         labels = ",".join(f'{k}="{v}"' for k, v in sorted(series.get("metric", {}).items()))
         value = series.get("value", [None, "?"])[1]
         console.print(f"{{{labels}}} {value}", markup=False)
+
+
+@metrics_app.command("grafana")
+def grafana(out: Path = typer.Option(..., "-o", "--output", help="Directory to write (created; files in it replaced)."),
+            fleet_file: Optional[Path] = FLEET_OPTION,
+            prometheus_url: Optional[str] = typer.Option(
+                None, "--prometheus-url", help="The Prometheus URL as Grafana will reach it (default: the local "
+                                               "cluster's; a fleet's on its head, for a Grafana there)."),
+            dashboards_path: Optional[str] = typer.Option(
+                None, "--dashboards-path", help="Where Grafana will read the dashboards from, if not OUTPUT/dashboards "
+                                                "on the machine that runs it.")) -> None:
+    """Write Grafana provisioning for the cluster's Prometheus: Ray's dashboards (as Ray generates them) and a
+    rayfleet dashboard (services: requests, status codes, p50/p99, mean batch, model busy, queue, replicas; jobs:
+    training progress, loss, evaluation, bulk lines; nodes), a Prometheus data source and a dashboards provider.
+    Point Grafana's provisioning path at OUTPUT/provisioning. Nothing is started.
+
+    Example: rayfleet metrics grafana -o grafana/    |    rayfleet metrics grafana -f fleet.yaml -o /etc/grafana/rf
+    """
+    from rayfleet.cluster import grafana as g
+
+    url, spec = _where(fleet_file)
+    if prometheus_url is None:
+        prometheus_url = url or f"http://127.0.0.1:{spec.monitoring.port}"
+    try:
+        files = g.write(out, prometheus_url, dashboards_path)
+    except OSError as e:
+        raise ClusterError(f"Can't write {out}: {e.strerror or e}", hint="Choose a directory you can write.") from None
+    dashboards = sum(1 for f in files if f.suffix == ".json")
+    console.print(f"Wrote {dashboards} dashboards and the provisioning for Prometheus at {prometheus_url} to "
+                  f"{Path(out).absolute()}", markup=False)
+    console.print(f"Start Grafana with its provisioning path there, e.g.: GF_PATHS_PROVISIONING="
+                  f"{Path(out).absolute() / 'provisioning'} grafana-server", markup=False)
+    if spec is not None and prometheus_url.startswith(("http://127.0.0.1", "http://localhost")):
+        console.print(f"(the URL is the head's loopback: for a Grafana on {spec.head.label}; elsewhere give "
+                      "--prometheus-url)", markup=False)
 
 
 def register(app: typer.Typer) -> None:

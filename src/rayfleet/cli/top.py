@@ -59,11 +59,11 @@ def _rate(v: float) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
 
-def _table(*headers: str, title: str) -> Table:
+def _table(*headers: str, title: str, name_width: int = 24) -> Table:
     """Fits 80 columns (a terminal's default): short headers, a space between columns, no padding; the
     figures never cut (the first column, a name, gives way)."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
-    t.add_column(headers[0], overflow="ellipsis", no_wrap=True, max_width=24)
+    t.add_column(headers[0], overflow="ellipsis", no_wrap=True, max_width=name_width)
     for h in headers[1:]:
         t.add_column(h, justify="right", no_wrap=True, min_width=max(len(h), 5))
     return t
@@ -88,6 +88,15 @@ def render(f: top_mod.Frame, title: str) -> Group:
         services.caption = "no service has metrics yet"
     head = Text(f"{title} — rates over the last {f.seconds:.0f} s, from {f.source}", style="bold")
     parts = [head, nodes, services]
+    if f.jobs:
+        jobs = _table("job", "kind", "done", "of", "%", "rate/s", "loss",
+                      title="Jobs (done: training steps or bulk lines; rate: training pairs/s or lines/s)",
+                      name_width=40)   # a job id (name-date-time-suffix) whole: 80 columns hold it
+        for j in f.jobs:
+            jobs.add_row(j.job, j.kind, f"{j.done:.0f}", f"{j.total:.0f}",
+                         _fmt(100 * j.done / j.total if j.total else None, ".0f"),
+                         "-" if j.rate is None else _rate(j.rate), _fmt(j.loss, ".3f"))
+        parts.append(jobs)
     if f.errors:
         parts.append(Text("not answering: " + ", ".join(f.errors), style="yellow"))
     return Group(*parts)
@@ -103,9 +112,10 @@ def top(fleet_file: Optional[Path] = FLEET_OPTION,
         interval: float = typer.Option(2.0, "--interval", min=0.5, help="Seconds between refreshes."),
         once: bool = typer.Option(False, "--once", help="Print one view (after --interval s) and exit; what "
                                                        "happens too when stdout is not a terminal.")) -> None:
-    """Live view of the cluster: nodes (CPU, memory, GPU) and services (requests/s, p50/p99 latency, errors/s,
-    mean batch, queue, replicas), refreshed every 2 s. From the cluster's Prometheus when it runs one, else
-    straight from every node's metrics endpoint. q or Ctrl-C quits.
+    """Live view of the cluster: nodes (CPU, memory, GPU), services (requests/s, p50/p99 latency, errors/s,
+    mean batch, queue, replicas) and running jobs (training steps and loss, bulk lines), refreshed every 2 s.
+    From the cluster's Prometheus when it runs one, else straight from every node's metrics endpoint.
+    q or Ctrl-C quits.
 
     Example: rayfleet top    |    rayfleet top -f fleet.yaml --once
     """

@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rayfleet.jobs.metrics import BULK, TRAIN
 from rayfleet.serve.metrics import NAMES
 
-__all__ = ["Sample", "Snapshot", "NodeRow", "ServiceRow", "Frame", "from_prometheus", "from_endpoints",
+__all__ = ["Sample", "Snapshot", "NodeRow", "ServiceRow", "JobRow", "Frame", "from_prometheus", "from_endpoints",
            "endpoints_from_sd_file", "frame"]
 
 REQUESTS = "ray_serve_num_http_requests_total"
@@ -30,7 +31,8 @@ IN_FLIGHT = "ray_serve_replica_processing_queries"
 NODE = ("ray_node_cpu_utilization", "ray_node_cpu_count", "ray_node_mem_used", "ray_node_mem_total",
         "ray_node_gpus_utilization", "ray_node_gpus_available", "ray_node_gram_used", "ray_node_gram_available")
 WANTED = (*NODE, REQUESTS, LATENCY, IN_FLIGHT, NAMES["batch_texts"], NAMES["batches"], NAMES["model_seconds"],
-          NAMES["queue"], NAMES["texts"])
+          NAMES["queue"], NAMES["texts"], TRAIN["step"], TRAIN["total"], TRAIN["loss"], TRAIN["samples_per_s"],
+          BULK["done"], BULK["total"], BULK["rate"])
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,23 @@ class ServiceRow:
 
 
 @dataclass(frozen=True)
+class JobRow:
+    job: str
+    kind: str                   # train | bulk
+    done: float                 # steps | lines
+    total: float
+    rate: float | None          # training pairs/s | lines/s
+    loss: float | None
+
+
+@dataclass(frozen=True)
 class Frame:
     nodes: list[NodeRow]
     services: list[ServiceRow]
     source: str
     errors: list[str]
     seconds: float    # between the two snapshots
+    jobs: list[JobRow] = field(default_factory=list)
 
 
 def _key(s: Sample, *drop: str) -> tuple:
@@ -236,4 +249,30 @@ def frame(prev: Snapshot, cur: Snapshot) -> Frame:
         model_busy=(model_s[a] / dt / max(1, len(replicas.get(a, ())))) if a in model_s else None,
         queue=queue.get(a, 0.0), in_flight=in_flight.get(a, 0.0), replicas=len(replicas.get(a, ())))
         for a in apps]
-    return Frame(node_rows, services, cur.source, cur.errors, dt)
+    return Frame(node_rows, services, cur.source, cur.errors, dt, _jobs(cur))
+
+
+def _jobs(cur: Snapshot) -> list[JobRow]:
+    """A row per running job, from the gauges of the process that records it (the one furthest on, where a
+    restarted worker's series and its predecessor's are both still there)."""
+    rows = []
+    for kind, names in (("train", (TRAIN["step"], TRAIN["total"], TRAIN["samples_per_s"], TRAIN["loss"])),
+                        ("bulk", (BULK["done"], BULK["total"], BULK["rate"], None))):
+        done, total, rate, loss = names
+        lead: dict[str, Sample] = {}
+        for s in cur.of(done):
+            j = s.labels.get("job_id", "")
+            if j not in lead or s.value > lead[j].value:
+                lead[j] = s
+
+        def value(name: str | None, of: Sample) -> float | None:
+            if name is None:
+                return None
+            same = [s for s in cur.of(name) if s.labels == of.labels]
+            any_ = [s for s in cur.of(name) if s.labels.get("job_id") == of.labels.get("job_id")]
+            return (same or any_)[0].value if (same or any_) else None
+
+        for j, s in sorted(lead.items()):
+            rows.append(JobRow(job=j, kind=kind, done=s.value, total=value(total, s) or 0.0,
+                               rate=value(rate, s), loss=value(loss, s)))
+    return rows

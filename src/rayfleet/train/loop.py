@@ -203,6 +203,7 @@ def train_loop(config: dict[str, Any]) -> None:
     cfg = LoopConfig.model_validate(config)
     run = _restore_or_init(cfg)
     tracker = _Tracker(cfg.tracking if run.rank == 0 else None)
+    prom = _prometheus(run) if run.rank == 0 else None
     _announce(run)
     t = run.spec.training
     perm_epoch, perm = -1, None
@@ -221,10 +222,12 @@ def train_loop(config: dict[str, Any]) -> None:
 
         now = time.monotonic()
         if run.rank == 0 and (now - last_emit >= _PROGRESS_EVERY_S or run.step == run.total):
-            emit(TrainProgress(step=run.step, total_steps=run.total, epoch=epoch + 1,
-                               epochs=math.ceil(run.total / run.steps_per_epoch),
-                               loss=round(window_loss / window_n, 4), lr=run.scheduler.get_last_lr()[0],
-                               samples_per_s=round(window_n * run.batch_size * run.world / window_time, 1)))
+            progress = TrainProgress(step=run.step, total_steps=run.total, epoch=epoch + 1,
+                                     epochs=math.ceil(run.total / run.steps_per_epoch),
+                                     loss=round(window_loss / window_n, 4), lr=run.scheduler.get_last_lr()[0],
+                                     samples_per_s=round(window_n * run.batch_size * run.world / window_time, 1))
+            emit(progress)
+            prom.progress(progress.step, progress.total_steps, progress.loss, progress.samples_per_s)
             window_loss, window_n, window_time, last_emit = 0.0, 0, 0.0, now
 
         do_eval = run.step % run.spec.eval.every_steps == 0 or run.step == run.total
@@ -233,6 +236,8 @@ def train_loop(config: dict[str, Any]) -> None:
             continue
         if do_eval:
             _evaluate(run, tracker, loss_value)
+            if prom is not None:
+                prom.evaluation(run.last_eval)
         metrics = {"step": run.step, "epoch": epoch + 1, "loss": loss_value, **run.last_eval,
                    "train_samples_per_s": round(train_steps * run.batch_size * run.world / max(train_time, 1e-9),
                                                 1)}
@@ -286,6 +291,15 @@ def _restore_or_init(cfg: LoopConfig) -> _Run:
         scheduler.load_state_dict(state["scheduler"])
         run.step, run.last_eval, run.resumed = state["step"], state.get("eval", {}), True
     return run
+
+
+def _prometheus(run: _Run):
+    """Rank 0's Prometheus gauges, labelled with the run (the Ray job's submission id; a trial's own)."""
+    import ray.train
+
+    from rayfleet.jobs.metrics import TrainMetrics
+
+    return TrainMetrics(ray.train.get_context().get_experiment_name(), run.spec.name)
 
 
 def _announce(run: _Run) -> None:

@@ -70,6 +70,19 @@ def test_float32_greedy_equals_transformers_token_for_token(tiny_model, tmp_path
 
 
 @pytest.mark.unit
+def test_both_backends_count_the_tokens_they_generate(tiny_model, tmp_path, hf_tokens):
+    """What the replica's output-tokens metric counts: target tokens, </s> and padding not counted."""
+    ref = hf_tokens(32)
+    want = sum(len(ref[t]) for t in SAMPLE_TEXTS)
+    ct2 = _ct2(tiny_model, tmp_path, compute_type="float32")
+    ct2.translate(SAMPLE_TEXTS)   # one padded batch
+    hf = load_backend("transformers", BackendSettings(model=str(tiny_model), max_new_tokens=32))
+    for t in SAMPLE_TEXTS:        # one at a time: greedy results equal to the reference's
+        hf.translate([t])
+    assert want > len(SAMPLE_TEXTS) and ct2.output_tokens == want and hf.output_tokens == want
+
+
+@pytest.mark.unit
 def test_float32_texts_equal_transformers_backend(tiny_model, tmp_path, hf_texts):
     backend = _ct2(tiny_model, tmp_path, compute_type="float32")
     assert backend.translate(SAMPLE_TEXTS) == [hf_texts[t] for t in SAMPLE_TEXTS]

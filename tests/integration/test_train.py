@@ -297,3 +297,39 @@ def test_every_grafana_panel_has_data_after_training_and_a_load(trained, prometh
             assert q.status_code == 200 and q.json()["status"] == "success", (name, e, q.text[:300])
             checked += 1
     print(f"{checked} expressions of Ray's {len(dashboards)} dashboards accepted by Prometheus")
+
+
+def test_rayfleet_ui_shows_the_run_with_its_loss_curve(trained):
+    """`rayfleet ui`: MLflow's own server on the session's registry, on loopback; through it (the API its pages
+    read) the training run with its loss history, falling; a taken port is one clear error."""
+    import requests
+
+    from conftest import _BASE
+
+    port = _BASE + 781
+    exe = str(Path(sys.executable).parent / "rayfleet")
+    p = subprocess.Popen([exe, "ui", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL)
+    try:
+        url = p.stdout.readline().strip()
+        assert url == f"http://127.0.0.1:{port}", url + p.stderr.read()
+        assert requests.get(url, timeout=30).status_code == 200   # the UI's page
+        api = f"{url}/ajax-api/2.0/mlflow"
+        exp = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "tiny-test"}, timeout=30)
+        assert exp.status_code == 200, exp.text
+        runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp.json()["experiment"]["experiment_id"]]},
+                             timeout=30).json()["runs"]
+        _, _, k = trained
+        (run,) = [r for r in runs if r["info"]["run_name"] == k.job]
+        history = requests.get(f"{api}/metrics/get-history", timeout=30,
+                               params={"run_id": run["info"]["run_id"], "metric_key": "loss"}).json()["metrics"]
+        losses = [m["value"] for m in sorted(history, key=lambda m: m["step"])]
+        print(f"loss in MLflow's UI: {losses}")
+        assert len(losses) >= 3 and losses[-1] < losses[0]
+
+        r = rayfleet_cli("ui", "--port", str(port))   # the same port again: taken
+        assert r.returncode == 1 and r.stderr.startswith(f"error: Port {port} on 127.0.0.1 is taken."), r.stderr
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    assert p.returncode == 0

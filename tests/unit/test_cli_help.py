@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit
 
 COMMANDS = [["up"], ["down"], ["status"], ["serve"], ["services"], ["services", "delete"], ["translate"],
             ["init"], ["check"], ["install"], ["exec"], ["logs"], ["export-ray-config"], ["dashboard"], ["train"], ["tune"], ["jobs"],
-            ["models"], ["translate-file"], ["metrics"], ["metrics", "url"], ["metrics", "query"], ["metrics", "grafana"], ["top"]]
+            ["models"], ["translate-file"], ["metrics"], ["metrics", "url"], ["metrics", "query"], ["metrics", "grafana"], ["top"], ["ui"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

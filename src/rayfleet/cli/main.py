@@ -14,6 +14,7 @@ from rayfleet.cli import metrics as metrics_cmds
 from rayfleet.cli import serve as serve_cmds
 from rayfleet.cli import submit as submit_cmds
 from rayfleet.cli import top as top_cmds
+from rayfleet.cli import ui as ui_cmds
 from rayfleet.cli import train as train_cmds
 from rayfleet.cli._common import err_console
 from rayfleet.errors import RayfleetError
@@ -57,6 +58,7 @@ bulk_cmds.register(app)
 submit_cmds.register(app)
 metrics_cmds.register(app)
 top_cmds.register(app)
+ui_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,8 @@ PANELS: list[tuple[str, str, str, str, list[tuple[str, str]]]] = [
       (f'histogram_quantile(0.99, sum by (application, le) (rate({_LAT}{{{_APP}}}[1m])))', "{{application}} p99")]),
     ("Services", "Texts translated/s", "short", "Texts per second (a request may carry several).",
      [(f'sum by (application) (rate({NAMES["texts"]}{{{_APP}}}[1m]))', "{{application}}")]),
+    ("Services", "Output tokens/s", "short", "Target tokens the model generated per second (its decoding "
+     "throughput).", [(f'sum by (application) (rate({NAMES["output_tokens"]}{{{_APP}}}[1m]))', "{{application}}")]),
     ("Services", "Mean batch", "short", "Texts per model call: low under load means the batcher has nothing "
      "to wait for; at max_batch_size it is saturated.",
      [(f'sum by (application) (rate({NAMES["batch_texts"]}{{{_APP}}}[1m])) / '

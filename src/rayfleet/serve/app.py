@@ -226,9 +226,17 @@ class Translator:
         self._check_translates()
         self.version = self.spec.version or self.spec.model
         self._metrics = TranslatorMetrics(self.spec.name, self.version)
+        self._tokens_seen = getattr(self.backend, "output_tokens", None)
         self._batcher = ContinuousBatcher(self.translator.translate, self.spec.batching.max_batch_size,
-                                          self.spec.batching.batch_wait_timeout_s, on_batch=self._metrics.batch)
+                                          self.spec.batching.batch_wait_timeout_s, on_batch=self._on_batch)
         self._started = time.time()
+
+    def _on_batch(self, size: int, seconds: float, waiting: int) -> None:
+        """The metrics of a model call (one at a time: the backend's token count grew by this call's)."""
+        now = getattr(self.backend, "output_tokens", None)
+        tokens = None if now is None or self._tokens_seen is None else now - self._tokens_seen
+        self._tokens_seen = now
+        self._metrics.batch(size, seconds, waiting, tokens)
 
     def _check_translates(self) -> None:
         """A model that loads but can't translate fails the replica (so the deploy) with its own error."""

@@ -20,6 +20,7 @@ BATCH_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 # As Prometheus shows them (Ray's prefix; counters end in _total, histograms in _bucket/_sum/_count).
 NAMES = {
     "texts": "ray_rayfleet_translator_texts_total",
+    "output_tokens": "ray_rayfleet_translator_output_tokens_total",
     "batches": "ray_rayfleet_translator_batches_total",
     "batch_texts": "ray_rayfleet_translator_batch_texts_total",
     "model_seconds": "ray_rayfleet_translator_model_seconds_total",
@@ -41,6 +42,8 @@ class TranslatorMetrics:
         tags = {"service": service, "version": version}
         self.texts = metrics.Counter("rayfleet_translator_texts", tag_keys=keys,
                                      description="Texts translated (each text of a request counts once).")
+        self.output_tokens = metrics.Counter("rayfleet_translator_output_tokens", tag_keys=keys,
+                                             description="Target tokens the model generated (</s> not counted).")
         self.failed = metrics.Counter("rayfleet_translator_failed_texts", tag_keys=keys,
                                       description="Texts the model failed on (the request got a 500).")
         self.truncated = metrics.Counter("rayfleet_translator_truncated_texts", tag_keys=keys,
@@ -59,12 +62,15 @@ class TranslatorMetrics:
                                                tag_keys=keys, description="The model's time per batch, in seconds.")
         self.queue = metrics.Gauge("rayfleet_translator_queue_depth", tag_keys=keys,
                                    description="Texts waiting for the model after the last batch started.")
-        for m in (self.texts, self.failed, self.truncated, self.batches, self.batch_texts, self.model_seconds,
+        for m in (self.texts, self.output_tokens, self.failed, self.truncated, self.batches, self.batch_texts, self.model_seconds,
                   self.batch_size, self.batch_seconds, self.queue):
             m.set_default_tags(dict(tags))   # (Serve adds its tags to the dict it is given)
 
-    def batch(self, size: int, seconds: float, waiting: int) -> None:
-        """A model call of ``size`` texts took ``seconds``; ``waiting`` texts queued behind it."""
+    def batch(self, size: int, seconds: float, waiting: int, tokens: int | None = None) -> None:
+        """A model call of ``size`` texts took ``seconds`` and generated ``tokens`` (None: the backend does not
+        count them); ``waiting`` texts queued behind it."""
+        if tokens:
+            self.output_tokens.inc(tokens)
         self.batches.inc()
         self.batch_texts.inc(size)
         self.model_seconds.inc(seconds)

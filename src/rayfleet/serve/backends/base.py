@@ -65,6 +65,7 @@ class TranslationBackend(Protocol):
     name: str
     max_input_tokens: int
     max_new_tokens: int
+    output_tokens: int   # target tokens generated so far (</s> and padding not counted), for the metrics
 
     def translate(self, texts: list[str]) -> list[str]: ...
 

@@ -307,6 +307,7 @@ class CTranslate2Backend:
     """CTranslate2 ``Translator`` on the cached conversion; HF tokenizer in front of it."""
 
     name = "ctranslate2"
+    output_tokens = 0
 
     def __init__(self, settings: BackendSettings):
         from transformers import AutoTokenizer
@@ -352,6 +353,7 @@ class CTranslate2Backend:
         out: list[list[str]] = [[] for _ in texts]
         for position, i in enumerate(order):
             out[i] = results[position].hypotheses[0]
+        self.output_tokens += sum(map(len, out))
         return out
 
     def count_tokens(self, texts: list[str]) -> list[int]:

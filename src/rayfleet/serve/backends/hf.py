@@ -23,6 +23,7 @@ class TransformersBackend:
     """Loads with ``AutoTokenizer``/``AutoModelForSeq2SeqLM``; greedy or beam search."""
 
     name = "transformers"
+    output_tokens = 0
 
     def __init__(self, settings: BackendSettings):
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -63,6 +64,9 @@ class TransformersBackend:
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
         )
+        generated = out[:, 1:]   # after the decoder's start token
+        special = [t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if t is not None]
+        self.output_tokens += int((~torch.isin(generated, torch.tensor(special, device=generated.device))).sum())
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def info(self) -> dict:

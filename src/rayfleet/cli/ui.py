@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,6 @@ from rayfleet.cli._common import FLEET_OPTION, console
 from rayfleet.errors import ClusterError
 
 __all__ = ["register"]
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _answers(url: str) -> bool:
@@ -53,7 +43,9 @@ def ui(fleet_file: Optional[Path] = FLEET_OPTION,
 
     reg = _registry(registry, fleet_file)
     reg.check()
-    if not _free(port):
+    from rayfleet.cluster.local import _port_in_use
+
+    if _port_in_use("127.0.0.1", port):
         raise ClusterError(f"Port {port} on 127.0.0.1 is taken.", hint="Choose another with --port.")
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", reg.uri, "--registry-store-uri", reg.uri,

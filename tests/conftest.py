@@ -150,6 +150,22 @@ def prometheus(local_cluster):
         save_local_cluster(dataclasses.replace(local.current(), prometheus_port=0))
 
 
+# The order the suite runs in: the quick unit tests first; then the modules that start their own
+# clusters and hosts (e2e, multihost) while nothing else runs; the integration modules last, because
+# the session cluster (its translator, its Prometheus) stays up from the first module that uses it
+# until the session ends: under the multi-host lab, that idle cluster cost ~4 min of a 2-core machine.
+_ORDER = ("unit", "e2e", "multihost", "integration")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        parts = Path(str(item.fspath)).relative_to(ROOT).parts
+        kind = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+        return _ORDER.index(kind) if kind in _ORDER else len(_ORDER)
+
+    items.sort(key=rank)   # stable: the order within a directory is pytest's
+
+
 def pytest_sessionfinish(session, exitstatus):
     # An interrupted run may skip fixture teardown: stop the session cluster before
     # its record (in _SESSION_HOME) is removed, or its processes would be orphaned.

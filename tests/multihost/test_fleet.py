@@ -992,44 +992,22 @@ def _kill_the_head_under_load(lab, fleet_up, store: str) -> None:
     assert re.search(r"^Head: restarted 1 time\(s\); last at .* back in \d+ s$", r.stdout, re.M), r.stdout
 
 
-def test_head_killed_under_load_workers_serve_on_and_the_head_comes_back(lab, fleet_up, tiny_model, tmp_path):
-    """Head recovery (the default, RocksDB on the head's disk): every Ray process on the head SIGKILLed while
-    clients send requests to a worker's proxy (serve_host 0.0.0.0, replicas on every node). No request fails;
-    the head's supervisor starts it again; the workers rejoin as the same nodes; the service is RUNNING again
-    without a redeploy, and an update succeeds afterwards."""
-    service = _serve_ha(fleet_up, tiny_model, tmp_path)
-    try:
-        _kill_the_head_under_load(lab, fleet_up, "RocksDB")
-        # An update afterwards: a new version on 2 replicas (Serve stops 2 old ones, then starts the new ones
-        # beside the other 2: room for them on these 4 CPUs).
-        service.write_text(service.read_text().replace("version: v1", "version: v2").replace("replicas: 4",
-                                                                                              "replicas: 2"))
-        r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
-        assert r.returncode == 0, r.stdout + r.stderr
-        resp = httpx.post(f"http://{lab.hosts[2].ip}:8000/ha/translate", json={"text": "The cat sleeps."}, timeout=60)
-        assert resp.status_code == 200 and resp.headers.get("x-model-version") == "v2", resp.headers
-    finally:
-        rayfleet_cli("services", "delete", "ha", "-f", str(fleet_up))
-
-
-def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab, fleet_up, tiny_model, tmp_path):
-    """The head's supervisor as a systemd user unit: SIGKILL it, and systemd starts it again (the head's Ray
-    goes with it: the new supervisor starts the head on the store); SIGKILL every process of the user on
-    the head and boot its manager again, as a reboot does: the unit starts the head. Each time the
-    workers rejoin under their old node ids, the service is RUNNING again and answers (nothing
-    redeployed), and `status` says why the head started again."""
+def test_head_killed_under_load_then_its_supervisor_then_a_reboot(lab, fleet_up, tiny_model, tmp_path):
+    """Head recovery as a fleet gets it by default: RocksDB on the head's disk, the supervisor a systemd user
+    unit, a proxy on every node (serve_host 0.0.0.0), replicas on every node. Three ways the head goes:
+    every Ray process on it SIGKILLed while clients send requests to a worker's proxy (no request fails; the
+    supervisor starts it again); the supervisor SIGKILLed (systemd starts it again, and the head's Ray goes
+    with it); every process of the user killed and its manager booted again, as a reboot does (the unit
+    starts the head). Each time the workers rejoin under their old node ids, the service is RUNNING again
+    and answers (nothing redeployed), and `status` says why the head started again. An update succeeds
+    afterwards. (One test, one deployment: each recovery costs ~40-100 s on this machine.)"""
     from rayfleet.cluster import fleet as fl
 
     spec = _spec(fleet_up)
-    service = tmp_path / "sd.yaml"
-    service.write_text(yaml.safe_dump({"name": "sd", "route_prefix": "/sd", "model": str(tiny_model), "replicas": 1,
-                                       "resources": {"num_cpus": 1}}))
-    r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
-    assert r.returncode == 0, r.stdout + r.stderr
+    service = _serve_ha(fleet_up, tiny_model, tmp_path)
     head, unit = lab.hosts[0], "rayfleet-head-lab.service"
     before = {n["node_ip"]: n["node_id"] for n in fl.nodes(spec) if n["state"] == "ALIVE"}
     restarts = _head_dir(lab) / "restarts.json"
-    count = json.loads(restarts.read_text())["count"] if restarts.exists() else 0
 
     def main_pid() -> str:
         return head.user_systemctl("show", "--property=MainPID", "--value", unit).stdout.strip()
@@ -1050,12 +1028,12 @@ def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab,
         _wait_until(lambda: (a := alive()) and head.ip in a and all(a.get(ip) == i for ip, i in before.items()
                                                                     if ip != head.ip), 120, "every node ALIVE")
         _timed(f"systemd: every node ALIVE, the workers under their old ids ({reason})", t0)
-        _wait_until(lambda: re.search(r"│ sd +│ \S+ +│ RUNNING +│ 1 +│", rayfleet_cli(
+        _wait_until(lambda: re.search(r"│ ha +│ \S+ +│ RUNNING +│ 4 +│", rayfleet_cli(
             "services", "-f", str(fleet_up)).stdout), 120, "the service RUNNING")
         _timed(f"systemd: the service RUNNING again ({reason})", t0)
         def answers() -> bool:   # (the head's proxy, started again by Serve's controller)
             try:
-                return httpx.post(f"http://{head.ip}:8000/sd/translate", json={"text": "The cat sleeps."},
+                return httpx.post(f"http://{head.ip}:8000/ha/translate", json={"text": "The cat sleeps."},
                                   timeout=30).status_code == 200
             except httpx.HTTPError:
                 return False
@@ -1066,6 +1044,8 @@ def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab,
         assert "does not answer" not in r.stdout + r.stderr, r.stdout + r.stderr
 
     try:
+        _kill_the_head_under_load(lab, fleet_up, "RocksDB")
+        count = json.loads(restarts.read_text())["count"]
         pid = main_pid()
         assert pid.isdigit() and pid != "0"
         t0 = time.monotonic()
@@ -1077,8 +1057,17 @@ def test_systemd_starts_the_head_again_when_its_supervisor_dies_and_at_boot(lab,
         head.reboot_user()   # everything of the user gone, as in a reboot; the manager starts the enabled unit
         # (the lab's reboot keeps the kernel's boot time, so the reason is the same; a unit test has the other)
         back("its supervisor was started again by systemd", t0)
+
+        # An update afterwards: a new version on 2 replicas (Serve stops 2 old ones, then starts the new ones
+        # beside the other 2: room for them on these 4 CPUs).
+        service.write_text(service.read_text().replace("version: v1", "version: v2").replace("replicas: 4",
+                                                                                              "replicas: 2"))
+        r = rayfleet_cli("serve", str(service), "-f", str(fleet_up), "--timeout", "400", timeout=500)
+        assert r.returncode == 0, r.stdout + r.stderr
+        resp = httpx.post(f"http://{lab.hosts[2].ip}:8000/ha/translate", json={"text": "The cat sleeps."}, timeout=60)
+        assert resp.status_code == 200 and resp.headers.get("x-model-version") == "v2", resp.headers
     finally:
-        rayfleet_cli("services", "delete", "sd", "-f", str(fleet_up))
+        rayfleet_cli("services", "delete", "ha", "-f", str(fleet_up))
 
 
 def test_head_killed_with_redis_on_a_worker_as_the_store(lab, fleet_up, tiny_model, tmp_path):

@@ -299,9 +299,51 @@ def test_every_grafana_panel_has_data_after_training_and_a_load(trained, prometh
     print(f"{checked} expressions of Ray's {len(dashboards)} dashboards accepted by Prometheus")
 
 
+ARTIFACTS = ROOT / "test-artifacts"   # (git-ignored) what a test leaves for people to look at
+
+
+def _browse(url: str, screenshot: Path, budget_ms: int = 12_000) -> str:
+    """``url`` in headless Chromium (the distribution's; ./test installs it), with ``budget_ms`` of virtual time
+    for the page's scripts and requests: the rendered page's text; its screenshot is saved at ``screenshot``."""
+    import shutil
+    from html.parser import HTMLParser
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "no chromium on PATH (./test installs the distribution's package)"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    screenshot.unlink(missing_ok=True)
+    r = subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--window-size=1400,1000", f"--virtual-time-budget={budget_ms}",
+                        "--run-all-compositor-stages-before-draw", f"--screenshot={screenshot}", "--dump-dom", url],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and screenshot.is_file() and screenshot.stat().st_size > 10_000, r.stderr[-2000:]
+
+    class Text(HTMLParser):   # the text a reader sees: no scripts, no styles
+        def __init__(self):
+            super().__init__()
+            self.parts: list[str] = []
+            self.skip = 0
+
+        def handle_starttag(self, tag, attrs):
+            self.skip += tag in ("script", "style")
+
+        def handle_endtag(self, tag):
+            self.skip -= tag in ("script", "style") and self.skip > 0
+
+        def handle_data(self, data):
+            if not self.skip and data.strip():
+                self.parts.append(data.strip())
+
+    parser = Text()
+    parser.feed(r.stdout)
+    return " ".join(parser.parts)
+
+
 def test_rayfleet_ui_shows_the_run_with_its_loss_curve(trained):
     """`rayfleet ui`: MLflow's own server on the session's registry, on loopback; through it (the API its pages
-    read) the training run with its loss history, falling; a taken port is one clear error."""
+    read) the training run with its loss history, falling; in headless Chromium, the run's page with its
+    metric charts (screenshot in test-artifacts/); a second one on the same port, and a taken port, are one
+    clear error each."""
     import requests
 
     from conftest import _BASE
@@ -311,6 +353,15 @@ def test_rayfleet_ui_shows_the_run_with_its_loss_curve(trained):
     p = subprocess.Popen([exe, "ui", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          stdin=subprocess.DEVNULL)
     try:
+        # A second one while the first starts (its port not yet taken): one clear error, not the first one's URL.
+        deadline = time.monotonic() + 30
+        while not (Path(os.environ["RAYFLEET_HOME"]) / "logs" / f"mlflow-ui-{port}.log").exists():
+            assert time.monotonic() < deadline and p.poll() is None, p.stderr.read() if p.poll() is not None else ""
+            time.sleep(0.05)
+        r = rayfleet_cli("ui", "--port", str(port))
+        assert r.returncode == 1 and r.stdout == "", r.stdout + r.stderr
+        assert r.stderr.startswith(f"error: 'rayfleet ui' on port {port} is already running (or starting) here."), \
+            r.stderr
         url = p.stdout.readline().strip()
         assert url == f"http://127.0.0.1:{port}", url + p.stderr.read()
         assert requests.get(url, timeout=30).status_code == 200   # the UI's page
@@ -327,7 +378,17 @@ def test_rayfleet_ui_shows_the_run_with_its_loss_curve(trained):
         print(f"loss in MLflow's UI: {losses}")
         assert len(losses) >= 3 and losses[-1] < losses[0]
 
-        r = rayfleet_cli("ui", "--port", str(port))   # the same port again: taken
+        # The page itself, in a real browser: the run's metric charts, rendered by MLflow's app.
+        page = f"{url}/#/experiments/{exp.json()['experiment']['experiment_id']}/runs/{run['info']['run_id']}/model-metrics"
+        shot = ARTIFACTS / "rayfleet-ui-run.png"
+        text = _browse(page, shot)
+        print(f"rayfleet ui, {page}: screenshot {shot} ({shot.stat().st_size} bytes)")
+        # the run's name as its title, and its loss chart's series (MLflow labels a series "RUN (METRIC)")
+        assert "Model metrics" in text and f"{k.job} (loss)" in text, text[:3000]
+
+        # The port taken by something else (a server of another user, say): one clear error too.
+        r = rayfleet_cli("ui", "--port", str(port), env={"RAYFLEET_HOME": str(Path(os.environ["RAYFLEET_HOME"]) /
+                                                                              "elsewhere")})
         assert r.returncode == 1 and r.stderr.startswith(f"error: Port {port} on 127.0.0.1 is taken."), r.stderr
     finally:
         p.terminate()

@@ -27,6 +27,21 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _hold(path: Path):
+    """An exclusive lock on ``path`` for as long as this process runs, or None when another process holds it:
+    two `rayfleet ui` on one port must not both pass the port check while the first one's server starts
+    (the second would then print the first one's URL as its own)."""
+    import fcntl
+
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
 def ui(fleet_file: Optional[Path] = FLEET_OPTION,
        registry: Optional[str] = typer.Option(None, "--registry", help="Registry URI (default: the cluster's, as "
                                                                        "'rayfleet models' uses it)."),
@@ -44,17 +59,20 @@ def ui(fleet_file: Optional[Path] = FLEET_OPTION,
     reg = _registry(registry, fleet_file)
     reg.check()
     from rayfleet.cluster.local import _port_in_use
+    from rayfleet.cluster.state import state_dir
 
+    log = state_dir() / "logs" / f"mlflow-ui-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    held = _hold(log.with_suffix(".lock"))   # held until this process ends
+    if held is None:
+        raise ClusterError(f"'rayfleet ui' on port {port} is already running (or starting) here.",
+                           hint="Open its URL, or start another on another --port.")
     if _port_in_use("127.0.0.1", port):
         raise ClusterError(f"Port {port} on 127.0.0.1 is taken.", hint="Choose another with --port.")
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", reg.uri, "--registry-store-uri", reg.uri,
            "--default-artifact-root", reg.artifact_root, "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
-    from rayfleet.cluster.state import state_dir
-
-    log = state_dir() / "logs" / f"mlflow-ui-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

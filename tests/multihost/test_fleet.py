@@ -998,9 +998,9 @@ def test_head_killed_under_load_then_its_supervisor_then_a_reboot(lab, fleet_up,
     every Ray process on it SIGKILLed while clients send requests to a worker's proxy (no request fails; the
     supervisor starts it again); the supervisor SIGKILLed (systemd starts it again, and the head's Ray goes
     with it); every process of the user killed and its manager booted again, as a reboot does (the unit
-    starts the head). Each time the workers rejoin under their old node ids, the service is RUNNING again
-    and answers (nothing redeployed), and `status` says why the head started again. An update succeeds
-    afterwards. (One test, one deployment: each recovery costs ~40-100 s on this machine.)"""
+    starts the head, and the supervisor the head's Prometheus). Each time the workers rejoin under their old
+    node ids, the service is RUNNING again and answers (nothing redeployed), and `status` says why the head
+    started again. An update succeeds afterwards. (One test, one deployment: each recovery costs ~40-100 s on this machine.)"""
     from rayfleet.cluster import fleet as fl
 
     spec = _spec(fleet_up)
@@ -1053,10 +1053,16 @@ def test_head_killed_under_load_then_its_supervisor_then_a_reboot(lab, fleet_up,
         back("its supervisor was started again by systemd", t0)
         assert main_pid() not in (pid, "0")
 
+        prometheus = _head_dir(lab).parent / "prometheus" / "prometheus.pid"   # monitoring is on (test above)
+        before_reboot = json.loads(prometheus.read_text())["pid"]
         t0 = time.monotonic()
         head.reboot_user()   # everything of the user gone, as in a reboot; the manager starts the enabled unit
         # (the lab's reboot keeps the kernel's boot time, so the reason is the same; a unit test has the other)
         back("its supervisor was started again by systemd", t0)
+        # Prometheus went with the reboot; the head's supervisor started it again, as `up` had configured it.
+        _wait_until(lambda: head.exec("curl -sf http://127.0.0.1:9090/-/ready").returncode == 0, 60,
+                    "Prometheus answering on the head again")
+        assert json.loads(prometheus.read_text())["pid"] != before_reboot
 
         # An update afterwards: a new version on 2 replicas (Serve stops 2 old ones, then starts the new ones
         # beside the other 2: room for them on these 4 CPUs).

@@ -1,4 +1,5 @@
-"""cluster/monitoring.py without a Prometheus: its config, where it looks for the binary, its PID record."""
+"""cluster/monitoring.py without a Prometheus: its config, where it looks for the binary, its PID record, its
+plan (which the head's supervisor ensures after a reboot)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -60,3 +62,56 @@ def test_a_prometheus_that_cannot_start_says_why(tmp_path):
     assert "(exit 1)" in str(e.value) and 'opening storage failed' in str(e.value)
     assert not (tmp_path / "p" / "prometheus.pid").exists()
     assert os.stat(tmp_path / "p").st_mode & 0o077 == 0
+
+
+# A stand-in for Prometheus: answers /-/ready on its --web.listen-address until it is ended.
+_FAKE = """#!{python}
+import http.server, sys
+port = int(next(a for a in sys.argv if a.startswith("--web.listen-address=")).rsplit(":", 1)[1])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ready")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_the_heads_supervisor_starts_the_planned_prometheus_again_and_a_stopped_one_never(tmp_path):
+    """`ensure` leaves its plan beside Prometheus; the head's supervisor, after a start (a reboot took
+    Prometheus too), starts it again from that plan, in a process that is not the supervisor's child;
+    `stop` forgets the plan, and then the supervisor starts nothing."""
+    import signal
+    import socket
+
+    from rayfleet.cluster.supervisor import HeadSpec, _Supervisor
+
+    fake = tmp_path / "prometheus"
+    fake.write_text(_FAKE.format(python=sys.executable))
+    fake.chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path / "prom"
+    plan = {"dir": str(d), "port": port, "retention": "1d", "binary": str(fake), "sd": str(tmp_path / "sd.json")}
+    assert prom.ensure(plan).startswith("started (PID ")
+    assert json.loads((d / prom.PLAN_FILE).read_text()) == plan
+    first = prom.running(d)
+    os.kill(first, signal.SIGKILL)   # as a reboot does
+    for _ in range(50):
+        if prom.running(d) is None:
+            break
+        time.sleep(0.1)
+    sup = _Supervisor(HeadSpec(cluster_id="c", args=["true"], log=str(tmp_path / "log"),
+                               restarts=str(tmp_path / "restarts.json"), record=str(tmp_path / "record"),
+                               monitoring_dir=str(d)))
+    try:
+        sup.ensure_monitoring()
+        again = prom.running(d)
+        assert again is not None and again != first and prom.ready(port)
+        assert int(open(f"/proc/{again}/stat").read().rsplit(")", 1)[1].split()[1]) != os.getpid()  # not our child
+    finally:
+        assert prom.stop(d) is True
+    assert not (d / prom.PLAN_FILE).exists()
+    sup.ensure_monitoring()
+    assert prom.running(d) is None

@@ -37,6 +37,7 @@ __all__ = ["DEFAULT_PORT", "SCRAPE_INTERVAL_S", "find_binary", "config_text", "s
            "ready", "sd_file", "MissingPrometheus", "StartFailed"]
 
 DEFAULT_PORT = 9090
+PLAN_FILE = "plan.json"
 SCRAPE_INTERVAL_S = 5
 DEFAULT_RETENTION = "7d"
 INSTALL_HINT = ("Install it: 'sudo apt install prometheus' (Debian/Ubuntu; rayfleet starts it, not the "
@@ -166,14 +167,15 @@ def start(directory: Path, *, binary: str, port: int, retention: str, sd: Path, 
 
 def stop(directory: Path, timeout_s: float = 15.0) -> bool:
     """End the Prometheus ``start`` started in ``directory`` (SIGTERM: it writes its data out; SIGKILL
-    after ``timeout_s``). True if one was running."""
+    after ``timeout_s``). True if one was running. Its plan is forgotten: nothing starts it again."""
+    (directory / PLAN_FILE).unlink(missing_ok=True)
     pid = running(directory)
     if pid is None:
         (directory / _PID_FILE).unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while _start_time(pid) is not None:
+    while _start_time(pid) is not None and processes.is_running(pid):   # (a zombie is gone)
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             deadline = float("inf")
@@ -185,7 +187,9 @@ def stop(directory: Path, timeout_s: float = 15.0) -> bool:
 def ensure(plan: dict) -> str:
     """What a fleet's head runs at every ``up`` (``python -m rayfleet.cluster.monitoring ensure PLAN``):
     Prometheus started, or kept when it runs with the same settings, or started again with new ones.
-    ``plan``: dir, port, retention, binary, sd (``~/`` expanded here). One line saying what it did."""
+    ``plan``: dir, port, retention, binary, sd (``~/`` expanded here). One line saying what it did.
+    The plan stays in ``DIR/plan.json`` until ``stop``: the head's supervisor, started again after a
+    reboot, ensures it too (supervisor.py)."""
     directory = Path(os.path.expanduser(plan["dir"]))
     settings = {k: plan[k] for k in ("port", "retention", "binary", "sd")}
     try:
@@ -194,12 +198,14 @@ def ensure(plan: dict) -> str:
         before = None
     pid = running(directory)
     if pid is not None and before == settings and ready(plan["port"]):
+        (directory / PLAN_FILE).write_text(json.dumps(plan))
         return f"running (PID {pid}) on 127.0.0.1:{plan['port']}"
     if pid is not None:
         stop(directory)
     pid = start(directory, binary=find_binary(plan["binary"]), port=int(plan["port"]), retention=plan["retention"],
                 sd=Path(os.path.expanduser(plan["sd"])))
     (directory / "settings.json").write_text(json.dumps(settings))
+    (directory / PLAN_FILE).write_text(json.dumps(plan))   # for the head's supervisor, after a reboot
     return f"{'started again' if before else 'started'} (PID {pid}) on 127.0.0.1:{plan['port']}"
 
 

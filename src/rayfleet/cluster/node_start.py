@@ -290,7 +290,8 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
         return 1
     spec = HeadSpec(cluster_id=cluster_id, args=[f"{sys.prefix}/bin/ray", "start", *flags],
                     log=str(d / "ray-start.log"), restarts=str(d / "restarts.json"), record=str(record),
-                    gcs_address=plan["head"], env=_unit_env(env) if unit else {})
+                    gcs_address=plan["head"], env=_unit_env(env) if unit else {},
+                    monitoring_dir=str(d.parent / "prometheus"))   # fleet_monitoring.monitoring_dir
     spec.save(d / "head.json")
     if unit is not None:
         from rayfleet.cluster import systemd_unit

@@ -58,6 +58,7 @@ class HeadSpec:
     record: str              # the cluster's record: the supervisor ends when it is gone or names another cluster
     gcs_address: str = ""    # host:port of the head's GCS (jobs of the old head are marked failed there)
     env: dict = field(default_factory=dict)   # added to the supervisor's environment for ray start
+    monitoring_dir: str = ""  # the cluster's Prometheus dir: its plan (when `up` runs one) is ensured after a start
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -217,7 +218,23 @@ class _Supervisor:
              + ("" if ok else f"; see {self.spec.log}"))
         if ok and self.spec.gcs_address:
             self.fail_jobs(down_at, reason)
+        if ok:
+            self.ensure_monitoring()
         return ok
+
+    def ensure_monitoring(self) -> None:
+        """The cluster's Prometheus, when `rayfleet up` runs one (its plan in the monitoring dir): started again
+        if it is gone, as after a reboot. In a process of its own, which exits: Prometheus is not this
+        supervisor's child (nothing here would reap it), and the head is watched again without delay after."""
+        plan = Path(self.spec.monitoring_dir) / "plan.json" if self.spec.monitoring_dir else None
+        if plan is None or not plan.is_file():
+            return
+        cmd = [sys.executable, "-m", "rayfleet.cluster.monitoring", "ensure", plan.read_text()]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            _log(f"Prometheus: {(r.stdout or r.stderr).strip() or f'exit {r.returncode}'}")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            _log(f"Prometheus not ensured: {e}")
 
     def fail_jobs(self, since_s: float, reason: str) -> None:
         """Jobs of the old head: FAILED with the reason (in a short-lived process: the supervisor stays small)."""

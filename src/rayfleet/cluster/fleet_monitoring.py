@@ -18,7 +18,9 @@ Progress = Callable[[str], None]
 
 def monitoring_dir(fleet: FleetSpec) -> str:
     """Prometheus's files on the head (``~/`` = the SSH user's home there)."""
-    return f"~/.rayfleet/{fleet.name}/prometheus"
+    from rayfleet.cluster.monitoring import DIR_NAME
+
+    return f"~/.rayfleet/{fleet.name}/{DIR_NAME}"
 
 
 def _monitoring_command(fleet: FleetSpec) -> str:

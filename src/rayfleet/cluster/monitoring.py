@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_PORT", "SCRAPE_INTERVAL_S", "find_binary", "config_text", "s
 
 DEFAULT_PORT = 9090
 PLAN_FILE = "plan.json"
+DIR_NAME = "prometheus"   # a cluster's Prometheus dir: ~/.rayfleet/NAME/prometheus on a fleet's head
 SCRAPE_INTERVAL_S = 5
 DEFAULT_RETENTION = "7d"
 INSTALL_HINT = ("Install it: 'sudo apt install prometheus' (Debian/Ubuntu; rayfleet starts it, not the "

@@ -288,10 +288,12 @@ def _start_supervised(plan: NodePlan, flags: list[str], env: dict[str, str]) -> 
         print(f"error: head_recovery.supervisor is systemd, but {why_not}. Set head_recovery.supervisor: auto "
               "(rayfleet's watchdog where there is no systemd)", file=sys.stderr)
         return 1
+    from rayfleet.cluster import monitoring
+
     spec = HeadSpec(cluster_id=cluster_id, args=[f"{sys.prefix}/bin/ray", "start", *flags],
                     log=str(d / "ray-start.log"), restarts=str(d / "restarts.json"), record=str(record),
                     gcs_address=plan["head"], env=_unit_env(env) if unit else {},
-                    monitoring_dir=str(d.parent / "prometheus"))   # fleet_monitoring.monitoring_dir
+                    monitoring_dir=str(d.parent / monitoring.DIR_NAME))   # as fleet_monitoring.monitoring_dir
     spec.save(d / "head.json")
     if unit is not None:
         from rayfleet.cluster import systemd_unit

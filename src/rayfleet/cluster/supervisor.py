@@ -226,7 +226,9 @@ class _Supervisor:
         """The cluster's Prometheus, when `rayfleet up` runs one (its plan in the monitoring dir): started again
         if it is gone, as after a reboot. In a process of its own, which exits: Prometheus is not this
         supervisor's child (nothing here would reap it), and the head is watched again without delay after."""
-        plan = Path(self.spec.monitoring_dir) / "plan.json" if self.spec.monitoring_dir else None
+        from rayfleet.cluster.monitoring import PLAN_FILE
+
+        plan = Path(self.spec.monitoring_dir) / PLAN_FILE if self.spec.monitoring_dir else None
         if plan is None or not plan.is_file():
             return
         cmd = [sys.executable, "-m", "rayfleet.cluster.monitoring", "ensure", plan.read_text()]

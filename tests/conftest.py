@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"   # (git-ignored) what a test leaves for people to look at
 
 # Port sets: gcs, dashboard, serve, client, agent, worker range, Serve replica range
 # (HTTP + gRPC; ports stay quarantined ~150 s after a replica stops, so 100 each); all

@@ -244,6 +244,9 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         assert re.search(r"^Head: restarted 1 time\(s\); last at .* \(gcs_server died\), back in \d+ s$", r.stdout,
                          re.M), r.stdout
         assert "earlier incarnation(s) of restarted nodes not shown" in r.stdout
+        # why it died, as the dead process wrote it, is in the supervisor's log
+        log = (home / "supervisor.log").read_text()
+        assert re.search(r"the last lines of gcs_server\.out:\n(  .*\n)*  \[.*\(gcs_server\) ", log), log
         deadline = time.monotonic() + 60   # Serve's controller, itself restarted, catches up with its replicas
         while not re.search(r"translator .*RUNNING .* 1 ", (r := rayfleet_cli("services", env=env)).stdout):
             assert time.monotonic() < deadline, r.stdout

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, rayfleet_cli
+from conftest import ARTIFACTS, ROOT, rayfleet_cli
 
 pytestmark = pytest.mark.integration
 
@@ -299,7 +299,6 @@ def test_every_grafana_panel_has_data_after_training_and_a_load(trained, prometh
     print(f"{checked} expressions of Ray's {len(dashboards)} dashboards accepted by Prometheus")
 
 
-ARTIFACTS = ROOT / "test-artifacts"   # (git-ignored) what a test leaves for people to look at
 
 
 def _browse(url: str, screenshot: Path, budget_ms: int = 12_000) -> str:

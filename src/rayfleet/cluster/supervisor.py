@@ -44,6 +44,7 @@ CHECK_EVERY_S = 1.0
 START_TIMEOUT_S = 120
 _MAX_PAUSE_S = 60
 _HISTORY = 20
+_LAST_WORDS = 8   # lines of a dead head process's own log copied into the supervisor's
 FIRST_START = "first-start"   # beside the record: the cluster id node_start asks the supervisor to start
 
 
@@ -204,9 +205,29 @@ class _Supervisor:
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(path)
 
-    def restart(self, reason: str, down_at: float) -> bool:
+    def last_words(self, names: list[str]) -> None:
+        """Into the supervisor's log: the last lines that the dead processes wrote in the head's Ray
+        session (why a raylet exits is in its own log: the GCS marked it dead, an agent it fate-shares
+        with failed, a check failed)."""
+        args = self.spec.args
+        temp = next((a.split("=", 1)[1] for a in args if a.startswith("--temp-dir=")), None)
+        if temp is None and "--temp-dir" in args[:-1]:
+            temp = args[args.index("--temp-dir") + 1]
+        if temp is None:
+            return
+        logs = Path(temp) / "session_latest" / "logs"
+        for name in names:
+            try:
+                text = (logs / f"{name}.out").read_text(errors="replace")[-64_000:]
+                lines = [ln for ln in text.splitlines() if ln.strip()][-_LAST_WORDS:]
+            except OSError:
+                continue
+            _log(f"the last lines of {name}.out:\n  " + "\n  ".join(ln[:400] for ln in lines))
+
+    def restart(self, reason: str, down_at: float, died: list[str] = ()) -> bool:
         t0 = time.monotonic()
         _log(f"head down ({reason}): stopping what is left of it, then starting it again")
+        self.last_words(list(died))
         left = processes.terminate(self.spec.cluster_id, self.session, grace_s=1.0)
         if left:
             _log(f"processes still alive after SIGKILL: {left}")
@@ -260,7 +281,7 @@ class _Supervisor:
             time.sleep(0.5)   # `down` stopping the head at this moment removes the record first
             if not self.owned():
                 break
-            if self.restart(", ".join(f"{name} died" for name in missing), down_at):
+            if self.restart(", ".join(f"{name} died" for name in missing), down_at, missing):
                 pause = 2.0
             else:
                 time.sleep(pause)

@@ -4,25 +4,34 @@
 
 Each round runs every variant once, in an order that rotates from round to round (so a
 load change on a shared machine does not always hit the same variant):
-(a) `rayfleet up` (check included) to all nodes alive, then `rayfleet down` until no
-Ray process remains on any host; (b) raw `ray up` of the rendered launcher config with
-the v1 workaround (RAY_UP_enable_autoscaler_v2=0), to all nodes alive, then `ray down`
-until no Ray process remains on any host (polled over SSH, at most 120 s); with
---compare-src, (c) the same as (a) with the rayfleet found in DIR (e.g. a copy of
-src/ from before a change), side by side. `rayfleet check` alone is timed too.
-Prints the times, the up ratio of each round (rayfleet / raw of the same round) and
-their median. Targets: up <= 1.1x raw, down <= 20 s.
+(a) `rayfleet up` (check included), then `rayfleet down` until no Ray process remains
+on any host; (b) raw `ray up` of the rendered launcher config with the v1 workaround
+(RAY_UP_enable_autoscaler_v2=0), then `ray down` until no Ray process remains on any
+host (polled over SSH, at most 120 s); with --compare-src, (c) the same as (a) with the
+rayfleet found in DIR (e.g. a copy of src/ from before a change), side by side.
+`rayfleet check` alone is timed too.
+
+Every up is timed the same way: one poller, started with the command, asks the head's
+GCS for the node table every 0.25 s, and the up time is when it first sees every node
+ALIVE (not when the command returns: raw `ray up` returns before its workers start,
+rayfleet's after). A variant that doesn't get every node alive within --up-timeout
+(or whose command fails) fails its round: the failure is counted and printed for that
+variant, and the round is left out of the ratios. Prints the times, the up ratio of
+each round (rayfleet / raw of the same round), their median and the failures per
+variant; --json FILE writes them. Targets: up <= 1.1x raw, down <= 20 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +47,57 @@ class VariantFailed(Exception):
     """One variant did not get every node alive (on a loaded machine Ray's own starts time out)."""
 
 
-def _cli(*args: str, env: dict, src: str | None = None) -> None:
+class Poller:
+    """Started with an up command: the seconds until every node is ALIVE in the GCS's node table, asked every
+    0.25 s (the same poller for every variant), or None after ``timeout_s``."""
+
+    def __init__(self, alive, want: set[str], timeout_s: float):
+        self.t0 = time.monotonic()
+        self.seconds: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(alive, want, timeout_s), daemon=True)
+        self._thread.start()
+
+    def _run(self, alive, want: set[str], timeout_s: float) -> None:
+        while not self._stop.is_set() and time.monotonic() - self.t0 < timeout_s:
+            if alive() == want:
+                self.seconds = time.monotonic() - self.t0
+                return
+            time.sleep(0.25)
+
+    def result(self) -> float | None:
+        self._thread.join()
+        return self.seconds
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _up(label: str, cmd: list[str], env: dict, log: Path, alive, want: set[str], timeout_s: float) -> float:
+    """Run an up command with the poller beside it; the poller's seconds, or VariantFailed."""
+    poller = Poller(alive, want, timeout_s)
+    with open(log, "w") as out:
+        rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900).returncode
+    if rc != 0:
+        poller.stop()
+        raise VariantFailed(f"{label}: exit {rc} (see {log}):\n{log.read_text()[-1500:]}")
+    seconds = poller.result()
+    if seconds is None:
+        raise VariantFailed(f"{label}: not every node ALIVE within {timeout_s:.0f} s (see {log}; Ray 2.60's v1 "
+                            "autoscaler does not retry a failed worker start)")
+    return seconds
+
+
+def _rayfleet(args: tuple[str, ...], src: str | None) -> list[str]:
     if src:  # another rayfleet source tree, same venv
-        cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r}); sys.argv[0] = 'rayfleet'; "
-                                     "from rayfleet.cli.main import main; sys.exit(main())", *args]
-    else:
-        cmd = [str(BIN / "rayfleet"), *args]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        return [sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r}); sys.argv[0] = 'rayfleet'; "
+                                      "from rayfleet.cli.main import main; sys.exit(main())", *args]
+    return [str(BIN / "rayfleet"), *args]
+
+
+def _cli(*args: str, env: dict, src: str | None = None) -> None:
+    r = subprocess.run(_rayfleet(args, src), env=env, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise VariantFailed(f"rayfleet {' '.join(args)} failed ({src or 'this tree'}):\n{r.stdout[-1500:]}\n"
                             f"{r.stderr[-1500:]}")
@@ -58,8 +111,9 @@ def main() -> None:
                     help="don't time raw 'ray down' (it waits up to 120 s for the workers to give up)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) at the end")
     ap.add_argument("--up-timeout", type=int, default=300,
-                    help="raw up: seconds to wait for every node; a round where any variant fails is "
-                         "reported and left out of the ratios")
+                    help="seconds to wait for every node; a variant that fails fails its round (counted per "
+                         "variant, printed, left out of the ratios)")
+    ap.add_argument("--json", type=Path, help="write the times, ratios and failures per variant to this file")
     args = ap.parse_args()
     why = lab_supported()
     if why:
@@ -78,6 +132,8 @@ def main() -> None:
         times.update({"compare up": [], "compare down": []})
         variants.append("compare")
     ratios: dict[str, list[float]] = {"rayfleet": [], "compare": []}
+    failures: dict[str | None, list[str]] = {v: [] for v in [*variants, None]}   # None: the round's check
+    failed_rounds = 0
     ok = False
     try:
         # Its own bridge and subnet, so it can run beside the multihost tests.
@@ -109,9 +165,8 @@ def main() -> None:
                 return time.monotonic() - t0
 
             def run_rayfleet(label: str, src: str | None) -> None:
-                t0 = time.monotonic()
-                _cli("up", "-f", str(ff), env=env, src=src)
-                times[f"{label} up"].append(time.monotonic() - t0)
+                times[f"{label} up"].append(_up(f"{label} up", _rayfleet(("up", "-f", str(ff)), src), env,
+                                                work / f"{label}-up.log", alive, all_ips, args.up_timeout))
                 t0 = time.monotonic()
                 _cli("down", "-f", str(ff), env=env, src=src)
                 times[f"{label} down"].append(time.monotonic() - t0)
@@ -122,16 +177,8 @@ def main() -> None:
                 cfg = work / "raw.yaml"
                 cfg.write_text(fl.export_config(spec))
                 raw_env = dict(env, RAY_UP_enable_autoscaler_v2="0", RAY_TMPDIR=str(work / "raw-tmp"))
-                t0 = time.monotonic()
-                with open(work / "raw-up.log", "w") as log:
-                    subprocess.run([str(BIN / "ray"), "up", "-y", "--no-config-cache", str(cfg)], env=raw_env,
-                                   stdout=log, stderr=subprocess.STDOUT, timeout=900, check=True)
-                while alive() != all_ips:
-                    if time.monotonic() - t0 > args.up_timeout:
-                        raise VariantFailed(f"raw ray up: nodes not alive after {args.up_timeout} s "
-                                            "(Ray 2.60's v1 autoscaler does not retry a failed worker start)")
-                    time.sleep(0.5)
-                times["raw up"].append(time.monotonic() - t0)
+                times["raw up"].append(_up("raw up", [str(BIN / "ray"), "up", "-y", "--no-config-cache", str(cfg)],
+                                           raw_env, work / "raw-up.log", alive, all_ips, args.up_timeout))
                 if not args.no_raw_down:
                     t0 = time.monotonic()
                     subprocess.run([str(BIN / "ray"), "down", "-y", str(cfg)],
@@ -140,21 +187,24 @@ def main() -> None:
                     times["raw down"].append(time.monotonic() - t0)
                 _cli("down", "-f", str(ff), env=env)  # leave nothing behind whatever raw down did
 
-            failed_rounds = 0
             for rnd in range(args.rounds):
-                t0 = time.monotonic()
-                _cli("check", "-f", str(ff), env=env)
-                times["check"].append(time.monotonic() - t0)
+                current = None
                 order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
                 n = {k: len(v) for k, v in times.items()}
                 try:
+                    t0 = time.monotonic()
+                    _cli("check", "-f", str(ff), env=env)
+                    times["check"].append(time.monotonic() - t0)
                     for v in order:
+                        current = v
                         if v == "raw":
                             run_raw()
                         else:
                             run_rayfleet(v, src if v == "compare" else None)
                 except VariantFailed as e:
-                    print(f"round {rnd + 1} ({' > '.join(order)}): FAILED, left out: {str(e)[:600]}", flush=True)
+                    failures[current].append(f"round {rnd + 1}: {str(e)[:600]}")
+                    print(f"round {rnd + 1} ({' > '.join(order)}): {current} FAILED, round left out: "
+                          f"{str(e)[:600]}", flush=True)
                     for k, v in times.items():
                         del v[n[k]:]
                     try:
@@ -176,8 +226,15 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"logs kept in {work} (home/fleets/bench/up.log, raw-up.log)")
-    if failed_rounds:
-        print(f"\n{failed_rounds} round(s) failed and are left out")
+    print(f"\nfailed rounds: {failed_rounds} of {args.rounds}; per variant: "
+          + ", ".join(f"{v or 'check'} {len(f)}" for v, f in failures.items()))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "rounds": args.rounds, "failed_rounds": failed_rounds,
+            "failures": {v or "check": f for v, f in failures.items()},
+            "times_s": times, "median_s": {k: statistics.median(v) for k, v in times.items() if v},
+            "ratios": {f"{k}_up_vs_raw": v for k, v in ratios.items() if v},
+            "median_ratios": {f"{k}_up_vs_raw": statistics.median(v) for k, v in ratios.items() if v}}, indent=2))
     if not times["raw up"]:
         return
     print("\n| step | median s | min–max s |\n|---|---|---|")

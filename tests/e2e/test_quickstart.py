@@ -85,9 +85,10 @@ def test_readme_quick_start_on_two_cpus(tiny_model, tmp_path):
         r = _cli(train, env, timeout=900)
         print(f"train took {time.monotonic() - t0:.0f} s")
         assert r.returncode == 0, r.stderr
-        lines = r.stdout.splitlines()
+        # (heartbeats, "still starting workers ...", come when a phase takes over 30 s: a loaded machine)
+        lines = [ln for ln in r.stdout.splitlines() if not re.fullmatch(r"still [a-z ]+ \.\.\.", ln)]
         assert lines[0] == "num_workers auto: 1 worker(s) (1 of 2 CPUs free)"
-        assert lines[2:5] == ["Preparing data and tokenizer ...", "Reading and tokenizing the data ...",
+        assert lines[2:5] == ["Preparing data and tokenizer ...", "Reading and tokenizing the data in the driver ...",
                               "Starting workers ..."]
         assert re.fullmatch(r"Training with 1 worker\(s\) on 1 node\(s\): [\d.]+", lines[5]), lines
         assert not any(line.startswith("waiting for resources") for line in lines)  # 1 CPU was free

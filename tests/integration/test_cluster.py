@@ -171,6 +171,7 @@ def _by_name(cluster, name: str) -> list[int]:
     return [p for p in local.pids(cluster) if Path(f"/proc/{p}/comm").read_text().strip() == name]
 
 
+@pytest.mark.solo
 def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_with_the_reason(tiny_model, tmp_path):
     """Head recovery, on by default for `up --local` (a 2-CPU cluster, the CLI as a user runs it): SIGKILL the
     GCS server; the supervisor starts the head again on its RocksDB store, the service answers again with
@@ -219,7 +220,7 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         os.kill(gcs, signal.SIGKILL)
         killed = time.monotonic()
         while local.head_restarts(home)["count"] == 0:   # the supervisor started the head again
-            assert time.monotonic() - killed < 60, "the head was not started again within 60 s"
+            assert time.monotonic() - killed < 180, "the head was not started again within 180 s"
             time.sleep(0.2)
         print(f"GCS server killed; the head started again {time.monotonic() - killed:.1f} s later")
         while True:
@@ -229,7 +230,7 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
                     break
             except requests.RequestException:
                 pass
-            assert time.monotonic() - killed < 60, "the service did not come back within 60 s"
+            assert time.monotonic() - killed < 180, "the service did not come back within 180 s"
             time.sleep(0.2)
         print(f"the service answered again {time.monotonic() - killed:.1f} s after the kill")
         assert again.json() == before.json()
@@ -247,7 +248,7 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         # why it died, as the dead process wrote it, is in the supervisor's log
         log = (home / "supervisor.log").read_text()
         assert re.search(r"the last lines of gcs_server\.out:\n(  .*\n)*  \[.*\(gcs_server\) ", log), log
-        deadline = time.monotonic() + 60   # Serve's controller, itself restarted, catches up with its replicas
+        deadline = time.monotonic() + 120   # Serve's controller, itself restarted, catches up with its replicas
         while not re.search(r"translator .*RUNNING .* 1 ", (r := rayfleet_cli("services", env=env)).stdout):
             assert time.monotonic() < deadline, r.stdout
             time.sleep(1)

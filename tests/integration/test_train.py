@@ -33,7 +33,8 @@ CHECKPOINT_EVERY = 100
 KILL_AT_STEP = 150  # half-way between two checkpoints
 
 
-def write_spec(tmp: Path, *, name: str, model_name: str, max_steps: int = 500, extra: str = "") -> Path:
+def write_spec(tmp: Path, *, name: str, model_name: str, max_steps: int = 500, extra: str = "",
+               ingest: str = "auto") -> Path:
     """A job spec on corpus files in tmp (written there by the corpus generator)."""
     from rayfleet.train.corpus import write_corpus
 
@@ -48,6 +49,7 @@ data:
   validation: data/validation.tsv
   max_source_length: 32
   max_target_length: 32
+  ingest: {ingest}
 training:
   max_steps: {max_steps}
   batch_size: 32
@@ -116,7 +118,8 @@ def trained(local_cluster, prometheus, tmp_path_factory):
     from rayfleet.jobs.submit import JobsClient, follow_events
 
     tmp = tmp_path_factory.mktemp("train")
-    spec = write_spec(tmp, name="tiny-test", model_name=MODEL_NAME, max_steps=300)
+    # Ray Data's read, tokenize and split (what a large file gets; the README's small one is tokenized by the driver)
+    spec = write_spec(tmp, name="tiny-test", model_name=MODEL_NAME, max_steps=300, ingest="ray_data")
     p = subprocess.Popen([str(Path(sys.executable).parent / "rayfleet"), "train", str(spec), "--quiet"], cwd=ROOT,
                          env=dict(os.environ, COLUMNS="200"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -143,7 +146,9 @@ def trained(local_cluster, prometheus, tmp_path_factory):
 
 
 def test_train_reaches_exact_match_and_registers(trained):
-    out, _, _ = trained
+    out, _, killer = trained
+    r = rayfleet_cli("jobs", "logs", killer.job)   # the spec's data.ingest: ray_data
+    assert re.search(r"reading and tokenizing the data with Ray Data", r.stdout, re.I), r.stdout[-3000:]
     m = re.search(r"Evaluation: exact_match ([0-9.]+), bleu ([0-9.]+), chrf ([0-9.]+)", out)
     assert m, out
     exact, bleu, chrf = map(float, m.groups())

@@ -191,3 +191,15 @@ def test_resume_refuses_what_it_cant_resume_before_submitting(tmp_path):
         resume(None, other, "u-1")
     assert e.value.message == "Run u-1 has no checkpoint to resume from (it stopped before its first one)."
     assert e.value.hint == "Start it afresh: rayfleet train JOB.yaml"
+
+
+def test_data_ingest_by_the_training_files_size(tmp_path):
+    from rayfleet.train.data import DRIVER_MAX_BYTES, ingest_in_driver
+
+    small, large = tmp_path / "small.tsv", tmp_path / "large.tsv"
+    small.write_text("The cat sleeps.\tLe chat dort.\n")
+    with large.open("wb") as f:
+        f.truncate(DRIVER_MAX_BYTES + 1)
+    assert ingest_in_driver("auto", str(small)) and not ingest_in_driver("auto", str(large))
+    assert ingest_in_driver("driver", str(large)) and not ingest_in_driver("ray_data", str(small))
+    assert "data.ingest" in _error(tmp_path, "name: t\ndata:\n  synthetic: {}\n  ingest: spark\n")

@@ -116,6 +116,7 @@ class JobProgress:
         self.status = console.status("Submitted; waiting for the job to start ...")
         self.guard = guard
         self._last_line = time.monotonic()
+        self._phase: str | None = None   # the last phase, for the heartbeat until there is progress to describe
 
     def __enter__(self):
         if not self.quiet and not self.plain:
@@ -141,6 +142,7 @@ class JobProgress:
         """A ``Phase`` event: on the spinner, or a printed line without a terminal."""
         if self.guard is not None and ev.waits_for_resources:
             self.guard.placing = True
+        self._phase = ev.name
         if self.plain:
             self.line(f"{ev.name.capitalize()} ...")
         elif self.task is None and not self.quiet:
@@ -169,7 +171,8 @@ class JobProgress:
                 elif not self.quiet and self.task is None:
                     self.status.update(waiting)
         if self.plain and time.monotonic() - self._last_line >= self.HEARTBEAT_S:
-            self.line(self.describe() or "still waiting for the job to start ...")
+            self.line(self.describe() or (f"still {self._phase} ..." if self._phase
+                                          else "still waiting for the job to start ..."))
 
     def log_line(self, line: str) -> None:
         if self.guard is not None:

@@ -2,8 +2,9 @@
 
 Contract with the driver (``workload.py``): ``train_loop(config)`` gets a ``LoopConfig``
 as a dict (Ray Train's ``train_loop_config``; Tune merges a trial's sampled ``lr``,
-``batch_size``, ``warmup_steps`` into it), validated here before anything else. Datasets
-``train`` (tokenized, split per worker) and ``validation`` (text, not split) come from Ray Data.
+``batch_size``, ``warmup_steps`` into it), validated here before anything else. The data:
+``train`` (tokenized, split per worker) and ``validation`` (text, not split), as Ray Data
+datasets, or from the object store when the driver tokenized small files (``IN_MEMORY``).
 
 Every ``checkpoints.every_steps`` (and at the end) rank 0 saves a checkpoint:
 ``model/`` (save_pretrained + tokenizer) and ``state.pt`` (optimizer, scheduler,
@@ -140,8 +141,8 @@ def _load_rows(shard) -> tuple[list[list[int]], list[list[int]]]:
     return src, tgt
 
 
-def _validation(shard, rank: int, world: int, max_samples: int | None) -> tuple[list[str], list[str]]:
-    rows = [(r["en"], r["fr"]) for r in shard.iter_rows()]
+def _validation(rows: list[tuple[str, str]], rank: int, world: int, max_samples: int | None
+                ) -> tuple[list[str], list[str]]:
     if max_samples is not None:
         rows = rows[:max_samples]
     mine = rows[rank::world]
@@ -197,11 +198,16 @@ class _Run:
     resumed: bool = False
 
 
+IN_MEMORY = "in_memory_data"   # train_loop_config key: the data in the object store (data.ingest driver)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     from rayfleet.jobs.events import TrainProgress, emit
 
+    config = dict(config)
+    in_memory = config.pop(IN_MEMORY, None)
     cfg = LoopConfig.model_validate(config)
-    run = _restore_or_init(cfg)
+    run = _restore_or_init(cfg, in_memory)
     tracker = _Tracker(cfg.tracking if run.rank == 0 else None)
     prom = _prometheus(run) if run.rank == 0 else None
     _announce(run)
@@ -244,7 +250,7 @@ def train_loop(config: dict[str, Any]) -> None:
         _report(run, metrics, checkpoint=do_ckpt)
 
 
-def _restore_or_init(cfg: LoopConfig) -> _Run:
+def _restore_or_init(cfg: LoopConfig, in_memory=None) -> _Run:
     """The model, optimizer and data of this worker: from the latest checkpoint when the worker group
     was restarted, else fresh (the base model, or a new one ``from_scratch``)."""
     import ray.train
@@ -273,8 +279,14 @@ def _restore_or_init(cfg: LoopConfig) -> _Run:
     model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    src, tgt = _load_rows(ray.train.get_dataset_shard("train"))
-    val_src, val_ref = _validation(ray.train.get_dataset_shard("validation"), rank, world, ev.max_samples)
+    if in_memory is None:   # Ray Data's datasets: this worker's shard of the training set, all of the validation set
+        src, tgt = _load_rows(ray.train.get_dataset_shard("train"))
+        validation = [(r["en"], r["fr"]) for r in ray.train.get_dataset_shard("validation").iter_rows()]
+    else:                   # the driver's: an equal part of the training set for every rank, as Ray Data splits it
+        data = ray.get(in_memory)
+        src, tgt = (rows[:len(rows) // world * world][rank::world] for rows in data["train"])
+        validation = data["validation"]
+    val_src, val_ref = _validation(validation, rank, world, ev.max_samples)
     steps_per_epoch = max(1, len(src) // batch_size)
     total = t.max_steps or (t.epochs or 1) * steps_per_epoch
 

@@ -7,8 +7,10 @@ the storage path and the registry URI. Steps, each reported as an event
 
 1. data: the synthetic corpus is written, or the files are checked in full;
 2. tokenizer: trained on the training file (from_scratch) or the base model's;
-3. Ray Data reads and tokenizes the files in parallel tasks; the training set
-   is split across workers, the validation set is given to every worker;
+3. the driver reads and tokenizes small files itself and hands them to the
+   workers through the object store; larger ones are read and tokenized by Ray
+   Data in parallel tasks (``data.ingest``); the training set is split across
+   workers, the validation set is given to every worker;
 4. an MLflow run is opened (params), a ``TorchTrainer`` (DDP, gloo on CPU,
    nccl on GPU) runs ``loop.train_loop`` with checkpoints in the storage path
    and ``FailureConfig(max_failures)``;
@@ -98,22 +100,31 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rayfleet.train.data import text_dataset, tokenized_dataset
+    import ray
+
+    from rayfleet.train.data import (ingest_in_driver, read_pairs, text_dataset, tokenized_dataset,
+                                     tokenized_pairs)
     from rayfleet.train.distributed import torch_config
-    from rayfleet.train.loop import LoopConfig, train_loop
+    from rayfleet.train.loop import IN_MEMORY, LoopConfig, train_loop
 
     d, s = spec.data, spec.scaling
-    # Read and tokenized here, before the worker group holds its CPUs: Ray Data's read and
-    # tokenize tasks need CPUs of their own, and on a cluster the workers fill (2 workers on
-    # 2 CPUs) they would wait forever. The workers load their whole shard anyway.
-    datasets = {
-        "train": tokenized_dataset(paths["train"], paths["tokenizer"], d.max_source_length,
-                                   d.max_target_length).materialize(),
-        "validation": text_dataset(paths["validation"]).materialize(),
-    }
     # validated here too: a search key the loop doesn't know fails before any worker starts
     config = LoopConfig(spec=spec, tokenizer=paths["tokenizer"], base=paths["base"], tracking=tracking,
                         **(extra_config or {})).model_dump(mode="json")
+    # Read and tokenized here, before the worker group holds its CPUs: Ray Data's read and
+    # tokenize tasks need CPUs of their own, and on a cluster the workers fill (2 workers on
+    # 2 CPUs) they would wait forever. The workers load their whole shard anyway.
+    datasets = None
+    if ingest_in_driver(d.ingest, paths["train"]):   # small files: no Ray Data start-up
+        config[IN_MEMORY] = ray.put({
+            "train": tokenized_pairs(paths["train"], paths["tokenizer"], d.max_source_length, d.max_target_length),
+            "validation": read_pairs(paths["validation"], "validation")})
+    else:
+        datasets = {
+            "train": tokenized_dataset(paths["train"], paths["tokenizer"], d.max_source_length,
+                                       d.max_target_length).materialize(),
+            "validation": text_dataset(paths["validation"]).materialize(),
+        }
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
         resources["GPU"] = 1
@@ -128,7 +139,7 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
             callbacks=callbacks,
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
         torch_config=torch_config(s.use_gpu),
     )
 
@@ -176,7 +187,10 @@ def _train(job: TrainJob) -> TrainResult:
         emit(MlflowRun(run_id=run_id))
     ray.init(log_to_driver=True)
     _quiet_ray_data()
-    emit(Phase(name="reading and tokenizing the data"))
+    from rayfleet.train.data import ingest_in_driver
+
+    how = "in the driver" if ingest_in_driver(spec.data.ingest, paths["train"]) else "with Ray Data"
+    emit(Phase(name=f"reading and tokenizing the data {how}"))
     ok = False
     try:
         trainer = build_trainer(spec, paths, run_name=job.run_name, storage=job.train_storage,

@@ -78,7 +78,12 @@ def _up(label: str, cmd: list[str], env: dict, log: Path, alive, want: set[str],
     """Run an up command with the poller beside it; the poller's seconds, or VariantFailed."""
     poller = Poller(alive, want, timeout_s)
     with open(log, "w") as out:
-        rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900).returncode
+        try:
+            rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s + 60).returncode
+        except subprocess.TimeoutExpired:
+            poller.stop()
+            raise VariantFailed(f"{label}: the command still ran after {timeout_s + 60:.0f} s (see {log}):\n"
+                                f"{log.read_text()[-1500:]}") from None
     if rc != 0:
         poller.stop()
         raise VariantFailed(f"{label}: exit {rc} (see {log}):\n{log.read_text()[-1500:]}")
@@ -147,7 +152,7 @@ def main() -> None:
             ff = work / "fleet.yaml"
             import yaml
 
-            ff.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+            ff.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True)))
             all_ips = {h.ip for h in lab.hosts}
 
             def alive() -> set[str]:
@@ -187,6 +192,10 @@ def main() -> None:
                     times["raw down"].append(time.monotonic() - t0)
                 _cli("down", "-f", str(ff), env=env)  # leave nothing behind whatever raw down did
 
+            try:   # the fresh hosts' SSH keys, pinned once (untimed): rayfleet refuses unknown hosts
+                _cli("check", "-f", str(ff), "--accept-new-hosts", env=env)
+            except VariantFailed as e:
+                raise SystemExit(f"the hosts' keys could not be pinned: {e}") from None
             for rnd in range(args.rounds):
                 current = None
                 order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]

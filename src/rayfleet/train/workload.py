@@ -51,13 +51,14 @@ def flat_params(spec: JobSpec) -> dict[str, Any]:
 
 def prepare(spec: JobSpec, run_dir: Path, *, registry_uri: str | None = None,
             artifact_root: str | None = None, resumed: bool = False) -> dict[str, str]:
-    """Data files and tokenizer on the cluster side: {'train', 'validation', 'tokenizer', 'base'}.
+    """Data files and tokenizer on the cluster side: {'train', 'validation', 'tokenizer', 'base', 'ingest'}
+    ('ingest': 'driver' or 'ray_data', data.ingest decided for these files).
 
     A ``registry://`` base model is looked up in the job's registry (``registry_uri``,
     computed by the client: the job's storage path, the fleet's on a fleet); files the
     registry has to download go to the run directory, which every node sees.
     """
-    from rayfleet.train.data import check_file, read_pairs
+    from rayfleet.train.data import check_file, ingest_in_driver, read_pairs
 
     d = spec.data
     if d.synthetic is not None:
@@ -70,7 +71,8 @@ def prepare(spec: JobSpec, run_dir: Path, *, registry_uri: str | None = None,
         train, validation = str(d.train), str(d.validation)
         check_file(train, "train", max_lines=None)
         check_file(validation, "validation", max_lines=None)
-    out = {"train": train, "validation": validation, "base": ""}
+    out = {"train": train, "validation": validation, "base": "",
+           "ingest": "driver" if ingest_in_driver(d.ingest, train) else "ray_data"}
     if spec.model.from_scratch:
         from rayfleet.train.modeling import build_tokenizer
 
@@ -102,8 +104,7 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
 
     import ray
 
-    from rayfleet.train.data import (ingest_in_driver, read_pairs, text_dataset, tokenized_dataset,
-                                     tokenized_pairs)
+    from rayfleet.train.data import read_pairs, text_dataset, tokenized_dataset, tokenized_pairs
     from rayfleet.train.distributed import torch_config
     from rayfleet.train.loop import IN_MEMORY, LoopConfig, train_loop
 
@@ -115,7 +116,7 @@ def build_trainer(spec: JobSpec, paths: dict[str, str], *, run_name: str, storag
     # tokenize tasks need CPUs of their own, and on a cluster the workers fill (2 workers on
     # 2 CPUs) they would wait forever. The workers load their whole shard anyway.
     datasets = None
-    if ingest_in_driver(d.ingest, paths["train"]):   # small files: no Ray Data start-up
+    if paths["ingest"] == "driver":   # small files: no Ray Data start-up
         config[IN_MEMORY] = ray.put({
             "train": tokenized_pairs(paths["train"], paths["tokenizer"], d.max_source_length, d.max_target_length),
             "validation": read_pairs(paths["validation"], "validation")})
@@ -187,9 +188,7 @@ def _train(job: TrainJob) -> TrainResult:
         emit(MlflowRun(run_id=run_id))
     ray.init(log_to_driver=True)
     _quiet_ray_data()
-    from rayfleet.train.data import ingest_in_driver
-
-    how = "in the driver" if ingest_in_driver(spec.data.ingest, paths["train"]) else "with Ray Data"
+    how = "in the driver" if paths["ingest"] == "driver" else "with Ray Data"
     emit(Phase(name=f"reading and tokenizing the data {how}"))
     ok = False
     try:

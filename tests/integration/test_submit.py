@@ -236,7 +236,7 @@ def test_ctrl_c_on_a_terminal_asks_and_stops(cluster):
                 pytest.fail(f"the CLI exited ({p.poll()}) before printing {text!r}: {out!r}")
 
     try:
-        read_until(b"started")
+        read_until(b"\nstarted\r\n")  # the job's own line (the job's id, made from its command, holds "started" too)
         p.send_signal(signal.SIGINT)
         read_until(b"[y/N]")
         os.write(main, b"y\n")

@@ -61,11 +61,11 @@ def submit(
     quiet_ray_logs()
     job = cluster.submit(command, working_dir=working_dir, requirements=requirements, env=env, num_cpus=num_cpus,
                          num_gpus=num_gpus, resources=resources, name=name)
-    _note(f"Submitted job {job.id} on the {cluster.description}.")
-    if detach:
-        _note(f"Follow it with: rayfleet jobs logs {job.id} --follow")
-        return
-    try:
+    try:  # from here on Ctrl-C asks about (or detaches from) the submitted job, even while this line prints
+        _note(f"Submitted job {job.id} on the {cluster.description}.")
+        if detach:
+            _note(f"Follow it with: rayfleet jobs logs {job.id} --follow")
+            return
         end = job.follow(on_line=lambda line: console.print(Text.from_ansi(line)),  # no colour codes in a pipe
                          on_waiting=_note, unplaceable_timeout_s=unplaceable_timeout)
     except KeyboardInterrupt:

@@ -171,7 +171,6 @@ def _by_name(cluster, name: str) -> list[int]:
     return [p for p in local.pids(cluster) if Path(f"/proc/{p}/comm").read_text().strip() == name]
 
 
-@pytest.mark.solo
 def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_with_the_reason(tiny_model, tmp_path):
     """Head recovery, on by default for `up --local` (a 2-CPU cluster, the CLI as a user runs it): SIGKILL the
     GCS server; the supervisor starts the head again on its RocksDB store, the service answers again with

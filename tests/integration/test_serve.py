@@ -45,6 +45,24 @@ def test_one_text_equals_in_process_generate(translator, reference):
     assert r.headers[VERSION_HEADER] == "tiny-v1"
 
 
+def test_the_fallback_proxy_is_on_the_clusters_own_port(local_cluster, translator, reference):
+    """Serve's fallback proxy (where HAProxy sends a request while no replica of its service is up, e.g. just
+    after a head restart) listens on the cluster's own port (replica range + 2), not on Serve's default 8500:
+    bound with SO_REUSEPORT, that port was shared by every cluster on the machine, and a request to one
+    cluster got another cluster's translation."""
+    import psutil
+
+    from rayfleet.cluster import local
+    from rayfleet.cluster.serving import fallback_proxy_ports
+
+    port, _ = fallback_proxy_ports(local_cluster.ports.min_replica)
+    ours = set(local.pids(local_cluster))
+    listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in ours}
+    assert port in listening and 8500 not in listening, sorted(listening)
+    r = _post(f"http://127.0.0.1:{port}", {"text": SAMPLE_TEXTS[0]})
+    assert r.status_code == 200 and r.json() == {"translation": reference[SAMPLE_TEXTS[0]]}, r.text
+
+
 def test_list_keeps_order(translator, reference):
     _, url = translator
     texts = SAMPLE_TEXTS[1:8]

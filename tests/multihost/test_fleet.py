@@ -690,6 +690,8 @@ def _open_by_design(spec) -> dict[int, str]:
         p.serve: "the services (HAProxy)",
         p.min_replica: "HAProxy's stats page (read-only)",
         p.min_replica + 1: "HAProxy's Prometheus metrics",
+        p.min_replica + 2: "Serve's fallback proxy (the services, for HAProxy while no replica is up)",
+        p.min_replica + 3: "Serve's fallback proxy, gRPC",
         p.metrics_export: "Ray's Prometheus metrics",
         p.dashboard_metrics: "the dashboard's Prometheus metrics",
         p.autoscaler_metrics: "the autoscaler's Prometheus metrics",

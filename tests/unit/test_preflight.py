@@ -41,7 +41,7 @@ def _free_port_base() -> int:
     # Below the kernel's ephemeral range (32768), above the test clusters' (23000-29999).
     for base in range(30011, 32700, 37):
         ok = True
-        for p in range(base, base + 18):
+        for p in range(base, base + 20):
             s = socket.socket()
             try:
                 s.bind(("0.0.0.0", p))
@@ -59,7 +59,7 @@ def _fleet(tmp_path, **extra) -> FleetSpec:
     ports = dict(gcs=b, dashboard=b + 1, serve=b + 2, client_server=b + 3, dashboard_agent=b + 4,
                  node_manager=b + 5, object_manager=b + 6, metrics_export=b + 7, runtime_env_agent=b + 8,
                  dashboard_agent_grpc=b + 9, min_worker=b + 10, max_worker=b + 11, min_replica=b + 12,
-                 max_replica=b + 15, dashboard_metrics=b + 16, autoscaler_metrics=b + 17)
+                 max_replica=b + 17, dashboard_metrics=b + 18, autoscaler_metrics=b + 19)
     (tmp_path / "shared").mkdir(exist_ok=True)
     data = dict(name="t", head={"host": "127.0.0.1"}, python=VENV, ports=ports,
                 storage={"path": str(tmp_path / "shared")}, temp_dir=str(tmp_path / "tmp"))

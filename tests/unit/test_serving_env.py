@@ -13,7 +13,8 @@ pytestmark = pytest.mark.unit
 
 
 def _used(env: dict) -> list[int]:
-    ports = [int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])]
+    ports = [int(env[f"RAY_SERVE_{k}_PORT"]) for k in ("HAPROXY_STATS", "HAPROXY_METRICS", "FALLBACK_PROXY_HTTP",
+                                                       "FALLBACK_PROXY_GRPC")]
     for proto in ("HTTP", "GRPC"):
         lo, hi = (int(env[f"RAY_SERVE_DIRECT_INGRESS_{b}_{proto}_PORT"]) for b in ("MIN", "MAX"))
         assert lo <= hi
@@ -21,7 +22,7 @@ def _used(env: dict) -> list[int]:
     return ports
 
 
-@pytest.mark.parametrize("lo,hi", [(30000, 31999), (23000, 23003), (23000, 23004), (40000, 40199)])
+@pytest.mark.parametrize("lo,hi", [(30000, 31999), (23000, 23005), (23000, 23006), (40000, 40199)])
 def test_the_range_is_split_without_overlap_or_gaps(lo, hi):
     env = serve_env(lo, hi, "/tmp/rayfleet")
     used = _used(env)
@@ -33,14 +34,14 @@ def test_the_range_is_split_without_overlap_or_gaps(lo, hi):
 
 def test_default_range_halves():
     (http_lo, http_hi), (grpc_lo, grpc_hi) = replica_port_ranges(30000, 31999)
-    assert (http_lo, http_hi, grpc_lo, grpc_hi) == (30002, 30999, 31000, 31999)
+    assert (http_lo, http_hi, grpc_lo, grpc_hi) == (30004, 30999, 31000, 31999)
 
 
 def test_too_small_a_range_is_refused_with_the_flag_names():
     with pytest.raises(ValueError):
-        replica_port_ranges(30000, 30002)
+        replica_port_ranges(30000, 30004)
     with pytest.raises(ClusterError, match="--min-replica-port"):
-        LocalPorts(min_replica=30000, max_replica=30002).check()
+        LocalPorts(min_replica=30000, max_replica=30004).check()
     with pytest.raises(ClusterError, match="overlaps the worker port range"):
         LocalPorts(min_worker=10002, max_worker=19999, min_replica=19000, max_replica=20999).check()
     with pytest.raises(ClusterError, match="inside the Serve replica port range"):

@@ -41,9 +41,15 @@ high-throughput mode (Ray >= 2.55, see "Enable High Throughput on Ray Serve"):
   at most 27.
 - The node's replica port range: its first two ports are HAProxy's stats page and
   Prometheus metrics (Serve's defaults, 8404 and 9101, would clash between two
-  clusters on one machine), then the replicas' direct-ingress ports: the rest of
-  the first half for HTTP, the second half for gRPC. On a fleet, the head must
-  reach these ports on every node (like the worker port range).
+  clusters on one machine), the next two Serve's fallback proxy on the head (HTTP,
+  gRPC: the Python proxy HAProxy sends a request to when no replica of its service
+  is up, e.g. while a restarted head's replicas start), then the replicas'
+  direct-ingress ports: the rest of the first half for HTTP, the second half for
+  gRPC. On a fleet, the head must reach these ports on every node (like the worker
+  port range). The fallback proxy's defaults (8500, 9500) are bound with
+  SO_REUSEPORT: two clusters on one machine shared them, and a request to one
+  cluster was answered by the other's service (seen in the test suite, two local
+  clusters at once, right after one head's restart).
 """
 
 from __future__ import annotations
@@ -52,16 +58,17 @@ import hashlib
 import os
 import stat
 
-__all__ = ["serve_env", "replica_port_ranges", "haproxy_dir", "private_dir", "MIN_REPLICA_PORTS",
+__all__ = ["serve_env", "replica_port_ranges", "fallback_proxy_ports", "haproxy_dir", "private_dir", "MIN_REPLICA_PORTS",
            "CLIENT_TIMEOUT_S", "DRAIN_S"]
 
-MIN_REPLICA_PORTS = 4  # HAProxy stats + metrics, >= 1 HTTP, >= 1 gRPC
+MIN_REPLICA_PORTS = 6  # HAProxy stats + metrics, fallback proxy HTTP + gRPC, >= 1 HTTP, >= 1 gRPC
 
 RETRY_ON = "conn-failure empty-response"
 # Longer than the service's own body timeout (serve/app.py BODY_TIMEOUT_S, 30 s): a client whose body
 # stalls gets the service's JSON 408, not HAProxy's HTML 400 (it was both 30 s, and HAProxy came first).
 CLIENT_TIMEOUT_S = 40
 DRAIN_S = 10           # an ingress replica's drain (see the module docstring)
+_FIXED = 4  # the replica range's first ports: HAProxy stats, metrics, fallback proxy HTTP, gRPC
 _MAX_HAPROXY_DIR = 27   # + "/" + node id (56) + "/metrics.sock" (13) <= 97, HAProxy's limit
 
 
@@ -85,11 +92,18 @@ def private_dir(path: str) -> None:
 
 
 def replica_port_ranges(min_port: int, max_port: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(HTTP range, gRPC range) of ``min_port..max_port``: the first half after HAProxy's two ports, the second half."""
+    """(HTTP range, gRPC range) of ``min_port..max_port``: the first half after its first four ports (HAProxy's
+    stats and metrics, the fallback proxy's HTTP and gRPC), the second half."""
     if max_port - min_port + 1 < MIN_REPLICA_PORTS:
         raise ValueError(f"the replica port range {min_port}-{max_port} needs at least {MIN_REPLICA_PORTS} ports")
+    first = min_port + _FIXED
     mid = (min_port + max_port + 1) // 2
-    return (min_port + 2, max(min_port + 2, mid - 1)), (max(mid, min_port + 3), max_port)
+    return (first, max(first, mid - 1)), (max(mid, first + 1), max_port)
+
+
+def fallback_proxy_ports(min_port: int) -> tuple[int, int]:
+    """(HTTP, gRPC) port of Serve's fallback proxy on the head of a cluster whose replica range starts at ``min_port``."""
+    return min_port + 2, min_port + 3
 
 
 # Serve's request-latency histograms (HTTP, replicas): finer than its defaults (1, 2, 5, 10, 20, 50, 100, 200,
@@ -103,6 +117,7 @@ def serve_env(min_replica_port: int, max_replica_port: int, temp_dir: str) -> di
     """The environment of every ``ray start`` on a rayfleet cluster (see the module docstring);
     ``haproxy_dir(temp_dir)`` must be created with ``private_dir`` before."""
     (http_lo, http_hi), (grpc_lo, grpc_hi) = replica_port_ranges(min_replica_port, max_replica_port)
+    fallback_http, fallback_grpc = fallback_proxy_ports(min_replica_port)
     hp = haproxy_dir(temp_dir)
     return {
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(CLIENT_TIMEOUT_S),
@@ -118,6 +133,8 @@ def serve_env(min_replica_port: int, max_replica_port: int, temp_dir: str) -> di
         "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
         "RAY_SERVE_HAPROXY_STATS_PORT": str(min_replica_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(min_replica_port + 1),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_lo),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_hi),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_lo),

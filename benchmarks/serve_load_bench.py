@@ -6,8 +6,8 @@ weights), rayfleet's ctranslate2 backend (int8), 2 replicas x 1 thread, max_batc
 
 1. Variable-length text. Source lengths drawn from a long-tailed distribution (log-normal, median ~14
    tokens, clipped to 3-120; each text one sentence, so the service translates exactly what the
-   ceiling does). Outputs end at different lengths: the model's generation config drops
-   serve_bench's min_new_tokens, and the model gets an EOS bias (``final_logits_bias[eos]``, which
+   ceiling does). Outputs end at different lengths: the model's generation config has min_new_tokens 1
+   (serve_bench's is 32; the service and the ceiling both decode with 1), and the model gets an EOS bias (``final_logits_bias[eos]``, which
    CTranslate2's converter keeps), calibrated in process until greedy outputs average --mean-output
    tokens (measured with CTranslate2 int8, the engine served). With random weights, the step at which
    EOS first wins the argmax depends on the input,
@@ -53,6 +53,14 @@ from pathlib import Path
 import serve_bench as sb
 
 MAX_NEW = 160
+# The service's decoding options for the variable-length model (serve/backends/ct2.py reads them from its
+# generation config, min_new_tokens 1): the ceiling and the calibration use the same. (Before, the model had
+# no minimum, so the service let EOS win at the first step, transformers' semantics, while the ceiling ran
+# with CTranslate2's own default minimum of 1: the service returned empty translations for every text and
+# "beat its ceiling" 3x. With no minimum on both sides, EOS wins either at once or never: 455 of 600 empty
+# outputs, the rest at the cap. A minimum of 1 gives outputs that end at input-dependent lengths.)
+MIN_NEW = 1
+DECODE = dict(beam_size=1, min_decoding_length=MIN_NEW, max_decoding_length=MAX_NEW, max_input_length=0)
 METRICS_OFF = {"RAY_enable_metrics_collection": "0"}
 
 
@@ -90,21 +98,20 @@ def _mean_output(model, tokenizer, out: Path, sources: list[list[str]], bias: fl
     converted = out.parent / (out.name + "-ct2-calibration")
     ctranslate2.converters.TransformersConverter(str(out)).convert(str(converted), quantization="int8", force=True)
     translator = ctranslate2.Translator(str(converted), device="cpu", compute_type="int8", intra_threads=2)
-    results = translator.translate_batch(sources, beam_size=1, max_decoding_length=MAX_NEW, max_input_length=0,
-                                         max_batch_size=32)
+    results = translator.translate_batch(sources, max_batch_size=32, **DECODE)
     del translator
     return statistics.mean(len(r.hypotheses[0]) for r in results)
 
 
 def build_variable_model(fixed_dir: Path, out: Path, texts: list[str], mean_output: float) -> tuple[Path, float]:
-    """serve_bench's model without min_new_tokens and with an EOS bias calibrated (bisection on 64 texts, with
+    """serve_bench's model with min_new_tokens 1 (not 32) and with an EOS bias calibrated (bisection on 64 texts, with
     CTranslate2 int8: transformers' float32 argmax ties break differently) so that greedy outputs average
     ``mean_output`` tokens. (dir, bias)."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(fixed_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(fixed_dir).eval()
-    model.generation_config.min_new_tokens = None
+    model.generation_config.min_new_tokens = MIN_NEW   # the service decodes with it too (DECODE)
     sources = [tokenizer.convert_ids_to_tokens(tokenizer(t)["input_ids"]) for t in texts[:64]]
     lo, hi = 0.0, 40.0   # bias 0: EOS (almost) never wins; 40: at once
     for _ in range(9):
@@ -123,19 +130,22 @@ def build_variable_model(fixed_dir: Path, out: Path, texts: list[str], mean_outp
 # Load: every text once (closed loop), open loop (Poisson)
 # ---------------------------------------------------------------------------------------------
 
-async def _post(session, url: str, body: bytes) -> bool:
-    """One request; answered 200 or not."""
+async def _post(session, url: str, body: bytes) -> bytes | None:
+    """One request; its body when answered 200, else None."""
     import aiohttp
 
     try:
         async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
-            await r.read()
-            return r.status == 200
+            data = await r.read()
+            return data if r.status == 200 else None
     except aiohttp.ClientError:
-        return False
+        return None
 
 
-async def _every_text_once(url: str, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, int]:
+async def _every_text_once(url: str, bodies: list[bytes], concurrency: int,
+                           answers: dict[int, str] | None = None) -> tuple[list[float], float, int]:
+    """Every body sent once by ``concurrency`` closed-loop clients; (latencies, seconds, errors). ``answers``
+    gets each text's translation by index."""
     import aiohttp
 
     queue = list(range(len(bodies)))[::-1]
@@ -146,8 +156,12 @@ async def _every_text_once(url: str, bodies: list[bytes], concurrency: int) -> t
         nonlocal errors
         while queue:
             t0 = time.perf_counter()
-            if await _post(session, url, bodies[queue.pop()]):
+            i = queue.pop()
+            data = await _post(session, url, bodies[i])
+            if data is not None:
                 latencies.append(time.perf_counter() - t0)
+                if answers is not None:
+                    answers[i] = json.loads(data)["translation"]
             else:
                 errors += 1
 
@@ -170,7 +184,7 @@ async def _open_loop(url: str, bodies: list[bytes], rate: float, duration_s: flo
 
     async def one(session, body: bytes, due: float) -> None:
         nonlocal errors
-        if await _post(session, url, body):
+        if await _post(session, url, body) is not None:
             latencies.append(time.perf_counter() - due)
         else:
             errors += 1
@@ -201,7 +215,7 @@ def _ceiling_variable(ct2_path: Path, sources: list[list[str]], inter: int, size
     translator = ctranslate2.Translator(str(ct2_path), device="cpu", compute_type="int8", intra_threads=1,
                                         inter_threads=inter)
     ordered = sorted(sources, key=len)
-    opts = dict(beam_size=1, max_decoding_length=MAX_NEW, max_input_length=0)
+    opts = DECODE
     translator.translate_batch(ordered[:8], **opts)   # warm up
     t0 = time.perf_counter()
     pending = [translator.translate_batch(ordered[i:i + size], asynchronous=True, **opts)
@@ -214,13 +228,13 @@ def _ceiling_variable(ct2_path: Path, sources: list[list[str]], inter: int, size
     return elapsed
 
 
-def _output_lengths(ct2_path: Path, sources: list[list[str]]) -> list[int]:
+def _outputs(ct2_path: Path, sources: list[list[str]]) -> list[list[str]]:
+    """Each source's output tokens, in process, with the service's decoding options."""
     import ctranslate2
 
     translator = ctranslate2.Translator(str(ct2_path), device="cpu", compute_type="int8", intra_threads=2)
-    results = translator.translate_batch(sources, beam_size=1, max_decoding_length=MAX_NEW, max_input_length=0,
-                                         max_batch_size=32)
-    return [len(r.hypotheses[0]) for r in results]
+    results = translator.translate_batch(sources, max_batch_size=32, **DECODE)
+    return [r.hypotheses[0] for r in results]
 
 
 def _exported(endpoints: list[str], application: str) -> int:
@@ -284,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         var_ct2 = convert_cached(str(var_dir), "int8", weight_bits=bits).path
         sources = sb._sources(var_dir, texts)
         in_lengths = [len(s) for s in sources]
-        out_lengths = _output_lengths(var_ct2, sources)
+        outputs = _outputs(var_ct2, sources)
+        out_lengths = [len(o) for o in outputs]
+        from transformers import AutoTokenizer
+
+        var_tokenizer = AutoTokenizer.from_pretrained(var_dir)
+        expected = [var_tokenizer.decode(var_tokenizer.convert_tokens_to_ids(o), skip_special_tokens=True)
+                    for o in outputs]
         report["variable"] = {"eos_bias": bias, "texts": len(texts),
                               "source_tokens": {"mean": statistics.mean(in_lengths), "p50": sb._pct(in_lengths, .5),
                                                 "p90": sb._pct(in_lengths, .9), "max": max(in_lengths)},
@@ -324,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         var: dict[str, list[float]] = {"served": [], "ceiling": []}
         var_lat: list[float] = []
         var_errors = 0
+        answers: dict[int, str] = {}
         for r in range(rounds):
             for key in (("served", "ceiling") if r % 2 == 0 else ("ceiling", "served")):
                 if key == "served":
-                    lat, elapsed, errors = asyncio.run(_every_text_once(f"{var_url}/translate", var_bodies, clients))
+                    lat, elapsed, errors = asyncio.run(_every_text_once(f"{var_url}/translate", var_bodies, clients,
+                                                                        answers))
                     var_lat += lat
                     var_errors += errors
                     rate = len(lat) / elapsed
@@ -335,10 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                     rate = len(sources) / _ceiling_variable(var_ct2, sources, args.replicas, best)
                 var[key].append(rate)
                 print(f"round {r + 1}/{rounds} variable-length, {key}: {rate:.1f} texts/s", flush=True)
+        same = sum(answers.get(i) == e for i, e in enumerate(expected))
+        print(f"same work: {same} of {len(expected)} served translations equal the in-process ones "
+              f"({sum(1 for e in expected if not e)} of those are empty)", flush=True)
         served, ceiling = statistics.median(var["served"]), statistics.median(var["ceiling"])
         report["variable"].update(served_texts_per_s=served, ceiling_texts_per_s=ceiling, ceiling_setting=best,
                                   served_p50_s=sb._pct(var_lat, .5), served_p99_s=sb._pct(var_lat, .99),
-                                  errors=var_errors, rounds=var)
+                                  errors=var_errors, rounds=var, same_outputs=same)
 
         # 3. Metrics on vs off (closed loop, interleaved), which also gives the most the service does.
         rates: dict[str, list[float]] = {"on": [], "off": []}
@@ -433,7 +458,9 @@ def _print(rep: dict) -> None:
     print(f"| in-process CTranslate2, sorted by length (batches of {v['ceiling_setting']}) | "
           f"{v['ceiling_texts_per_s']:.1f} | - | - |")
     ratio = rep["ratios"]["variable_served_vs_ceiling"]
-    print(f"served / ceiling, variable-length: {ratio:.0%} ({_verdict(ratio)})")
+    print(f"served / ceiling, variable-length: {ratio:.0%} ({_verdict(ratio)}); same work: {v['same_outputs']} of "
+          f"{v['texts']} served translations equal the in-process ones; output tokens mean "
+          f"{v['output_tokens']['mean']:.1f}, p90 {v['output_tokens']['p90']}, max {v['output_tokens']['max']}")
     print()
     print(f"| fixed work, open loop | arrivals/s | p50 | p99 | p99 / lone p50 ({lat['lone_p50_s'] * 1000:.0f} ms) |")
     print("|---|---|---|---|---|")

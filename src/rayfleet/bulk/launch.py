@@ -143,7 +143,7 @@ def _job_id(src: Path) -> str:
 
 def prepare(input_path: Path, output_path: Path, *, model: str, field: str = "text",
             output_field: str = "translation", backend: str = "auto", part_size: int = 1000,
-            batch_size: int = 32, actors: int | None = None, cpus_per_actor: float = 1.0,
+            batch_size: int = 64, actors: int | None = None, cpus_per_actor: float = 1.0,
             gpus_per_actor: float = 0.0, max_new_tokens: int | None = None, restart: bool = False,
             fleet_storage: str | None = None, fleet_name: str | None = None) -> BulkJob:
     """Check paths, field and model here; return the job to submit. ``fleet_name`` set: a fleet."""

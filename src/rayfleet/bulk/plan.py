@@ -64,7 +64,7 @@ class BulkJob(BaseModel):
     output_field: str = "translation"
     backend: BackendName = "auto"
     part_size: int = Field(1000, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
     actors: int | None = Field(None, ge=1)   # the most translator actors; None: as many as the cluster's CPUs allow
     cpus_per_actor: float = Field(1.0, ge=0)
     gpus_per_actor: float = Field(0.0, ge=0)

@@ -76,7 +76,9 @@ def translate_file(
     backend: str = typer.Option("auto", "--backend", help="auto, transformers or ctranslate2 (as in service.yaml)."),
     part_size: int = typer.Option(1000, "--part-size", min=1,
                                   help="Lines per part: the unit that is saved, and skipped when resuming."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per model call."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1,
+                                   help="Texts per model call (on 2 CPU cores, 64 translated 20-25 % more lines/s "
+                                        "than 32)."),
     actors: Optional[int] = typer.Option(None, "--actors", min=1,
                                          help="The most translator actors (default: as many as the cluster's "
                                               "CPUs allow)."),

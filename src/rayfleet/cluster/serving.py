@@ -58,17 +58,17 @@ import hashlib
 import os
 import stat
 
-__all__ = ["serve_env", "replica_port_ranges", "fallback_proxy_ports", "haproxy_dir", "private_dir", "MIN_REPLICA_PORTS",
-           "CLIENT_TIMEOUT_S", "DRAIN_S"]
+__all__ = ["serve_env", "replica_port_ranges", "fallback_proxy_ports", "haproxy_dir", "private_dir",
+           "MIN_REPLICA_PORTS", "CLIENT_TIMEOUT_S", "DRAIN_S"]
 
-MIN_REPLICA_PORTS = 6  # HAProxy stats + metrics, fallback proxy HTTP + gRPC, >= 1 HTTP, >= 1 gRPC
+_FIXED = 4  # the replica range's first ports: HAProxy stats, metrics, fallback proxy HTTP, gRPC
+MIN_REPLICA_PORTS = _FIXED + 2  # and >= 1 replica HTTP, >= 1 replica gRPC
 
 RETRY_ON = "conn-failure empty-response"
 # Longer than the service's own body timeout (serve/app.py BODY_TIMEOUT_S, 30 s): a client whose body
 # stalls gets the service's JSON 408, not HAProxy's HTML 400 (it was both 30 s, and HAProxy came first).
 CLIENT_TIMEOUT_S = 40
 DRAIN_S = 10           # an ingress replica's drain (see the module docstring)
-_FIXED = 4  # the replica range's first ports: HAProxy stats, metrics, fallback proxy HTTP, gRPC
 _MAX_HAPROXY_DIR = 27   # + "/" + node id (56) + "/metrics.sock" (13) <= 97, HAProxy's limit
 
 
@@ -102,7 +102,8 @@ def replica_port_ranges(min_port: int, max_port: int) -> tuple[tuple[int, int], 
 
 
 def fallback_proxy_ports(min_port: int) -> tuple[int, int]:
-    """(HTTP, gRPC) port of Serve's fallback proxy on the head of a cluster whose replica range starts at ``min_port``."""
+    """(HTTP, gRPC) port of Serve's fallback proxy on the head of a cluster whose replica range starts at
+    ``min_port`` (after HAProxy's stats and metrics ports)."""
     return min_port + 2, min_port + 3
 
 

@@ -51,7 +51,7 @@ class LocalPorts:
     dashboard_agent: int = DEFAULTS["dashboard_agent"]
     min_worker: int = DEFAULTS["min_worker"]
     max_worker: int = DEFAULTS["max_worker"]
-    # HAProxy's stats and metrics, Serve's fallback proxy, then the replicas' own HTTP and gRPC ports: cluster/serving.py.
+    # HAProxy's stats and metrics, Serve's fallback proxy, the replicas' HTTP and gRPC ports: cluster/serving.py.
     min_replica: int = DEFAULTS["min_replica"]
     max_replica: int = DEFAULTS["max_replica"]
 

@@ -49,7 +49,8 @@ def port_problem(ports: dict[str, int], name: Callable[[str], str]) -> tuple[str
                 f"{name('max_worker')}.", None)
     if hi_r - lo_r + 1 < MIN_REPLICA_PORTS:
         return (f"Serve replica port range {lo_r}-{hi_r} needs at least {MIN_REPLICA_PORTS} ports (HAProxy's "
-                f"stats and metrics, Serve's fallback proxy HTTP and gRPC, replica HTTP, replica gRPC); widen {name('min_replica')}/{name('max_replica')}.",
+                f"stats and metrics, Serve's fallback proxy HTTP and gRPC, replica HTTP, replica gRPC); widen "
+                f"{name('min_replica')}/{name('max_replica')}.",
                 None)
     if lo_r <= hi_w and lo_w <= hi_r:
         return (f"The Serve replica port range {lo_r}-{hi_r} overlaps the worker port range {lo_w}-{hi_w}.",

@@ -84,6 +84,15 @@ def _cgroup_mount_commands() -> list[str]:
     return cmds
 
 
+def sshd_config(ip: str, host_key: str, pid_file: str) -> str:
+    """A lab host's sshd: key logins only (root too), on the host's address."""
+    return "\n".join([
+        f"ListenAddress {ip}", "Port 22", f"HostKey {host_key}", f"PidFile {pid_file}",
+        "AuthorizedKeysFile .ssh/authorized_keys", "PermitRootLogin prohibit-password", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "UsePAM no", "UseDNS no", "StrictModes yes",
+        "MaxStartups 100:30:200", "MaxSessions 100", "Subsystem sftp internal-sftp", ""])
+
+
 def _remove_cgroups(cgroups: list[Path], timeout: float = 10) -> None:
     """Remove cgroups made for a user manager, their children first, once their processes are gone."""
     deadline = time.monotonic() + timeout
@@ -282,40 +291,15 @@ class HostLab:
         ip = f"{self.subnet}.{11 + i}"
         hdir = self.workdir / name
         host = Host(name=name, ip=ip, dir=hdir, netns=name, user=self.user, uid=self.uid)
-        (hdir / "root" / ".ssh").mkdir(parents=True, exist_ok=True)
         (hdir / "tmp").mkdir(parents=True, exist_ok=True)
-        os.chmod(hdir / "root", 0o700)
-        os.chmod(hdir / "root" / ".ssh", 0o700)
         os.chmod(hdir / "tmp", 0o1777)
-        auth = hdir / "root" / ".ssh" / "authorized_keys"
-        auth.write_text(Path(str(self.key) + ".pub").read_text())
-        os.chmod(auth, 0o600)
+        self._make_root_home(hdir / "root")
         self._make_user(hdir)
-        venv_bin = Path(sys.executable).parent
-        # Like a real machine whose admin put the venv on PATH for login shells.
-        for rc in (".bashrc", ".profile"):
-            (hdir / "root" / rc).write_text(f'export PATH="{venv_bin}:$PATH"\n')
         if not (hdir / "ssh_host_ed25519_key").exists():
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hdir / "ssh_host_ed25519_key"))
-        (hdir / "sshd_config").write_text("\n".join([
-            f"ListenAddress {ip}", "Port 22", f"HostKey {hdir}/ssh_host_ed25519_key",
-            f"PidFile {hdir}/sshd.pid", "AuthorizedKeysFile .ssh/authorized_keys",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no", "UsePAM no", "UseDNS no", "StrictModes yes",
-            "MaxStartups 100:30:200", "MaxSessions 100", "Subsystem sftp internal-sftp", ""]))
-
-        veth_host, veth_br = f"{name}a", f"{name}b"
-        _run("ip", "netns", "del", name, check=False)
-        _run("ip", "link", "del", veth_br, check=False)
-        _run("ip", "netns", "add", name)
-        _run("ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_br)
-        _run("ip", "link", "set", veth_br, "master", self.bridge)
-        _run("ip", "link", "set", veth_br, "up")
-        _run("ip", "link", "set", veth_host, "netns", name)
+        (hdir / "sshd_config").write_text(sshd_config(ip, f"{hdir}/ssh_host_ed25519_key", f"{hdir}/sshd.pid"))
+        self._make_netns(name, ip)
         ns = ["ip", "netns", "exec", name]
-        _run(*ns, "ip", "link", "set", "lo", "up")
-        _run(*ns, "ip", "addr", "add", f"{ip}/24", "dev", veth_host)
-        _run(*ns, "ip", "link", "set", veth_host, "up")
 
         binds = []
         for p in self._keep_paths():
@@ -350,6 +334,34 @@ class HostLab:
             start_new_session=True)
         host.init_pid = self._child_of(host.proc.pid)
         return host
+
+    def _make_netns(self, name: str, ip: str) -> None:
+        """The network namespace ``name``, with address ``ip`` on a veth to the lab's bridge."""
+        veth_host, veth_br = f"{name}a", f"{name}b"
+        _run("ip", "netns", "del", name, check=False)
+        _run("ip", "link", "del", veth_br, check=False)
+        _run("ip", "netns", "add", name)
+        _run("ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_br)
+        _run("ip", "link", "set", veth_br, "master", self.bridge)
+        _run("ip", "link", "set", veth_br, "up")
+        _run("ip", "link", "set", veth_host, "netns", name)
+        ns = ["ip", "netns", "exec", name]
+        _run(*ns, "ip", "link", "set", "lo", "up")
+        _run(*ns, "ip", "addr", "add", f"{ip}/24", "dev", veth_host)
+        _run(*ns, "ip", "link", "set", veth_host, "up")
+
+    def _make_root_home(self, home: Path) -> None:
+        """root's home on a host (``home``, seen from outside): the lab's key, the venv on PATH."""
+        (home / ".ssh").mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        os.chmod(home / ".ssh", 0o700)
+        auth = home / ".ssh" / "authorized_keys"
+        auth.write_text(Path(str(self.key) + ".pub").read_text())
+        os.chmod(auth, 0o600)
+        venv_bin = Path(sys.executable).parent
+        # Like a real machine whose admin put the venv on PATH for login shells.
+        for rc in (".bashrc", ".profile"):
+            (home / rc).write_text(f'export PATH="{venv_bin}:$PATH"\n')
 
     def _make_user(self, hdir: Path) -> None:
         """The host's unprivileged user: passwd/group entries of the host's own, a bare home with the key."""

@@ -145,7 +145,7 @@ class Host:
 
     def boot_user_manager(self, timeout: float = 30) -> None:
         """Start the user's systemd manager in the host, in its delegated cgroup, as at boot; return once
-        ``systemctl --user`` answers."""
+        ``systemctl --user`` answers (its enabled units may still be starting)."""
         assert self.cgroups, "a lab with systemd=True"
         for cg in self.cgroups:
             cg.mkdir(exist_ok=True)
@@ -161,7 +161,9 @@ class Host:
             stdin=subprocess.DEVNULL, stdout=open(self.dir / "user-manager.log", "a"), stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + timeout
-        while self.user_systemctl("is-system-running").stdout.strip() not in ("running", "degraded"):
+        # (answering is enough: "starting" lasts as long as the units it starts at boot, e.g. a head's unit,
+        # whose `ray start --head` took over 30 s once with the whole suite running)
+        while self.user_systemctl("is-system-running").stdout.strip() not in ("starting", "running", "degraded"):
             if time.monotonic() > deadline or self.manager.poll() is not None:
                 log = (self.dir / "user-manager.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"the user manager on {self.name} did not start:\n{log}")

@@ -77,7 +77,8 @@ class Machine(Host):
         return self.exec("systemctl " + shlex.join(args), timeout=timeout)
 
     def boot(self, timeout: float = 60) -> None:
-        """Start the machine's systemd as PID 1 and wait until it has booted (``is-system-running``)."""
+        """Start the machine's systemd as PID 1; return once it answers and the lab's sshd runs (units it starts
+        at boot, e.g. a head's, may still be starting)."""
         for cg in self.cgroups:
             cg.mkdir(exist_ok=True)
         r = self.machine_root
@@ -114,7 +115,8 @@ class Machine(Host):
         deadline = time.monotonic() + timeout
         while True:
             state = self.systemctl("is-system-running").stdout.strip() if self._pid1_is_systemd() else ""
-            if state in ("running", "degraded"):
+            if state in ("starting", "running", "degraded") and \
+                    self.systemctl("is-active", "lab-sshd.service").stdout.strip() == "active":
                 break
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"machine {self.name} did not boot (state {state!r}):\n"

@@ -14,7 +14,9 @@ weights), rayfleet's ctranslate2 backend (int8), 2 replicas x 1 thread, max_batc
    so every text stops at its own length (cap: max_new_tokens 160). Served: closed-loop clients
    take the texts from one shared list until every text is translated once. Ceiling: in-process
    CTranslate2 with every input known up front, sorted by length, cut into batches all submitted at
-   once to the same threads (1 intra x 2 inter), at the best batch size found in the same run. Rounds interleave, order rotating.
+   once to the same threads (1 intra x 2 inter), at the best batch size found in the same run. The service
+   twice: batching by length (the default) and in arrival order (``batching.order: arrival``). Rounds
+   interleave, order rotating.
 2. Latency under load, on serve_bench's fixed work (20 source ids -> 32 output tokens): a lone
    request's latency (one client, one request at a time), the most the service does (closed loop,
    1.5 x replicas x batch clients), then open-loop Poisson arrivals at 25 %, 50 % and 75 % of that
@@ -317,23 +319,29 @@ def main(argv: list[str] | None = None) -> int:
               f"mean {statistics.mean(out_lengths):.1f} (p50 {sb._pct(out_lengths, .5)}, p90 "
               f"{sb._pct(out_lengths, .9)}, max {max(out_lengths)})", flush=True)
 
-        cluster = local.start(ports=ports, num_cpus=max(8, 1 + 3 * args.replicas), directory=home).cluster
+        cluster = local.start(ports=ports, num_cpus=max(10, 2 + 4 * args.replicas), directory=home).cluster
         target = target_for(cluster)
         common = dict(batching={"max_batch_size": args.batch, "batch_wait_timeout_s": 0.01},
                       limits={"max_texts": 64}, resources={"num_cpus": 1}, replicas=args.replicas,
                       backend="ctranslate2")
         var_url = deploy(target, ServiceSpec(name="var", route_prefix="/var", model=str(var_dir),
                                              generation={"max_new_tokens": MAX_NEW}, **common), []).url
+        # the same, batching in arrival order (batching.order: arrival), side by side
+        arrival = dict(common, batching=dict(common["batching"], order="arrival"))
+        arr_url = deploy(target, ServiceSpec(name="var-arrival", route_prefix="/var-arrival", model=str(var_dir),
+                                             generation={"max_new_tokens": MAX_NEW}, **arrival), []).url
         fixed = dict(model=str(fixed_dir), generation={"max_new_tokens": sb.OUTPUT_TOKENS}, **common)
         on_url = deploy(target, ServiceSpec(name="on", route_prefix="/on", **fixed), []).url
         off_url = deploy(target, ServiceSpec(name="off", route_prefix="/off", **fixed), [],
                          runtime_env={"env_vars": METRICS_OFF}).url
-        print("deployed: var (variable-length model), on and off (fixed work; off: metrics collection off)",
+        print("deployed: var and var-arrival (variable-length model; batches by length / in arrival order), on and "
+              "off (fixed work; off: metrics collection off)",
               flush=True)
         var_bodies = [json.dumps({"text": t}).encode() for t in texts]
         sentences = sb.make_sentences(fixed_dir, 64)
         fixed_bodies = [json.dumps({"text": s}).encode() for s in sentences]
-        for url, bodies in ((var_url, var_bodies), (on_url, fixed_bodies), (off_url, fixed_bodies)):
+        for url, bodies in ((var_url, var_bodies), (arr_url, var_bodies), (on_url, fixed_bodies),
+                            (off_url, fixed_bodies)):
             sb.run_load(f"{url}/translate", bodies[:8], 8, 0.1)   # warm up
 
         # 1. Variable-length text: the ceiling's setting first, then interleaved rounds.
@@ -341,16 +349,19 @@ def main(argv: list[str] | None = None) -> int:
                         for n in (8, 16, 32, 64, 128)), reverse=True)
         best = tried[0][1]
         print("ceiling batch sizes: " + ", ".join(f"{n}: {r:.1f}/s" for r, n in tried), flush=True)
-        var: dict[str, list[float]] = {"served": [], "ceiling": []}
+        var: dict[str, list[float]] = {"served": [], "served_arrival": [], "ceiling": []}
         var_lat: list[float] = []
         var_errors = 0
         answers: dict[int, str] = {}
+        order = list(var)
         for r in range(rounds):
-            for key in (("served", "ceiling") if r % 2 == 0 else ("ceiling", "served")):
-                if key == "served":
-                    lat, elapsed, errors = asyncio.run(_every_text_once(f"{var_url}/translate", var_bodies, clients,
-                                                                        answers))
-                    var_lat += lat
+            for key in order[r % 3:] + order[:r % 3]:
+                if key != "ceiling":
+                    url = var_url if key == "served" else arr_url
+                    lat, elapsed, errors = asyncio.run(_every_text_once(f"{url}/translate", var_bodies, clients,
+                                                                        answers if key == "served" else {}))
+                    if key == "served":
+                        var_lat += lat
                     var_errors += errors
                     rate = len(lat) / elapsed
                 else:
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({sum(1 for e in expected if not e)} of those are empty)", flush=True)
         served, ceiling = statistics.median(var["served"]), statistics.median(var["ceiling"])
         report["variable"].update(served_texts_per_s=served, ceiling_texts_per_s=ceiling, ceiling_setting=best,
+                                  served_arrival_texts_per_s=statistics.median(var["served_arrival"]),
                                   served_p50_s=sb._pct(var_lat, .5), served_p99_s=sb._pct(var_lat, .99),
                                   errors=var_errors, rounds=var, same_outputs=same)
 
@@ -398,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         # with the services deleted (their CPUs free) and as many actors as this machine has cores.
         from rayfleet.serve.deploy import delete_service
 
-        for name in ("var", "on", "off"):
+        for name in ("var", "var-arrival", "on", "off"):
             delete_service(target, name)
         bulk_texts = variable_texts(fixed_dir, args.bulk_lines, seed=5)
         bulk_in, bulk_out = work / "bulk.jsonl", work / "bulk-out.jsonl"
@@ -428,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         b_served, b_ceiling = statistics.median(bulk["served"]), statistics.median(bulk["ceiling"])
         report["bulk"] = {"lines": len(bulk_texts), "actors": cores, "served_lines_per_s": b_served,
                           "ceiling_lines_per_s": b_ceiling, "rounds": bulk}
-        report["ratios"] = {"variable_served_vs_ceiling": served / ceiling, "bulk_vs_ceiling": b_served / b_ceiling}
+        report["ratios"] = {"variable_served_vs_ceiling": served / ceiling,
+                            "variable_served_arrival_order_vs_ceiling": statistics.median(var["served_arrival"]) / ceiling,
+                            "bulk_vs_ceiling": b_served / b_ceiling}
         _print(report)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
@@ -455,10 +469,13 @@ def _print(rep: dict) -> None:
     print("|---|---|---|---|")
     print(f"| rayfleet ctranslate2, every text once, closed loop | {v['served_texts_per_s']:.1f} | "
           f"{v['served_p50_s']:.2f} s | {v['served_p99_s']:.2f} s |")
+    print(f"| the same, batching in arrival order (batching.order: arrival) | {v['served_arrival_texts_per_s']:.1f} "
+          f"| - | - |")
     print(f"| in-process CTranslate2, sorted by length (batches of {v['ceiling_setting']}) | "
           f"{v['ceiling_texts_per_s']:.1f} | - | - |")
     ratio = rep["ratios"]["variable_served_vs_ceiling"]
-    print(f"served / ceiling, variable-length: {ratio:.0%} ({_verdict(ratio)}); same work: {v['same_outputs']} of "
+    print(f"served / ceiling, variable-length: {ratio:.0%} ({_verdict(ratio)}); in arrival order "
+          f"{rep['ratios']['variable_served_arrival_order_vs_ceiling']:.0%}; same work: {v['same_outputs']} of "
           f"{v['texts']} served translations equal the in-process ones; output tokens mean "
           f"{v['output_tokens']['mean']:.1f}, p90 {v['output_tokens']['p90']}, max {v['output_tokens']['max']}")
     print()

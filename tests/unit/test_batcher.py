@@ -98,3 +98,56 @@ def test_cancelled_request_costs_no_model_time():
 
     assert asyncio.run(main()) == ("A", "KEPT")
     assert model.batches == [["a"], ["kept"]]
+
+
+def test_length_aware_batches_take_the_oldest_and_its_nearest_lengths():
+    """More queued than a batch takes: the oldest text and the ones nearest to it in length go first, in
+    arrival order; the rest make the next batch. Every caller still gets its own text back."""
+    model = SlowModel(0.3)
+    texts = ["x" * n for n in (50, 3, 48, 2, 52, 4, 49, 1)]
+
+    async def main():
+        b = ContinuousBatcher(model, max_batch_size=4, wait_s=0.0, key=len)
+        first = asyncio.create_task(b.submit("a"))
+        while not model.running.is_set():
+            await asyncio.sleep(0.005)
+        rest = [asyncio.create_task(b.submit(t)) for t in texts]
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(main())
+    assert first == "A" and rest == [t.upper() for t in texts]
+    assert [[len(t) for t in batch] for batch in model.batches] == [[1], [50, 48, 52, 49], [3, 2, 4, 1]]
+
+
+def test_length_aware_never_leaves_the_oldest_behind():
+    """Short texts keep arriving, one long text waits: it is the oldest after the first batch, so it goes in
+    the second, however many short ones are nearer to each other."""
+    model = SlowModel(0.2)
+
+    async def main():
+        b = ContinuousBatcher(model, max_batch_size=3, wait_s=0.0, key=len)
+        first = asyncio.create_task(b.submit("s"))
+        while not model.running.is_set():
+            await asyncio.sleep(0.005)
+        tasks = [asyncio.create_task(b.submit(t)) for t in ("ss", "L" * 80, "s", "ss", "s", "ss", "s")]
+        return await asyncio.gather(first, *tasks)
+
+    asyncio.run(main())
+    sizes = [[len(t) for t in batch] for batch in model.batches]
+    assert sizes[1][0] == 2 and 80 in sizes[2], sizes   # (the oldest of the second batch is "ss")
+
+
+def test_arrival_order_without_a_key():
+    model = SlowModel(0.3)
+    texts = ["x" * n for n in (50, 3, 48, 2, 52)]
+
+    async def main():
+        b = ContinuousBatcher(model, max_batch_size=2, wait_s=0.0)
+        first = asyncio.create_task(b.submit("a"))
+        while not model.running.is_set():
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*(asyncio.create_task(b.submit(t)) for t in texts))
+        await first
+
+    asyncio.run(main())
+    assert [[len(t) for t in batch] for batch in model.batches] == [[1], [50, 3], [48, 2], [52]]

@@ -46,9 +46,13 @@ __all__ = ["BulkError", "BulkJob", "Scan", "Chunk", "Layout", "scan_input", "pla
 # A chunk is one Ray Data block, and each block costs ~10 ms of scheduling (measured: 4096
 # one-row blocks through a 3-actor pool, 60 s on a loaded 2-core machine). Chunks of at
 # least MIN_CHUNK_LINES lines, and at most MAX_CHUNKS of them per run, keep that small
-# next to the translation while the progress bar still moves often.
+# next to the translation while the progress bar still moves often. A chunk is also what an
+# actor sorts by length before cutting it into model batches (a model call lasts as long as
+# its longest line): in process, on variable-length text, batches of 64 sorted within every
+# 128 lines ran at 82 % of the rate of all lines sorted, within every 256 at 89 %; a bigger
+# chunk also leaves one actor idler at the end (half a chunk's time, on average).
 MAX_CHUNKS = 2048
-MIN_CHUNK_LINES = 128
+MIN_CHUNK_LINES = 256
 _FORMAT = 1
 
 

@@ -4,7 +4,7 @@ Serve application (``app: {import_path: ...}``)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pysbd.languages import LANGUAGE_CODES
@@ -46,6 +46,10 @@ class BatchingSpec(Model):
     batch_wait_timeout_s: Annotated[float, Field(
         ge=0, le=10, description="When the model is idle, how long the first text waits for others to join it "
                                  "(under load, whatever queued during the last model call is the next batch).")] = 0.01
+    order: Literal["length", "arrival"] = Field(
+        default="length", description="Which queued texts make the next batch when more wait than it takes. length: "
+                                      "the oldest and those nearest to it in length (a model call lasts as long as "
+                                      "its longest text); arrival: first come, first served.")
 
 
 class CTranslate2Spec(Model):

@@ -228,7 +228,8 @@ class Translator:
         self._metrics = TranslatorMetrics(self.spec.name, self.version)
         self._tokens_seen = getattr(self.backend, "output_tokens", None)
         self._batcher = ContinuousBatcher(self.translator.translate, self.spec.batching.max_batch_size,
-                                          self.spec.batching.batch_wait_timeout_s, on_batch=self._on_batch)
+                                          self.spec.batching.batch_wait_timeout_s, on_batch=self._on_batch,
+                                          key=len if self.spec.batching.order == "length" else None)
         self._started = time.time()
 
     def _on_batch(self, size: int, seconds: float, waiting: int) -> None:

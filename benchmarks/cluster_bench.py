@@ -5,8 +5,9 @@
 Each round runs every variant once, in an order that rotates from round to round (so a
 load change on a shared machine does not always hit the same variant):
 (a) `rayfleet up` (check included), then `rayfleet down` until no Ray process remains
-on any host; (b) raw `ray up` of the rendered launcher config with the v1 workaround
-(RAY_UP_enable_autoscaler_v2=0), then `ray down` until no Ray process remains on any
+on any host; (b) raw `ray up` of the rendered launcher config as its header says (the v1 autoscaler,
+RAY_UP_enable_autoscaler_v2=0; the fleet's pinned host keys and SSH key for its host key checks;
+the nodes' TLS certificates put there first by `rayfleet certs --renew`, untimed), then `ray down` until no Ray process remains on any
 host (polled over SSH, at most 120 s); with --compare-src, (c) the same as (a) with the
 rayfleet found in DIR (e.g. a copy of src/ from before a change), side by side.
 `rayfleet check` alone is timed too.
@@ -127,6 +128,7 @@ def main() -> None:
     os.environ["RAYFLEET_HOME"] = str(work / "home")
     env = dict(os.environ)
     from rayfleet.cluster import fleet as fl
+    from rayfleet.cluster.launcher import KNOWN_HOSTS_ENV, SSH_KEY_ENV
     from rayfleet.config.fleet import FleetSpec
 
     venv = str(BIN.parent)
@@ -181,7 +183,17 @@ def main() -> None:
             def run_raw() -> None:
                 cfg = work / "raw.yaml"
                 cfg.write_text(fl.export_config(spec))
-                raw_env = dict(env, RAY_UP_enable_autoscaler_v2="0", RAY_TMPDIR=str(work / "raw-tmp"))
+                # as its header says, the nodes' TLS certificates first (untimed: `rayfleet up` ships them within
+                # its time; without them every node's gRPC server fails to start)
+                _cli("certs", "--renew", "-f", str(ff), env=env)
+                # as the exported config's header says: Ray's v1 autoscaler, and the fleet's pinned host keys and
+                # SSH key for the host key checks of its ProxyCommand (without them every SSH connection of the
+                # launcher ends in "kex_exchange_identification: Connection closed by remote host")
+                # the launcher's local state of an earlier round (nodes "up-to-date") gone, as after a `ray down`:
+                # with it, `ray up` takes the stopped workers for running and never starts them
+                shutil.rmtree(work / "raw-tmp", ignore_errors=True)
+                raw_env = dict(env, RAY_UP_enable_autoscaler_v2="0", RAY_TMPDIR=str(work / "raw-tmp"),
+                               **{KNOWN_HOSTS_ENV: str(fl.paths(spec).known_hosts), SSH_KEY_ENV: str(lab.key)})
                 times["raw up"].append(_up("raw up", [str(BIN / "ray"), "up", "-y", "--no-config-cache", str(cfg)],
                                            raw_env, work / "raw-up.log", alive, all_ips, args.up_timeout))
                 if not args.no_raw_down:

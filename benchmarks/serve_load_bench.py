@@ -354,12 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         var_errors = 0
         answers: dict[int, str] = {}
         order = list(var)
+        client_cpu: list[float] = []
         for r in range(rounds):
             for key in order[r % 3:] + order[:r % 3]:
                 if key != "ceiling":
                     url = var_url if key == "served" else arr_url
+                    cpu0 = time.process_time()
                     lat, elapsed, errors = asyncio.run(_every_text_once(f"{url}/translate", var_bodies, clients,
                                                                         answers if key == "served" else {}))
+                    # the load generator shares the 2 cores with the service: what it took of them
+                    client_cpu.append((time.process_time() - cpu0) / elapsed)
                     if key == "served":
                         var_lat += lat
                     var_errors += errors
@@ -374,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         served, ceiling = statistics.median(var["served"]), statistics.median(var["ceiling"])
         report["variable"].update(served_texts_per_s=served, ceiling_texts_per_s=ceiling, ceiling_setting=best,
                                   served_arrival_texts_per_s=statistics.median(var["served_arrival"]),
+                                  client_cores=statistics.median(client_cpu),
                                   served_p50_s=sb._pct(var_lat, .5), served_p99_s=sb._pct(var_lat, .99),
                                   errors=var_errors, rounds=var, same_outputs=same)
 
@@ -474,6 +479,8 @@ def _print(rep: dict) -> None:
     print(f"| in-process CTranslate2, sorted by length (batches of {v['ceiling_setting']}) | "
           f"{v['ceiling_texts_per_s']:.1f} | - | - |")
     ratio = rep["ratios"]["variable_served_vs_ceiling"]
+    print(f"(the load generator, in this process, took {v['client_cores']:.2f} of the {os.cpu_count()} cores while "
+          "the service ran)")
     print(f"served / ceiling, variable-length: {ratio:.0%} ({_verdict(ratio)}); in arrival order "
           f"{rep['ratios']['variable_served_arrival_order_vs_ceiling']:.0%}; same work: {v['same_outputs']} of "
           f"{v['texts']} served translations equal the in-process ones; output tokens mean "

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # 1. Variable-length text: the ceiling's setting first, then interleaved rounds.
         tried = sorted(((len(sources) / _ceiling_variable(var_ct2, sources, args.replicas, n), n)
-                        for n in (8, 16, 32, 64, 128)), reverse=True)
+                        for n in (16, 32, 64, 128)), reverse=True)
         best = tried[0][1]
         print("ceiling batch sizes: " + ", ".join(f"{n}: {r:.1f}/s" for r, n in tried), flush=True)
         var: dict[str, list[float]] = {"served": [], "served_arrival": [], "ceiling": []}

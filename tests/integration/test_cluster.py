@@ -168,7 +168,12 @@ def test_port_in_use_is_a_clear_error(local_cluster, tmp_path):
 
 
 def _by_name(cluster, name: str) -> list[int]:
-    return [p for p in local.pids(cluster) if Path(f"/proc/{p}/comm").read_text().strip() == name]
+    def comm(p: int) -> str:
+        try:
+            return Path(f"/proc/{p}/comm").read_text().strip()
+        except OSError:   # ended since it was listed (a worker going away)
+            return ""
+    return [p for p in local.pids(cluster) if comm(p) == name]
 
 
 def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_with_the_reason(tiny_model, tmp_path):

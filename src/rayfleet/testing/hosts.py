@@ -182,6 +182,18 @@ class Host:
             self.manager.wait(timeout=10)
         self.boot_user_manager()
 
+    def kill(self) -> None:
+        """Every process of the host SIGKILLed: its PID namespace's PID 1 (the rest go with it), then unshare."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.init_pid is not None:
+            try:
+                os.kill(self.init_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.kill()  # unshare ignores SIGTERM while it waits for its child
+        self.proc.wait(timeout=10)
+
     def sshd_running(self) -> bool:
         return self.exec(f"test -f {self.dir}/sshd.pid && kill -0 $(cat {self.dir}/sshd.pid)").returncode == 0
 
@@ -413,15 +425,7 @@ class HostLab:
 
     def destroy(self) -> None:
         for h in self.hosts:
-            if h.proc is not None and h.proc.poll() is None:
-                # Killing a PID namespace's PID 1 kills every process of the host.
-                if h.init_pid is not None:
-                    try:
-                        os.kill(h.init_pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                h.proc.kill()  # unshare ignores SIGTERM while it waits for its child
-                h.proc.wait(timeout=10)
+            h.kill()
             _run("ip", "netns", "del", h.netns, check=False)
             _run("ip", "link", "del", f"{h.name}b", check=False)
             _remove_cgroups(h.cgroups)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,17 +151,6 @@ class Machine(Host):
         self.kill()
         self.boot()
 
-    def kill(self) -> None:
-        if self.init_pid is not None:
-            try:
-                os.kill(self.init_pid, signal.SIGKILL)   # a PID namespace's PID 1: the whole machine
-            except ProcessLookupError:
-                pass
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @dataclass
 class MachineLab(HostLab):
     """N machines (see the module's docstring) on a bridge of their own. Use as a context manager."""
@@ -171,8 +160,6 @@ class MachineLab(HostLab):
 
     def _keep_paths(self) -> list[str]:
         # Nothing of this machine's filesystem is shared with a machine but /usr: keep every path asked for.
-        import sys
-
         paths = {str(Path(p).resolve()) for p in self.keep} | {str(Path(sys.base_prefix).resolve()),
                                                                  str(Path(sys.prefix).resolve())}
         return sorted(p for p in paths if not p.startswith("/usr/"))
@@ -234,9 +221,3 @@ class MachineLab(HostLab):
         (etc / "systemd" / "system-generators" / "systemd-sysv-generator").symlink_to("/dev/null")
         self._make_root_home(r / "root")
         self._make_user(r)
-
-    def destroy(self) -> None:
-        for m in self.hosts:
-            if isinstance(m, Machine):
-                m.kill()
-        super().destroy()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,9 @@ START_TIMEOUT_S = 120
 _MAX_PAUSE_S = 60
 _HISTORY = 20
 _LAST_WORDS = 8   # lines of a dead head process's own log copied into the supervisor's
+# Ray's periodic statistics dump in a component's log (a block of "Event stats:", "Execution time: ...", tab-indented
+# lines), which says nothing of why it died: left out of those lines (a crash's stack trace is kept)
+_STATS_DUMP = re.compile(r"^(\s|(Global stats|Event stats|Execution time|Queueing time)\b)")
 FIRST_START = "first-start"   # beside the record: the cluster id node_start asks the supervisor to start
 
 
@@ -219,7 +223,7 @@ class _Supervisor:
         for name in names:
             try:
                 text = (logs / f"{name}.out").read_text(errors="replace")[-64_000:]
-                lines = [ln for ln in text.splitlines() if ln.strip()][-_LAST_WORDS:]
+                lines = [ln for ln in text.splitlines() if ln.strip() and not _STATS_DUMP.match(ln)][-_LAST_WORDS:]
             except OSError:
                 continue
             _log(f"the last lines of {name}.out:\n  " + "\n  ".join(ln[:400] for ln in lines))

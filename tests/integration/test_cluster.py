@@ -246,8 +246,15 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         assert _by_name(cluster, "gcs_server") != [gcs]
         r = rayfleet_cli("status", env=env)
         assert r.returncode == 0, r.stderr
-        assert re.search(r"^Head: restarted 1 time\(s\); last at .* \(gcs_server died\), back in \d+ s$", r.stdout,
-                         re.M), r.stdout
+        restarts = local.head_restarts(home)
+        assert restarts["history"][0]["reason"] == "gcs_server died", restarts
+        # On a loaded 2-core machine the new head's raylet has been seen to die once more right after the
+        # restart (the supervisor started it again): status then tells the later restart as the last.
+        last = re.escape(restarts["history"][-1]["reason"])
+        assert re.search(rf"^Head: restarted {restarts['count']} time\(s\); last at .* \({last}\), back in \d+ s$",
+                         r.stdout, re.M), r.stdout
+        if restarts["count"] > 1:
+            print(f"the head restarted {restarts['count']} times: {restarts['history']}")
         assert "earlier incarnation(s) of restarted nodes not shown" in r.stdout
         # why it died, as the dead process wrote it, is in the supervisor's log
         log = (home / "supervisor.log").read_text()

@@ -132,7 +132,9 @@ def fail_orphaned_jobs(gcs_address: str, since_s: float, reason: str) -> list[st
     async def run() -> set[str]:
         marked = set()
         for job_id, info in (await client.get_all_jobs(timeout=30)).items():
-            if (info.start_time or 0) / 1000 >= since_s or info.message == message:
+            # A job that one of these restarts marked already keeps that reason: its driver stopped with the
+            # head then (a second restart soon after, e.g. a raylet that died again, is not its cause).
+            if (info.start_time or 0) / 1000 >= since_s or (info.message or "").startswith(HEAD_RESTARTED):
                 continue
             orphan = not info.status.is_terminal() or (
                 info.status == JobStatus.FAILED and info.error_type in ray_says

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -180,8 +181,10 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
     """Head recovery, on by default for `up --local` (a 2-CPU cluster, the CLI as a user runs it): SIGKILL the
     GCS server; the supervisor starts the head again on its RocksDB store, the service answers again with
     nothing redeployed, the jobs that were running are FAILED with the reason (their followers say so and exit
-    1), `status` shows the restart; the training job resumes from its checkpoint with `train --resume` and
-    registers one version; `down` removes the store."""
+    1), `status` shows the restart; its first `ray start` fails (the test holds the GCS port meanwhile, as a
+    start that times out on a loaded machine fails): tried again, one restart, the jobs' reason is still why the
+    head went down, the failed try's own output in the supervisor's log; the training job resumes from its
+    checkpoint with `train --resume` and registers one version; `down` removes the store."""
     home = tmp_path / "home"
     env = {"RAYFLEET_HOME": str(home)}
     r = rayfleet_cli("up", "--local", "--num-cpus", "2", *up_flags(OTHER_PORTS), env=env)
@@ -223,10 +226,27 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
         (gcs,) = _by_name(cluster, "gcs_server")
         os.kill(gcs, signal.SIGKILL)
         killed = time.monotonic()
-        while local.head_restarts(home)["count"] == 0:   # the supervisor started the head again
-            assert time.monotonic() - killed < 180, "the head was not started again within 180 s"
+        holder = socket.socket()   # the GCS port taken before the supervisor's first try: that try fails
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # (its clients' connections in TIME_WAIT)
+        while True:
+            try:
+                holder.bind(("0.0.0.0", OTHER_PORTS["gcs"]))
+                break
+            except OSError:   # the killed GCS still has it for a moment
+                assert time.monotonic() - killed < 2, "the killed GCS server's port stayed taken"
+        holder.listen()
+        try:
+            while not local.head_restarts(home)["history"]:   # the first try, failed
+                assert time.monotonic() - killed < 180, "no try to start the head again within 180 s"
+                time.sleep(0.2)
+        finally:
+            holder.close()
+        assert local.head_restarts(home)["history"][0]["ok"] is False
+        print(f"GCS server killed; the first try to start the head again failed {time.monotonic() - killed:.1f} s later")
+        while not local.head_restarts(home)["history"][0]["ok"]:   # the supervisor's next try
+            assert time.monotonic() - killed < 240, "the head was not started again within 240 s"
             time.sleep(0.2)
-        print(f"GCS server killed; the head started again {time.monotonic() - killed:.1f} s later")
+        print(f"the head started again {time.monotonic() - killed:.1f} s after the kill")
         while True:
             try:
                 again = requests.post(url, json={"text": "The cat sleeps."}, timeout=5)
@@ -234,31 +254,38 @@ def test_killed_head_comes_back_by_itself_with_its_service_and_its_job_fails_wit
                     break
             except requests.RequestException:
                 pass
-            assert time.monotonic() - killed < 180, "the service did not come back within 180 s"
+            assert time.monotonic() - killed < 240, "the service did not come back within 240 s"
             time.sleep(0.2)
         print(f"the service answered again {time.monotonic() - killed:.1f} s after the kill")
         assert again.json() == before.json()
         rest, _ = job.communicate(timeout=180)
         print(rest)
         assert job.returncode == 1
-        assert re.search(r"^error: job \S+ FAILED: head restarted at [\d-]+ [\d:]+ \(gcs_server died\): the job's "
-                         r"driver ran on the head and stopped with it\.", rest, re.M), rest
+        assert re.search(r"^error: job \S+ FAILED: head restarted at [\d-]+ [\d:]+ \(gcs_server died(, raylet died)?\): "
+                         r"the job's driver ran on the head and stopped with it\.", rest, re.M), rest
         assert _by_name(cluster, "gcs_server") != [gcs]
         r = rayfleet_cli("status", env=env)
         assert r.returncode == 0, r.stderr
         restarts = local.head_restarts(home)
-        assert restarts["history"][0]["reason"] == "gcs_server died", restarts
-        # On a loaded 2-core machine the new head's raylet has been seen to die once more right after the
-        # restart (the supervisor started it again): status then tells the later restart as the last.
+        first = restarts["history"][0]
+        assert re.fullmatch(r"gcs_server died(, raylet died)?", first["reason"]) and first["tries"] == 2, restarts
+        # A second time the head went down after it was back (not seen since the tries of one restart count
+        # as one) is allowed: status then tells the later restart as the last.
         last = re.escape(restarts["history"][-1]["reason"])
-        assert re.search(rf"^Head: restarted {restarts['count']} time\(s\); last at .* \({last}\), back in \d+ s$",
-                         r.stdout, re.M), r.stdout
-        if restarts["count"] > 1:
+        assert re.search(rf"^Head: restarted {restarts['count']} time\(s\); last at .* \({last}\), back in \d+ s"
+                         r"( \(at the \d+\w\w try of ray start\))?$", r.stdout, re.M), r.stdout
+        if restarts["count"] == 1:
+            assert re.search(r"^Head: restarted 1 time\(s\); .*, back in \d+ s \(at the 2nd try of ray start\)$",
+                             r.stdout, re.M), r.stdout
+        else:
             print(f"the head restarted {restarts['count']} times: {restarts['history']}")
         assert "earlier incarnation(s) of restarted nodes not shown" in r.stdout
         # why it died, as the dead process wrote it, is in the supervisor's log
         log = (home / "supervisor.log").read_text()
         assert re.search(r"the last lines of gcs_server\.out:\n(  .*\n)*  \[.*\(gcs_server\) ", log), log
+        # and what the failed try of `ray start` said (the GCS could not have its port)
+        assert re.search(r"ray start --head failed \(exit 1\) after [\d.]+ s; its last lines .*:\n(  .*\n)*  .*"
+                         r"Failed to start GCS", log), log
         deadline = time.monotonic() + 120   # Serve's controller, itself restarted, catches up with its replicas
         while not re.search(r"translator .*RUNNING .* 1 ", (r := rayfleet_cli("services", env=env)).stdout):
             assert time.monotonic() < deadline, r.stdout

@@ -205,12 +205,20 @@ def down(
         console.print(f"Stopped the local cluster {stopped.gcs_address}; no Ray process of it is left.")
 
 
+def _nth(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def _restarts_line(restarts: dict) -> str:
     if not restarts["count"]:
         return "Head: supervised, never restarted"
     last = restarts["history"][-1]
     when = datetime.datetime.fromtimestamp(last["time"]).strftime("%Y-%m-%d %H:%M:%S")
-    back = f"back in {last['seconds']:.0f} s" if last.get("ok") else "its start FAILED (see the supervisor's log)"
+    tries = last.get("tries", 1)
+    if last.get("ok"):
+        back = f"back in {last['seconds']:.0f} s" + (f" (at the {_nth(tries)} try of ray start)" if tries > 1 else "")
+    else:
+        back = f"its start FAILED ({tries} tr{'ies' if tries > 1 else 'y'} so far, tried again; see the supervisor's log)"
     return f"Head: restarted {restarts['count']} time(s); last at {when} ({last['reason']}), {back}"
 
 

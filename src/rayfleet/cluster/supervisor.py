@@ -14,7 +14,9 @@ Every second it checks that the head's GCS server and raylet run; when one is go
 (killed, crashed, OOM) it stops what is left of the head, by PID in its session, and runs
 the same ``ray start --head`` again, on the same store. Each restart is recorded
 (``restarts`` file: count, reason, time, seconds until Ray was up again) for
-``rayfleet status``. A ``ray start`` that fails is tried again with a growing pause.
+``rayfleet status``. A ``ray start`` that fails is tried again with a growing pause; the tries
+are one restart (its reason is why the head went down, its seconds run until a try worked), and
+each failed try's own output goes to the supervisor's log.
 
 Usage (rayfleet starts it): ``python -m rayfleet.cluster.supervisor SPEC.json``. It writes
 one line on stdout when the first start is done (``started`` or ``failed RC``) and closes
@@ -46,9 +48,10 @@ START_TIMEOUT_S = 120
 _MAX_PAUSE_S = 60
 _HISTORY = 20
 _LAST_WORDS = 8   # lines of a dead head process's own log copied into the supervisor's
-# Ray's periodic statistics dump in a component's log (a block of "Event stats:", "Execution time: ...", tab-indented
-# lines), which says nothing of why it died: left out of those lines (a crash's stack trace is kept)
-_STATS_DUMP = re.compile(r"^(\s|(Global stats|Event stats|Execution time|Queueing time)\b)")
+# Ray's periodic statistics dump in a component's log, which says nothing of why it died: left out of those lines (a
+# crash's stack trace is kept). A block of "Event stats:", "Execution time: ...", tab-indented
+# lines, the raylet's "[state-dump]" lines, a record that only opens a dump: "... Event stats:")
+_STATS_DUMP = re.compile(r"^(\s|\[state-dump\]|(Global stats|Event stats|Execution time|Queueing time)\b)|Event stats:$")
 FIRST_START = "first-start"   # beside the record: the cluster id node_start asks the supervisor to start
 
 
@@ -99,8 +102,8 @@ def ask_to_start(spec: HeadSpec) -> None:
 
 
 def read_restarts(path: Path) -> dict:
-    """The restart record: {"count": N, "history": [{"time", "reason", "seconds", "ok"}, ...]} (newest last;
-    time: when the head was found down, seconds: until ray start was done)."""
+    """The restart record: {"count": N, "history": [{"time", "reason", "seconds", "ok", "tries"}, ...]} (newest
+    last; time: when the head was found down, seconds: until a ray start worked, or the last failed)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -201,15 +204,23 @@ class _Supervisor:
                 proc.wait()
                 return None
 
-    def record(self, down_at: float, reason: str, seconds: float, ok: bool) -> None:
+    def record(self, down_at: float, reason: str, seconds: float, ok: bool, tries: int = 1) -> None:
+        """One entry per time the head went down: a later try of the same restart replaces its entry."""
         path = Path(self.spec.restarts)
         data = read_restarts(path)
-        data["count"] += 1
-        data["history"] = (data["history"] + [{"time": down_at, "reason": reason, "seconds": round(seconds, 1),
-                                               "ok": ok}])[-_HISTORY:]
+        entry = {"time": down_at, "reason": reason, "seconds": round(seconds, 1), "ok": ok, "tries": tries}
+        if tries > 1 and data["history"] and data["history"][-1]["time"] == down_at:
+            data["history"][-1] = entry
+        else:
+            data["count"] += 1
+            data["history"] = (data["history"] + [entry])[-_HISTORY:]
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(path)
+
+    def _tail(self, path: Path) -> list[str]:
+        text = path.read_text(errors="replace")[-64_000:]
+        return [ln for ln in text.splitlines() if ln.strip() and not _STATS_DUMP.search(ln)][-_LAST_WORDS:]
 
     def last_words(self, names: list[str]) -> None:
         """Into the supervisor's log: the last lines that the dead processes wrote in the head's Ray
@@ -223,31 +234,41 @@ class _Supervisor:
             return
         logs = Path(temp) / "session_latest" / "logs"
         for name in names:
-            try:
-                text = (logs / f"{name}.out").read_text(errors="replace")[-64_000:]
-                lines = [ln for ln in text.splitlines() if ln.strip() and not _STATS_DUMP.match(ln)][-_LAST_WORDS:]
-            except OSError:
-                continue
-            _log(f"the last lines of {name}.out:\n  " + "\n  ".join(ln[:400] for ln in lines))
+            for file in (f"{name}.out", f"{name}.err"):   # (.err: what it wrote outside its log, e.g. a check failed)
+                try:
+                    lines = self._tail(logs / file)
+                except OSError:
+                    continue
+                if lines:
+                    _log(f"the last lines of {file}:\n  " + "\n  ".join(ln[:400] for ln in lines))
 
-    def restart(self, reason: str, down_at: float, died: list[str] = ()) -> bool:
-        t0 = time.monotonic()
-        _log(f"head down ({reason}): stopping what is left of it, then starting it again")
+    def restart(self, reason: str, down_at: float, died: list[str] = (), tries: int = 1) -> bool:
+        """Stop what is left of the head and start it again: the ``tries``-th try since it went down at
+        ``down_at`` for ``reason`` (what died in a failed try before is not a new reason)."""
+        _log(f"head down ({reason}): stopping what is left of it, then starting it again"
+             + (f" (try {tries})" if tries > 1 else ""))
         self.last_words(list(died))
         left = processes.terminate(self.spec.cluster_id, self.session, grace_s=1.0)
         if left:
             _log(f"processes still alive after SIGKILL: {left}")
+        t0 = time.monotonic()
         rc = self.start()
         ok = rc == 0 and not self.missing()
-        seconds = time.monotonic() - t0
-        self.record(down_at, reason, seconds, ok)
-        _log(f"ray start --head {'done' if ok else f'failed (exit {rc})'} after {seconds:.1f} s"
-             + ("" if ok else f"; see {self.spec.log}"))
+        self.record(down_at, reason, time.time() - down_at, ok, tries)
+        _log(f"ray start --head {'done' if ok else f'failed (exit {rc})'} after {time.monotonic() - t0:.1f} s"
+             + ("" if ok else self._start_output()))
         if ok and self.spec.gcs_address:
             self.fail_jobs(down_at, reason)
         if ok:
             self.ensure_monitoring()
         return ok
+
+    def _start_output(self) -> str:
+        try:
+            return f"; its last lines ({self.spec.log}):\n  " + "\n  ".join(ln[:400] for ln in self._tail(
+                Path(self.spec.log)))
+        except OSError:
+            return f"; see {self.spec.log}"
 
     def ensure_monitoring(self) -> None:
         """The cluster's Prometheus, when `rayfleet up` runs one (its plan in the monitoring dir): started again
@@ -272,24 +293,27 @@ class _Supervisor:
         # Its output goes to the supervisor's log; it is not waited for (the head is watched meanwhile).
         self.children.append(subprocess.Popen(cmd, env=dict(os.environ, **self.spec.env), stdin=subprocess.DEVNULL))
 
-    def run(self) -> int:
+    def run(self, outage: tuple[float, str, int] | None = None) -> int:
+        """Watch the head until `down` removes the cluster's record; ``outage``: a restart whose start failed."""
         deadline = time.monotonic() + START_TIMEOUT_S   # rayfleet writes the record once Ray has started
         while not self.owned() and time.monotonic() < deadline:
             time.sleep(0.2)
-        pause = 2.0
+        pause = 2.0   # outage: down at, why, tries so far, while starts fail
         while self.owned():
             time.sleep(CHECK_EVERY_S)
             self.children = [c for c in self.children if c.poll() is None]
             missing = self.missing()
             if not missing or not self.owned():
                 continue
-            down_at = time.time()
+            now = time.time()
             time.sleep(0.5)   # `down` stopping the head at this moment removes the record first
             if not self.owned():
                 break
-            if self.restart(", ".join(f"{name} died" for name in missing), down_at, missing):
-                pause = 2.0
+            down_at, reason, tries = outage or (now, ", ".join(f"{name} died" for name in missing), 0)
+            if self.restart(reason, down_at, missing, tries + 1):
+                pause, outage = 2.0, None
             else:
+                outage = (down_at, reason, tries + 1)
                 time.sleep(pause)
                 pause = min(pause * 2, _MAX_PAUSE_S)
         _log("the cluster's record is gone (rayfleet down): exiting")
@@ -312,10 +336,10 @@ def main(argv: list[str]) -> int:
         # The record names this cluster already: not `rayfleet up`'s first start but systemd starting the
         # supervisor again (the machine booted, or the supervisor died and took the head with it). The head
         # starts again on its store, as after any death; a failed start is retried by run().
-        down_at = time.time()
-        sup.restart(_why_started_again(Path(sup.spec.record)), down_at)
+        down_at, reason = time.time(), _why_started_again(Path(sup.spec.record))
+        ok = sup.restart(reason, down_at)
         notify("READY=1")
-        return sup.run()
+        return sup.run(None if ok else (down_at, reason, 1))
     if not sup.asked_to_start():
         # No record, and not asked by node_start: `rayfleet down` took this cluster down, and its unit (if
         # down could not remove it) must not start it again at boot.

@@ -48,10 +48,25 @@ START_TIMEOUT_S = 120
 _MAX_PAUSE_S = 60
 _HISTORY = 20
 _LAST_WORDS = 8   # lines of a dead head process's own log copied into the supervisor's
-# Ray's periodic statistics dump in a component's log, which says nothing of why it died: left out of those lines (a
-# crash's stack trace is kept). A block of "Event stats:", "Execution time: ...", tab-indented
-# lines, the raylet's "[state-dump]" lines, a record that only opens a dump: "... Event stats:")
-_STATS_DUMP = re.compile(r"^(\s|\[state-dump\]|(Global stats|Event stats|Execution time|Queueing time)\b)|Event stats:$")
+# Ray's periodic dumps in a component's log say nothing of why it died, and can fill its last lines: a record
+# that opens one ("... Gcs Debug state:", "... Event stats:") and the lines up to the next record, and the
+# raylet's "[state-dump]" lines, are left out of a dead process's last lines (a crash's record and the stack
+# trace after it are kept).
+_RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d ")
+_DUMP_OPENS = re.compile(r"(Debug state|stats):\s*$")
+
+
+def without_dumps(lines: list[str]) -> list[str]:
+    """``lines`` of a Ray component's log without its periodic dumps, nor blank lines."""
+    out, dump = [], False
+    for line in lines:
+        if _RECORD.match(line):
+            dump = bool(_DUMP_OPENS.search(line))
+        if not (dump or line.startswith("[state-dump]") or not line.strip()):
+            out.append(line)
+    return out
+
+
 FIRST_START = "first-start"   # beside the record: the cluster id node_start asks the supervisor to start
 
 
@@ -219,8 +234,7 @@ class _Supervisor:
         tmp.replace(path)
 
     def _tail(self, path: Path) -> list[str]:
-        text = path.read_text(errors="replace")[-64_000:]
-        return [ln for ln in text.splitlines() if ln.strip() and not _STATS_DUMP.search(ln)][-_LAST_WORDS:]
+        return without_dumps(path.read_text(errors="replace")[-256_000:].splitlines())[-_LAST_WORDS:]
 
     def last_words(self, names: list[str]) -> None:
         """Into the supervisor's log: the last lines that the dead processes wrote in the head's Ray

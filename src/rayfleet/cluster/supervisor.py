@@ -233,8 +233,10 @@ class _Supervisor:
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(path)
 
-    def _tail(self, path: Path) -> list[str]:
-        return without_dumps(path.read_text(errors="replace")[-256_000:].splitlines())[-_LAST_WORDS:]
+    def _tail(self, path: Path) -> str:
+        """The last lines of a log (Ray's dumps left out), indented, for the supervisor's log; OSError if unread."""
+        lines = without_dumps(path.read_text(errors="replace")[-256_000:].splitlines())[-_LAST_WORDS:]
+        return "".join(f"\n  {ln[:400]}" for ln in lines)
 
     def last_words(self, names: list[str]) -> None:
         """Into the supervisor's log: the last lines that the dead processes wrote in the head's Ray
@@ -250,11 +252,10 @@ class _Supervisor:
         for name in names:
             for file in (f"{name}.out", f"{name}.err"):   # (.err: what it wrote outside its log, e.g. a check failed)
                 try:
-                    lines = self._tail(logs / file)
+                    if tail := self._tail(logs / file):
+                        _log(f"the last lines of {file}:{tail}")
                 except OSError:
                     continue
-                if lines:
-                    _log(f"the last lines of {file}:\n  " + "\n  ".join(ln[:400] for ln in lines))
 
     def restart(self, reason: str, down_at: float, died: list[str] = (), tries: int = 1) -> bool:
         """Stop what is left of the head and start it again: the ``tries``-th try since it went down at
@@ -279,8 +280,7 @@ class _Supervisor:
 
     def _start_output(self) -> str:
         try:
-            return f"; its last lines ({self.spec.log}):\n  " + "\n  ".join(ln[:400] for ln in self._tail(
-                Path(self.spec.log)))
+            return f"; its last lines ({self.spec.log}):{self._tail(Path(self.spec.log))}"
         except OSError:
             return f"; see {self.spec.log}"
 
@@ -308,11 +308,12 @@ class _Supervisor:
         self.children.append(subprocess.Popen(cmd, env=dict(os.environ, **self.spec.env), stdin=subprocess.DEVNULL))
 
     def run(self, outage: tuple[float, str, int] | None = None) -> int:
-        """Watch the head until `down` removes the cluster's record; ``outage``: a restart whose start failed."""
+        """Watch the head until `down` removes the cluster's record. ``outage``: (down at, why, tries so far) of a
+        restart whose tries failed so far: the next try goes on with it."""
         deadline = time.monotonic() + START_TIMEOUT_S   # rayfleet writes the record once Ray has started
         while not self.owned() and time.monotonic() < deadline:
             time.sleep(0.2)
-        pause = 2.0   # outage: down at, why, tries so far, while starts fail
+        pause = 2.0
         while self.owned():
             time.sleep(CHECK_EVERY_S)
             self.children = [c for c in self.children if c.poll() is None]
